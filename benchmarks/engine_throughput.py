@@ -1,0 +1,132 @@
+"""Torch engine throughput: the reference-like path (fp32, batch 1) beside batched paths.
+
+Each configuration scores the same crops in one run of this script, after a warm-up, so
+the rows compare like with like. With more than one precision, logits are also compared
+with fp32 (max |difference| and decision flips at the model threshold).
+
+    python benchmarks/engine_throughput.py --model DIR [--device cuda] \
+        [--configs fp32:1,fp32:16,bf16:32,bf16:64,bf16:128] [--images 256]
+
+Without --model a random full-size ViT-L (the official layout) is built in a temporary
+directory. Images come from ../shared/data/dev when present, else random noise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from engine.checkpoint import import_checkpoint
+from engine.model_dir import load_model_dir
+from engine.preprocess import center_crop
+from engine.runner import TorchRunner
+from engine.synthetic import VIT_L, write_official_checkpoint
+from worker.decode import decode_rgb
+
+DEV_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "dev"
+GFLOP_PER_IMAGE_VITL = 382.0  # ../shared/DESIGN.md, 336 input, LoRA merged
+
+
+def machine() -> dict[str, object]:
+    info: dict[str, object] = {"python": platform.python_version(), "torch": torch.__version__,
+                               "cpu_cores": os.cpu_count(), "cpu": platform.processor() or platform.machine()}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                info["cpu"] = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def load_crops(count: int, size: int) -> np.ndarray:
+    paths = sorted(p for p in DEV_DATA.rglob("*") if p.is_file() and p.suffix.lower() != ".csv") if DEV_DATA.is_dir() else []
+    crops = []
+    for path in paths:
+        try:
+            crops.append(center_crop(decode_rgb(path.read_bytes()), size))
+        except Exception:  # noqa: BLE001 - a benchmark skips what it cannot decode
+            continue
+    if not crops:
+        rng = np.random.default_rng(0)
+        crops = [rng.integers(0, 256, (size, size, 3), dtype=np.uint8)]
+    reps = -(-count // len(crops))
+    return np.stack((crops * reps)[:count])
+
+
+def measure(runner: TorchRunner, crops: np.ndarray, repeats: int) -> tuple[float, np.ndarray]:
+    runner.logits(crops[: runner.max_batch])  # warm-up: allocator, kernels, compile
+    if runner.device.type == "cuda":
+        torch.cuda.synchronize()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        logits = runner.logits(crops)
+        if runner.device.type == "cuda":
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - start)
+    return len(crops) / best, logits
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", help="model directory (default: random ViT-L in the official layout)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--configs", default="fp32:1,fp32:8", help="precision:batch, comma-separated; the first is the baseline")
+    parser.add_argument("--images", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--peak-tflops", type=float, default=0.0, help="accelerator dense peak for the chosen precision, to report utilisation")
+    parser.add_argument("--json", help="also write results here")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = Path(args.model) if args.model else None
+        if model_dir is None:
+            model_dir = Path(tmp) / "model"
+            import_checkpoint(write_official_checkpoint(Path(tmp) / "ckpt.pth", VIT_L), model_dir)
+        loaded = load_model_dir(model_dir)
+        manifest = loaded.manifest
+        crops = load_crops(args.images, manifest.preprocessing.crop_size)
+        rows, reference = [], None
+        for config in args.configs.split(","):
+            precision, batch = config.split(":")
+            network = load_model_dir(model_dir).network  # fresh fp32 copy per row
+            runner = TorchRunner(network, manifest.preprocessing, device=args.device, precision=precision, max_batch=int(batch))
+            rate, logits = measure(runner, crops, args.repeats)
+            row = {"precision": precision, "batch": int(batch), "images_per_s": rate}
+            if manifest.architecture == VIT_L and args.peak_tflops:
+                row["fraction_of_peak"] = rate * GFLOP_PER_IMAGE_VITL / (args.peak_tflops * 1000)
+            if reference is None:
+                reference = logits.astype(np.float64)
+            else:
+                diff = np.abs(logits - reference)
+                row["max_abs_logit_diff_vs_baseline"] = float(diff.max())
+                row["decision_flips"] = int(np.sum((logits > manifest.threshold_logit) != (reference > manifest.threshold_logit)))
+            rows.append(row)
+            del runner, network
+    result = {"machine": machine(), "device": args.device, "model": manifest.version,
+              "architecture": manifest.architecture.to_json(), "images": len(crops), "rows": rows}
+    base = rows[0]["images_per_s"]
+    print(f"machine: {json.dumps(result['machine'])}\nmodel {manifest.version}, {len(crops)} images, device {args.device}")
+    print("| precision | batch | images/s | speed-up vs first | max |dlogit| | flips |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['precision']} | {r['batch']} | {r['images_per_s']:.2f} | {r['images_per_s'] / base:.2f}x | "
+              f"{r.get('max_abs_logit_diff_vs_baseline', 0):.2e} | {r.get('decision_flips', 0)} |")
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

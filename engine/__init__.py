@@ -1,0 +1,1 @@
+"""The DDA detector: network, checkpoint import, preprocessing and runners."""

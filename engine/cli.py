@@ -1,0 +1,39 @@
+"""`dda import-checkpoint`."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from engine.checkpoint import DEFAULT_LORA_ALPHA, DEFAULT_THRESHOLD, CheckpointError, import_checkpoint
+from engine.console import say
+from engine.hub import resolve_checkpoint
+
+
+def import_command(args: argparse.Namespace) -> int:
+    started = time.monotonic()
+    try:
+        src = resolve_checkpoint(args.src)
+        manifest = import_checkpoint(
+            src, Path(args.dest), lora_alpha=args.lora_alpha, threshold=args.threshold,
+            source_uri=args.src, progress=say,
+        )
+    except (CheckpointError, FileNotFoundError, IsADirectoryError, ValueError) as exc:
+        say(f"error: {exc}")
+        return 2
+    a = manifest.architecture
+    say(
+        f"wrote {args.dest}: model {manifest.version}, ViT width {a.width} depth {a.depth} heads {a.heads}, "
+        f"LoRA rank {manifest.source['lora']['rank']} merged, in {time.monotonic() - started:.1f} s"
+    )
+    return 0
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser("import-checkpoint", help="convert an official DDA checkpoint into a model directory")
+    p.add_argument("src", help="DDA_ckpt.pth path, or hf://OWNER/REPO/FILE")
+    p.add_argument("dest", help="model directory to write")
+    p.add_argument("--lora-alpha", type=float, default=DEFAULT_LORA_ALPHA, help="LoRA alpha of the training run (default 1)")
+    p.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD, help="P(AI) decision threshold (default 0.5)")
+    p.set_defaults(handler=import_command)

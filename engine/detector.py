@@ -1,0 +1,53 @@
+"""The model-facing API: decoded RGB images in, logits, scores and labels out."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from engine.model_dir import Manifest
+from engine.preprocess import views
+from engine.runner import TorchRunner
+
+AI_GENERATED = "ai_generated"
+REAL = "real"
+
+
+@dataclass(frozen=True)
+class Prediction:
+    logit: float
+    score: float
+    label: str
+
+
+def sigmoid(logit: float) -> float:
+    if logit >= 0:
+        return 1.0 / (1.0 + math.exp(-logit))
+    e = math.exp(logit)
+    return e / (1.0 + e)
+
+
+def label_for(logit: float, manifest: Manifest) -> str:
+    return AI_GENERATED if logit > manifest.threshold_logit else REAL
+
+
+class Detector:
+    """Crops each image (1 view, or 5 with corners), runs the batch, averages per image."""
+
+    def __init__(self, manifest: Manifest, runner: TorchRunner, crops: int = 1) -> None:
+        if crops not in (1, 5):
+            raise ValueError(f"crops must be 1 or 5, got {crops}")
+        self.manifest = manifest
+        self.runner = runner
+        self.crops = crops
+
+    def predict(self, images: Sequence[np.ndarray]) -> list[Prediction]:
+        if not images:
+            return []
+        size = self.manifest.preprocessing.crop_size
+        batch = np.concatenate([views(img, self.crops, size) for img in images])
+        logits = self.runner.logits(batch).astype(np.float64).reshape(len(images), self.crops).mean(axis=1)
+        return [Prediction(float(v), sigmoid(float(v)), label_for(float(v), self.manifest)) for v in logits]

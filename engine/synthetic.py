@@ -1,0 +1,60 @@
+"""Random checkpoints in the official DDA layout, for tests, benchmarks and drills.
+
+The released checkpoint cannot be fetched on CI, and its layout is what the importer
+must get right, so tests build files with the same keys, shapes and nesting, at any size.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from engine.arch import HEAD_DIM, LORA_TARGETS, Architecture, expected_shapes
+from engine.checkpoint import BACKBONE, HEAD
+
+VIT_L = Architecture(width=1024, depth=24, heads=16, mlp_hidden=4096, patch_size=14, pos_grid=37)
+
+
+def tiny_architecture(depth: int = 2, heads: int = 2, pos_grid: int = 4) -> Architecture:
+    width = heads * HEAD_DIM
+    return Architecture(width=width, depth=depth, heads=heads, mlp_hidden=4 * width, patch_size=14, pos_grid=pos_grid)
+
+
+def _init(name: str, shape: tuple[int, ...], gen: torch.Generator) -> torch.Tensor:
+    noise = torch.randn(shape, generator=gen)
+    if name.endswith(("norm1.weight", "norm2.weight", "norm.weight")):
+        return 1.0 + 0.1 * noise
+    if name.endswith(".gamma"):
+        return 0.3 + 0.05 * noise
+    if name.endswith(".weight") and len(shape) >= 2:
+        fan_in = 1
+        for d in shape[1:]:
+            fan_in *= d
+        return noise / fan_in**0.5
+    return 0.02 * noise
+
+
+def random_official_state(arch: Architecture, rank: int = 8, seed: int = 0) -> dict[str, torch.Tensor]:
+    """A state dict keyed exactly like the authors' LoRA-wrapped model."""
+    gen = torch.Generator().manual_seed(seed)
+    state: dict[str, torch.Tensor] = {}
+    for name, shape in expected_shapes(arch).items():
+        module, _, leaf = name.rpartition(".")
+        if name.startswith("head."):
+            state[HEAD + leaf] = _init(name, shape, gen)
+        elif any(module.endswith(t) for t in LORA_TARGETS):
+            state[f"{BACKBONE}{module}.original_layer.{leaf}"] = _init(name, shape, gen)
+            if leaf == "weight":
+                state[f"{BACKBONE}{module}.lora.lora_A"] = torch.randn((rank, shape[1]), generator=gen) / shape[1] ** 0.5
+                state[f"{BACKBONE}{module}.lora.lora_B"] = 0.5 * torch.randn((shape[0], rank), generator=gen) / rank**0.5
+        else:
+            state[BACKBONE + name] = _init(name, shape, gen)
+    state[BACKBONE + "mask_token"] = torch.zeros(1, arch.width)
+    return state
+
+
+def write_official_checkpoint(path: Path, arch: Architecture, rank: int = 8, seed: int = 0) -> Path:
+    """Save {"model": state, ...} the way the authors' trainer does (optimizer entry included)."""
+    torch.save({"model": random_official_state(arch, rank, seed), "optimizer": {}, "total_steps": 0}, path)
+    return path

@@ -1,0 +1,48 @@
+"""Shared fixtures: a tiny checkpoint in the official layout, its model directory, images."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from engine.checkpoint import import_checkpoint
+from engine.model_dir import LoadedModel, load_model_dir
+from engine.synthetic import tiny_architecture, write_official_checkpoint
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_official_checkpoint(tmp_path_factory.mktemp("ckpt") / "DDA_ckpt.pth", tiny_architecture(), seed=3)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    dest = tmp_path_factory.mktemp("model") / "tiny"
+    import_checkpoint(tiny_checkpoint, dest)
+    return dest
+
+
+@pytest.fixture()
+def tiny_model(tiny_model_dir: Path) -> LoadedModel:
+    return load_model_dir(tiny_model_dir)
+
+
+def photo(width: int, height: int, seed: int = 0) -> Image.Image:
+    """A smooth, photo-like RGB image (gradients plus noise), so crops differ by position."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    base = np.stack([x / max(width, 1), y / max(height, 1), (x + y) / max(width + height, 1)], axis=-1) * 200
+    pixels = np.clip(base + rng.normal(0, 25, (height, width, 3)), 0, 255).astype(np.uint8)
+    return Image.fromarray(pixels, "RGB")
+
+
+def encode(image: Image.Image, fmt: str, **params: object) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format=fmt, **params)
+    return buf.getvalue()

@@ -1,0 +1,71 @@
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.conftest import SHARED_DATA, encode, photo
+from worker.decode import decode_rgb, sniff_format
+
+
+@pytest.mark.parametrize(
+    ("mode", "fmt"),
+    [("1", "PNG"), ("L", "PNG"), ("LA", "PNG"), ("P", "PNG"), ("RGBA", "PNG"), ("RGB", "WEBP"),
+     ("CMYK", "JPEG"), ("CMYK", "TIFF"), ("I;16", "PNG"), ("I", "TIFF"), ("F", "TIFF")],
+)
+def test_every_mode_becomes_rgb_as_pillow_convert_does(mode: str, fmt: str) -> None:
+    source = photo(64, 48)
+    image = source.convert("L").convert(mode) if mode in ("I", "I;16", "F") else source.convert(mode)
+    data = encode(image, fmt)
+    pixels = decode_rgb(data)
+    assert pixels.shape == (48, 64, 3) and pixels.dtype == np.uint8
+    with Image.open(io.BytesIO(data)) as again:
+        assert np.array_equal(pixels, np.asarray(again.convert("RGB")))
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize(
+    ("data", "code"),
+    [
+        (b"", "unsupported_format"),
+        (b"<html><body>hi</body></html>", "unsupported_format"),
+        (b'<svg xmlns="http://www.w3.org/2000/svg"/>', "unsupported_format"),
+        (bytes(range(256)) * 4, "unsupported_format"),
+        (png_header_only(100_000, 100_000), "image_too_large"),
+    ],
+)
+def test_hostile_bytes_get_specific_codes(data: bytes, code: str) -> None:
+    with pytest.raises(Exception) as info:
+        decode_rgb(data)
+    assert getattr(info.value, "code", None) == code, info.value
+
+
+def test_truncated_jpeg_is_an_error() -> None:
+    data = encode(photo(640, 480), "JPEG", quality=90)
+    with pytest.raises(Exception) as info:
+        decode_rgb(data[: len(data) // 2])
+    assert info.value.code == "image_truncated"  # type: ignore[attr-defined]
+
+
+def test_animation_gives_first_frame() -> None:
+    frames = [Image.new("RGB", (32, 32), c) for c in ((255, 0, 0), (0, 255, 0))]
+    data = encode(frames[0], "GIF", save_all=True, append_images=frames[1:])
+    pixels = decode_rgb(data)
+    assert sniff_format(data) == "GIF" and tuple(pixels[0, 0]) == (255, 0, 0)
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "pdq").is_dir(), reason="../shared/data not present")
+def test_shared_mode_images_decode() -> None:
+    for path in sorted((SHARED_DATA / "pdq" / "misc-images" / "modes").glob("*.*")):
+        if path.suffix != ".md":
+            assert decode_rgb(path.read_bytes()).ndim == 3, path

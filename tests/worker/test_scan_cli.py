@@ -1,0 +1,113 @@
+"""`dda scan` and `dda import-checkpoint` as a user runs them: subprocesses, real files, a real server."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from engine.detector import Detector
+from engine.model_dir import load_model_dir
+from engine.runner import TorchRunner
+from tests.conftest import encode, photo
+from tests.http_server import LocalServer, Route, serve
+from worker.decode import decode_rgb
+
+server = pytest.fixture(serve)
+
+
+def dda(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "worker.cli", *args], capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("images")
+    base = photo(801, 613, seed=11)
+    made = {
+        "odd.png": encode(base, "PNG"),
+        "rgba.png": encode(base.convert("RGBA"), "PNG"),
+        "palette.png": encode(base.convert("P"), "PNG"),
+        "gray.png": encode(base.convert("L"), "PNG"),
+        "cmyk.jpg": encode(base.convert("CMYK"), "JPEG", quality=92),
+        "narrow.jpg": encode(photo(200, 500, seed=2), "JPEG", quality=90),
+        "tiny.webp": encode(photo(40, 30, seed=3), "WEBP", lossless=True),
+        "notes.txt": b"hello, not an image",
+    }
+    for name, data in made.items():
+        (root / name).write_bytes(data)
+    return {name: root / name for name in made}
+
+
+def records(proc: subprocess.CompletedProcess[str]) -> list[dict]:
+    return [json.loads(line) for line in proc.stdout.splitlines()]
+
+
+def test_scan_prints_one_verdict_per_input_in_order(tiny_model_dir: Path, images: dict[str, Path], server: LocalServer) -> None:
+    server.routes["/img.png"] = Route(body=images["odd.png"].read_bytes())
+    server.routes["/moved"] = Route(status=302, headers=(("Location", "/img.png"),))
+    inputs = [str(images[n]) for n in ("odd.png", "rgba.png", "palette.png", "gray.png", "cmyk.jpg", "narrow.jpg", "tiny.webp")]
+    inputs += [str(images["notes.txt"]), str(images["odd.png"].parent / "missing.jpg"),
+               f"{server.base}/img.png", f"{server.base}/moved", f"{server.base}/absent.png", "gopher://example.com/x"]
+    proc = dda("scan", "--model", str(tiny_model_dir), "--batch-size", "3", "--allow-networks", "127.0.0.0/8", *inputs)
+    assert proc.returncode == 0, proc.stderr
+    out = records(proc)
+    assert [r["input"] for r in out] == inputs
+
+    version = json.loads((tiny_model_dir / "manifest.json").read_text())["version"]
+    loaded = load_model_dir(tiny_model_dir)
+    detector = Detector(loaded.manifest, TorchRunner(loaded.network, loaded.manifest.preprocessing))
+    expected = detector.predict([decode_rgb(Path(p).read_bytes()) for p in inputs[:7]])
+    for record, want in zip(out[:7], expected):
+        assert record["status"] == "ok" and record["error"] is None and record["model"] == version
+        assert record["logit"] == pytest.approx(want.logit, abs=1e-5)
+        assert record["score"] == pytest.approx(1 / (1 + np.exp(-record["logit"])))
+        assert record["label"] == ("ai_generated" if record["logit"] > 0 else "real")
+    assert out[9]["logit"] == pytest.approx(out[0]["logit"], abs=1e-5)  # same bytes over HTTP
+    assert out[10]["logit"] == pytest.approx(out[0]["logit"], abs=1e-5)  # through a redirect
+    codes = [r["error"]["code"] for r in out[7:9]] + [out[11]["error"]["code"], out[12]["error"]["code"]]
+    assert codes == ["unsupported_format", "file_not_found", "fetch_http_status", "url_invalid"]
+    assert all(r["status"] == "error" and r["logit"] is None for r in (out[7], out[8], out[11], out[12]))
+
+
+def test_loopback_urls_are_blocked_without_an_allow_list(tiny_model_dir: Path, images: dict[str, Path], server: LocalServer) -> None:
+    server.routes["/img.png"] = Route(body=images["odd.png"].read_bytes())
+    proc = dda("scan", "--model", str(tiny_model_dir), f"{server.base}/img.png")
+    assert proc.returncode == 0
+    [record] = records(proc)
+    assert record["error"]["code"] == "url_blocked"
+
+
+def test_model_errors_exit_non_zero(tmp_path: Path, images: dict[str, Path]) -> None:
+    proc = dda("scan", "--model", str(tmp_path), str(images["odd.png"]))
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert "not a model directory" in proc.stderr
+
+
+def test_usage_errors_exit_non_zero(tiny_model_dir: Path) -> None:
+    assert dda("scan", "--model", str(tiny_model_dir)).returncode == 2  # no INPUT
+    assert dda("scan", "--model", str(tiny_model_dir), "--crops", "3", "x.jpg").returncode == 2
+    zero = dda("scan", "--model", str(tiny_model_dir), "--batch-size", "0", "x.jpg")
+    assert zero.returncode == 2 and "must be at least 1" in zero.stderr
+
+
+def test_five_crop_option_changes_large_image_logits(tiny_model_dir: Path, images: dict[str, Path]) -> None:
+    one = records(dda("scan", "--model", str(tiny_model_dir), str(images["odd.png"])))[0]
+    five = records(dda("scan", "--model", str(tiny_model_dir), "--crops", "5", str(images["odd.png"])))[0]
+    assert one["status"] == five["status"] == "ok"
+    assert abs(one["logit"] - five["logit"]) > 1e-4
+
+
+def test_import_checkpoint_cli(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    proc = dda("import-checkpoint", str(tiny_checkpoint), str(tmp_path / "m"))
+    assert proc.returncode == 0, proc.stderr
+    assert "LoRA rank 8 merged" in proc.stderr
+    assert json.loads((tmp_path / "m" / "manifest.json").read_text())["format"] == "dda-model/1"
+    missing = dda("import-checkpoint", str(tmp_path / "nope.pth"), str(tmp_path / "m2"))
+    assert missing.returncode == 2 and "nope.pth" in missing.stderr

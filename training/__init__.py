@@ -1,0 +1,1 @@
+"""DDA training data, training, evaluation and export (see the training issue)."""

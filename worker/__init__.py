@@ -1,0 +1,1 @@
+"""The streaming moderation worker and the `dda` command line."""

@@ -1,0 +1,31 @@
+"""Stable, machine-readable error codes for per-image failures.
+
+Consumers of verdicts branch on `code`; the message is for people. Codes are part of the
+output contract: add new ones, never rename.
+"""
+
+from __future__ import annotations
+
+URL_INVALID = "url_invalid"
+URL_BLOCKED = "url_blocked"
+FETCH_TIMEOUT = "fetch_timeout"
+FETCH_HTTP_STATUS = "fetch_http_status"
+FETCH_TOO_LARGE = "fetch_too_large"
+FETCH_FAILED = "fetch_failed"
+FILE_NOT_FOUND = "file_not_found"
+UNSUPPORTED_FORMAT = "unsupported_format"
+IMAGE_TOO_LARGE = "image_too_large"
+IMAGE_TRUNCATED = "image_truncated"
+DECODE_FAILED = "decode_failed"
+
+
+class InputError(Exception):
+    """One input could not become pixels; the batch and the process carry on."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+    def to_json(self) -> dict[str, str]:
+        return {"code": self.code, "message": self.message}

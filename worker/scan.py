@@ -1,0 +1,111 @@
+"""`dda scan`: verdicts for files and URLs given on the command line, one JSON line each."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+from engine.console import say
+from engine.detector import Detector
+from engine.hub import resolve_model
+from engine.model_dir import ModelDirError, load_model_dir
+from engine.runner import TorchRunner
+from worker.decode import DEFAULT_MAX_PIXELS, decode_rgb
+from worker.errors import FILE_NOT_FOUND, InputError
+from worker.fetch import FetchPolicy, fetch, make_client, parse_networks
+
+PROGRESS_EVERY_S = 2.0
+
+
+def read_input(spec: str, client_factory: Any, policy: FetchPolicy) -> bytes:
+    """Bytes of a local path or an http(s) URL; anything with '://' is treated as a URL."""
+    if "://" in spec:
+        return fetch(client_factory(), spec, policy)
+    try:
+        return Path(spec).read_bytes()
+    except (FileNotFoundError, IsADirectoryError, PermissionError) as exc:
+        raise InputError(FILE_NOT_FOUND, f"cannot read {spec}: {exc.strerror or exc}") from exc
+
+
+def _chunks(items: Sequence[str], size: int) -> Iterator[Sequence[str]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def scan(detector: Detector, inputs: Sequence[str], batch_size: int, policy: FetchPolicy, max_pixels: int) -> Iterator[dict[str, Any]]:
+    """Results in input order; a bad input yields an error record and never stops the run."""
+    client = None
+
+    def client_factory() -> Any:
+        nonlocal client
+        client = client or make_client(policy)
+        return client
+
+    version = detector.manifest.version
+    try:
+        for chunk in _chunks(inputs, batch_size):
+            images: dict[int, np.ndarray] = {}
+            errors: dict[int, InputError] = {}
+            for i, spec in enumerate(chunk):
+                try:
+                    images[i] = decode_rgb(read_input(spec, client_factory, policy), max_pixels)
+                except InputError as exc:
+                    errors[i] = exc
+            predictions = dict(zip(images, detector.predict(list(images.values()))))
+            for i, spec in enumerate(chunk):
+                if i in predictions:
+                    p = predictions[i]
+                    yield {"input": spec, "status": "ok", "logit": p.logit, "score": p.score, "label": p.label,
+                           "model": version, "error": None}
+                else:
+                    yield {"input": spec, "status": "error", "logit": None, "score": None, "label": None,
+                           "model": version, "error": errors[i].to_json()}
+    finally:
+        if client is not None:
+            client.close()
+
+
+def scan_command(args: argparse.Namespace) -> int:
+    try:
+        policy = FetchPolicy(allow_networks=parse_networks(args.allow_networks))
+        model_dir = resolve_model(args.model, progress=say)
+        loaded = load_model_dir(model_dir)
+        runner = TorchRunner(loaded.network, loaded.manifest.preprocessing, device=args.device,
+                             precision=args.precision, max_batch=args.batch_size)
+    except (ModelDirError, ValueError, RuntimeError, OSError) as exc:
+        say(f"error: {exc}")
+        return 2
+    detector = Detector(loaded.manifest, runner, crops=args.crops)
+    started = last_report = time.monotonic()
+    for done, record in enumerate(scan(detector, args.inputs, args.batch_size, policy, args.max_pixels), start=1):
+        print(json.dumps(record), flush=True)
+        now = time.monotonic()
+        if now - last_report >= PROGRESS_EVERY_S and done < len(args.inputs):
+            say(f"scanned {done}/{len(args.inputs)} ({done / (now - started):.2f} images/s)")
+            last_report = now
+    return 0
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser("scan", help="score image files or URLs; one JSON line per input on stdout")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image file path or http(s) URL")
+    p.add_argument("--model", default=None, help="model directory or hf:// checkpoint (default: the official DDA checkpoint)")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
+    p.add_argument("--crops", type=int, default=1, choices=[1, 5], help="1: reference centre crop; 5: centre + corners, mean logit")
+    p.add_argument("--batch-size", type=positive_int, default=16)
+    p.add_argument("--max-pixels", type=positive_int, default=DEFAULT_MAX_PIXELS, help="refuse images with more pixels than this")
+    p.add_argument("--allow-networks", default="", help="comma-separated CIDRs that URLs may reach despite being private")
+    p.set_defaults(handler=scan_command)
