@@ -10,7 +10,7 @@ import numpy as np
 
 from engine.model_dir import Manifest
 from engine.preprocess import views
-from engine.runner import TorchRunner
+from engine.runner import Runner
 
 AI_GENERATED = "ai_generated"
 REAL = "real"
@@ -37,7 +37,7 @@ def label_for(logit: float, manifest: Manifest) -> str:
 class Detector:
     """Crops each image (1 view, or 5 with corners), runs the batch, averages per image."""
 
-    def __init__(self, manifest: Manifest, runner: TorchRunner, crops: int = 1) -> None:
+    def __init__(self, manifest: Manifest, runner: Runner, crops: int = 1) -> None:
         if crops not in (1, 5):
             raise ValueError(f"crops must be 1 or 5, got {crops}")
         self.manifest = manifest

@@ -6,7 +6,7 @@ URLs or verdicts. fp32 is the reference's numerics; bf16/fp16 are the fast modes
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Callable, Literal, Protocol
 
 import numpy as np
 import torch
@@ -16,6 +16,29 @@ from engine.vit import DdaViT
 
 Precision = Literal["fp32", "bf16", "fp16"]
 DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class Runner(Protocol):
+    """What the detector needs from a backend: logits for uint8 crops, in chunks it can take."""
+
+    preprocessing: Preprocessing
+    max_batch: int
+
+    def logits(self, crops: np.ndarray) -> np.ndarray: ...
+
+
+def check_crops(crops: np.ndarray, size: int) -> None:
+    if crops.ndim != 4 or crops.shape[1:] != (size, size, 3) or crops.dtype != np.uint8:
+        raise ValueError(f"expected uint8 [N, {size}, {size}, 3] crops, got {crops.dtype} {crops.shape}")
+
+
+def run_in_chunks(crops: np.ndarray, max_batch: int, run: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    """float32 [N] logits, calling `run` on consecutive chunks of at most `max_batch` crops."""
+    out = np.empty(len(crops), dtype=np.float32)
+    for start in range(0, len(crops), max_batch):
+        chunk = crops[start : start + max_batch]
+        out[start : start + len(chunk)] = run(chunk)
+    return out
 
 
 class TorchRunner:
@@ -58,14 +81,8 @@ class TorchRunner:
     @torch.inference_mode()
     def logits(self, crops: np.ndarray) -> np.ndarray:
         """float32 [N] logits for uint8 [N, S, S, 3] crops."""
-        size = self.preprocessing.crop_size
-        if crops.ndim != 4 or crops.shape[1:] != (size, size, 3) or crops.dtype != np.uint8:
-            raise ValueError(f"expected uint8 [N, {size}, {size}, 3] crops, got {crops.dtype} {crops.shape}")
-        out = np.empty(len(crops), dtype=np.float32)
-        for start in range(0, len(crops), self.max_batch):
-            chunk = crops[start : start + self.max_batch]
-            out[start : start + len(chunk)] = self._run_chunk(chunk)
-        return out
+        check_crops(crops, self.preprocessing.crop_size)
+        return run_in_chunks(crops, self.max_batch, self._run_chunk)
 
     def _run_chunk(self, chunk: np.ndarray) -> np.ndarray:
         n = len(chunk)

@@ -7,6 +7,7 @@ import sys
 from typing import Sequence
 
 from engine import cli as engine_cli
+from engine import compile_cli
 from worker import scan
 
 
@@ -14,6 +15,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dda", description="DDA AI-generated image detector")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     engine_cli.register(commands)
+    compile_cli.register(commands)
     scan.register(commands)
     return parser
 

@@ -10,11 +10,11 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
+from engine.backend import make_runner
 from engine.console import say
 from engine.detector import Detector
 from engine.hub import resolve_model
 from engine.model_dir import ModelDirError, load_model_dir
-from engine.runner import TorchRunner
 from worker.decode import DEFAULT_MAX_PIXELS, decode_rgb
 from worker.errors import FILE_NOT_FOUND, InputError
 from worker.fetch import FetchPolicy, fetch, make_client, parse_networks
@@ -75,9 +75,9 @@ def scan_command(args: argparse.Namespace) -> int:
         policy = FetchPolicy(allow_networks=parse_networks(args.allow_networks))
         model_dir = resolve_model(args.model, progress=say)
         loaded = load_model_dir(model_dir)
-        runner = TorchRunner(loaded.network, loaded.manifest.preprocessing, device=args.device,
-                             precision=args.precision, max_batch=args.batch_size)
-    except (ModelDirError, ValueError, RuntimeError, OSError) as exc:
+        runner = make_runner(loaded, model_dir, backend=args.backend, device=args.device,
+                             precision=args.precision, max_batch=args.batch_size, log=say)
+    except (ModelDirError, ValueError, RuntimeError, OSError, ImportError) as exc:
         say(f"error: {exc}")
         return 2
     detector = Detector(loaded.manifest, runner, crops=args.crops)
@@ -103,7 +103,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image file path or http(s) URL")
     p.add_argument("--model", default=None, help="model directory or hf:// checkpoint (default: the official DDA checkpoint)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"], help="torch backend precision")
+    p.add_argument("--backend", default="auto", choices=["auto", "torch", "tensorrt"],
+                   help="auto: a TensorRT engine from MODEL/engines/ when one matches this GPU, else torch")
     p.add_argument("--crops", type=int, default=1, choices=[1, 5], help="1: reference centre crop; 5: centre + corners, mean logit")
     p.add_argument("--batch-size", type=positive_int, default=16)
     p.add_argument("--max-pixels", type=positive_int, default=DEFAULT_MAX_PIXELS, help="refuse images with more pixels than this")

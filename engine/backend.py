@@ -1,0 +1,47 @@
+"""Pick the inference backend: a TensorRT engine built for this GPU when one exists, else torch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Literal
+
+from engine.engine_file import find_engine
+from engine.model_dir import LoadedModel
+from engine.runner import Precision, Runner, TorchRunner
+
+Backend = Literal["auto", "torch", "tensorrt"]
+
+
+def make_runner(
+    loaded: LoadedModel,
+    model_dir: Path,
+    *,
+    backend: Backend = "auto",
+    device: str = "cpu",
+    precision: Precision = "fp32",
+    max_batch: int = 16,
+    log: Callable[[str], None] = lambda _m: None,
+) -> Runner:
+    """`auto` uses TensorRT only on CUDA with TensorRT installed and a matching engine in
+    `model_dir/engines/`; it says which backend it chose and why."""
+    if backend != "torch" and device == "cuda":
+        try:
+            from engine.tensorrt_build import gpu_identity
+            from engine.tensorrt_runner import TensorRTRunner
+
+            engine = find_engine(model_dir, gpu_identity(), loaded.manifest.version)
+        except ImportError as exc:
+            engine, reason = None, f"TensorRT/pycuda not importable ({exc})"
+        else:
+            reason = f"no engine for this GPU in {model_dir / 'engines'}"
+        if engine is not None:
+            log(f"backend: TensorRT engine {engine}")
+            return TensorRTRunner(engine, loaded.manifest)
+        if backend == "tensorrt":
+            raise RuntimeError(f"--backend tensorrt: {reason}")
+        log(f"backend: torch {precision} on {device} ({reason})")
+    elif backend == "tensorrt":
+        raise RuntimeError("--backend tensorrt needs --device cuda")
+    else:
+        log(f"backend: torch {precision} on {device}")
+    return TorchRunner(loaded.network, loaded.manifest.preprocessing, device=device, precision=precision, max_batch=max_batch)

@@ -1,0 +1,92 @@
+"""TensorRT engine files and their sidecars: which GPU and TensorRT they were built for.
+
+A serialized engine only runs on the GPU model, compute capability and TensorRT version
+that built it. The sidecar `<engine>.json` records those with the source model version,
+so a mismatch is refused with a clear message instead of a crash deep in TensorRT, and
+the worker can pick the right engine out of a model directory's `engines/` folder.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+ENGINES_SUBDIR = "engines"
+
+
+@dataclass(frozen=True)
+class GpuIdentity:
+    gpu_name: str
+    compute_capability: str
+    tensorrt_version: str
+
+
+@dataclass(frozen=True)
+class EngineInfo:
+    identity: GpuIdentity
+    model_version: str
+    precision: str
+    min_batch: int
+    opt_batch: int
+    max_batch: int
+    input_kind: str
+    onnx_sha256: str
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.update(data.pop("identity"))
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "EngineInfo":
+        identity = GpuIdentity(data["gpu_name"], data["compute_capability"], data["tensorrt_version"])
+        rest = {k: v for k, v in data.items() if k not in ("gpu_name", "compute_capability", "tensorrt_version")}
+        return cls(identity=identity, **rest)
+
+
+class EngineMismatch(RuntimeError):
+    """The engine was built for another GPU, TensorRT version or model."""
+
+
+def sidecar_path(engine: Path) -> Path:
+    return engine.with_name(engine.name + ".json")
+
+
+def write_sidecar(engine: Path, info: EngineInfo) -> None:
+    sidecar_path(engine).write_text(json.dumps(info.to_json(), indent=2) + "\n")
+
+
+def read_sidecar(engine: Path) -> EngineInfo:
+    path = sidecar_path(engine)
+    try:
+        return EngineInfo.from_json(json.loads(path.read_text()))
+    except FileNotFoundError as exc:
+        raise EngineMismatch(f"{engine}: no sidecar {path.name}; rebuild it with `dda build-engine`") from exc
+    except (KeyError, TypeError, json.JSONDecodeError) as exc:
+        raise EngineMismatch(f"{path} is malformed: {exc}") from exc
+
+
+def check_compatible(info: EngineInfo, here: GpuIdentity, model_version: str | None = None) -> None:
+    built = info.identity
+    for field, want, got in (
+        ("GPU", built.gpu_name, here.gpu_name),
+        ("compute capability", built.compute_capability, here.compute_capability),
+        ("TensorRT version", built.tensorrt_version, here.tensorrt_version),
+    ):
+        if want != got:
+            raise EngineMismatch(f"engine was built for {field} {want!r}, this machine has {got!r}: build one here with `dda build-engine`")
+    if model_version is not None and info.model_version != model_version:
+        raise EngineMismatch(f"engine was built from model {info.model_version}, not {model_version}")
+
+
+def find_engine(model_dir: Path, here: GpuIdentity, model_version: str) -> Path | None:
+    """The first engine under `model_dir/engines/` built for this GPU, TensorRT and model."""
+    for engine in sorted((model_dir / ENGINES_SUBDIR).glob("*.engine")):
+        try:
+            check_compatible(read_sidecar(engine), here, model_version)
+        except EngineMismatch:
+            continue
+        return engine
+    return None

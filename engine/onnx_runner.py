@@ -1,0 +1,41 @@
+"""Run an exported ONNX model with onnxruntime, behind the same interface as TorchRunner."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from engine.model_dir import Manifest
+from engine.onnx_export import INPUT_UINT8, META_INPUT, META_MANIFEST
+from engine.preprocess import normalize
+from engine.runner import check_crops, run_in_chunks
+
+
+class OnnxRunner:
+    def __init__(self, path: Path, *, max_batch: int = 16, device: str = "cpu") -> None:
+        import onnxruntime as ort
+
+        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
+        self.session = ort.InferenceSession(str(path), providers=providers)
+        meta = self.session.get_modelmeta().custom_metadata_map
+        if META_MANIFEST not in meta:
+            raise ValueError(f"{path} has no {META_MANIFEST} metadata: not exported by `dda export-onnx`")
+        self.manifest = Manifest.from_json(json.loads(meta[META_MANIFEST]))
+        self.preprocessing = self.manifest.preprocessing
+        self.uint8_input = meta.get(META_INPUT) == INPUT_UINT8
+        self.input_name = self.session.get_inputs()[0].name
+        self.max_batch = max_batch
+
+    def logits(self, crops: np.ndarray) -> np.ndarray:
+        check_crops(crops, self.preprocessing.crop_size)
+        return run_in_chunks(crops, self.max_batch, self._run_chunk)
+
+    def _run_chunk(self, chunk: np.ndarray) -> np.ndarray:
+        if self.uint8_input:
+            feed = np.ascontiguousarray(chunk)
+        else:
+            feed = normalize(torch.from_numpy(np.ascontiguousarray(chunk)), self.preprocessing).numpy()
+        return self.session.run(None, {self.input_name: feed})[0].reshape(-1)
