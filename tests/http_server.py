@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import socket
 import threading
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Iterator
+from typing import Callable, Iterator
 
 
 @dataclass
@@ -13,6 +14,8 @@ class Route:
     status: int = 200
     body: bytes = b""
     headers: tuple[tuple[str, str], ...] = ()
+    hits: int = 0
+    fail_first: int = 0  # answer 503 to this many requests before behaving
 
 
 class LocalServer:
@@ -23,6 +26,12 @@ class LocalServer:
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 - http.server's naming
                 route = routes.get(self.path, Route(status=404, body=b"not found"))
+                route.hits += 1
+                if route.hits <= route.fail_first:
+                    self.send_response(503)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 self.send_response(route.status)
                 names = {k.lower() for k, _ in route.headers}
                 for key, value in route.headers:
@@ -55,3 +64,46 @@ class LocalServer:
 def serve() -> Iterator[LocalServer]:
     with LocalServer() as server:
         yield server
+
+
+class RawServer:
+    """A TCP server on 127.0.0.1 whose per-connection behaviour is a plain function, for
+    servers that misbehave below HTTP: never answering, trickling bytes."""
+
+    def __init__(self, handler: Callable[[socket.socket, threading.Event], None]) -> None:
+        self.handler = handler
+        self.stop = threading.Event()
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener.settimeout(0.2)
+        self.clients: list[socket.socket] = []
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.listener.getsockname()[1]}/image.jpg"
+
+    def _accept(self) -> None:
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                continue
+            self.clients.append(conn)
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        try:
+            self.handler(conn, self.stop)
+        except OSError:
+            pass  # the client gave up, which is the point
+
+    def __enter__(self) -> "RawServer":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop.set()
+        self.thread.join()
+        self.listener.close()
+        for conn in self.clients:
+            conn.close()

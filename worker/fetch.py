@@ -1,18 +1,25 @@
 """Fetch image bytes from untrusted URLs without reaching private networks.
 
-Every hop (the first URL and each redirect) is resolved here and refused unless all of
-its addresses are public or inside an explicitly allowed network; bodies are streamed
-under a byte cap that holds whatever Content-Length says; proxy variables are ignored.
+The address check happens at connect time, inside the HTTP client's network backend:
+the name is resolved once, every address is checked, and the socket connects to the
+checked address (Host header and TLS SNI still carry the name), so DNS rebinding has no
+window between check and use, and every redirect hop is checked the same way. The same
+backend enforces a whole-request deadline on every socket read and write, so a server
+that trickles bytes (headers included) cannot hold a fetcher. Bodies stream under a byte
+cap that holds whatever Content-Length claims. Proxy environment variables are ignored
+unless a proxy is configured explicitly.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import socket
+import threading
 import time
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Any, Callable, Iterable, Sequence
 
+import httpcore
 import httpx
 
 from worker.errors import (
@@ -27,6 +34,15 @@ from worker.errors import (
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+Resolver = Callable[[str, int], list[str]]
+
+_NAT64 = (ipaddress.ip_network("64:ff9b::/96"),)
+_NON_PUBLIC_EXTRA = (ipaddress.ip_network("64:ff9b:1::/48"),)  # local-use NAT64 (RFC 8215)
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+
+
+def system_resolver(host: str, port: int) -> list[str]:
+    return [info[4][0] for info in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)]
 
 
 @dataclass(frozen=True)
@@ -36,7 +52,11 @@ class FetchPolicy:
     connect_timeout_s: float = 5.0
     read_timeout_s: float = 10.0
     total_timeout_s: float = 30.0
+    retries: int = 2
+    retry_backoff_s: float = 0.25
     allow_networks: tuple[IPNetwork, ...] = field(default=())
+    proxy: str | None = None
+    resolver: Resolver = system_resolver
 
 
 def parse_networks(spec: str | Sequence[str]) -> tuple[IPNetwork, ...]:
@@ -52,31 +72,195 @@ def parse_networks(spec: str | Sequence[str]) -> tuple[IPNetwork, ...]:
     return tuple(networks)
 
 
+def _embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 form tunnels to: mapped, 6to4, Teredo or NAT64."""
+    if address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    if address.sixtofour is not None:
+        return address.sixtofour
+    if address.teredo is not None:
+        return address.teredo[1]
+    if any(address in net for net in _NAT64):
+        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    return None
+
+
 def is_public(address: IPAddress) -> bool:
-    """Globally routable unicast only; IPv4-mapped/NAT64 forms are judged by the IPv4 inside."""
+    """Globally routable unicast only; tunnelled IPv6 forms are judged by the IPv4 inside."""
     if isinstance(address, ipaddress.IPv6Address):
-        embedded = address.ipv4_mapped or (
-            ipaddress.IPv4Address(int(address) & 0xFFFFFFFF) if address in ipaddress.ip_network("64:ff9b::/96") else None
-        )
+        if any(address in net for net in _NON_PUBLIC_EXTRA):
+            return False
+        embedded = _embedded_ipv4(address)
         if embedded is not None:
             return is_public(embedded)
     return address.is_global and not address.is_multicast
 
 
-def check_host(host: str, port: int, policy: FetchPolicy) -> None:
-    """Resolve `host` and refuse it unless every address is public or allow-listed."""
+def checked_addresses(host: str, port: int, policy: FetchPolicy) -> list[str]:
+    """Resolve `host` and return its addresses, refusing it if any is neither public nor allowed."""
     try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except (socket.gaierror, UnicodeError) as exc:
+        resolved = policy.resolver(host, port)
+    except (OSError, UnicodeError) as exc:
         raise InputError(FETCH_FAILED, f"cannot resolve host {host!r}: {exc}") from exc
-    for info in infos:
-        address = ipaddress.ip_address(info[4][0].split("%", 1)[0])
-        allowed = any(address in net for net in policy.allow_networks)
-        if not allowed and not is_public(address):
+    if not resolved:
+        raise InputError(FETCH_FAILED, f"host {host!r} has no addresses")
+    for text in resolved:
+        address = ipaddress.ip_address(text.split("%", 1)[0])
+        if not is_public(address) and not any(address in net for net in policy.allow_networks):
             raise InputError(URL_BLOCKED, f"host {host!r} resolves to non-public address {address}")
+    return resolved
 
 
-def _checked_url(raw: str | httpx.URL, policy: FetchPolicy) -> httpx.URL:
+class _DeadlineStream(httpcore.NetworkStream):
+    """Caps every read and write by the time left before the request's deadline."""
+
+    def __init__(self, inner: httpcore.NetworkStream, deadline: Callable[[], float]) -> None:
+        self._inner = inner
+        self._deadline = deadline
+
+    def _budget(self, timeout: float | None, error: type[Exception]) -> float:
+        left = self._deadline() - time.monotonic()
+        if left <= 0:
+            raise error("whole-request deadline passed")
+        return left if timeout is None else min(timeout, left)
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return self._inner.read(max_bytes, self._budget(timeout, httpcore.ReadTimeout))
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self._inner.write(buffer, self._budget(timeout, httpcore.WriteTimeout))
+
+    def close(self) -> None:
+        self._inner.close()
+
+    def start_tls(self, ssl_context: Any, server_hostname: str | None = None, timeout: float | None = None) -> httpcore.NetworkStream:
+        tls = self._inner.start_tls(ssl_context, server_hostname, self._budget(timeout, httpcore.ConnectTimeout))
+        return _DeadlineStream(tls, self._deadline)
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._inner.get_extra_info(info)
+
+
+class GuardedBackend(httpcore.NetworkBackend):
+    """Connects only to checked addresses; the deadline is per thread (one request at a time)."""
+
+    def __init__(self, policy: FetchPolicy) -> None:
+        self.policy = policy
+        self._inner = httpcore.SyncBackend()
+        self._local = threading.local()
+
+    def set_deadline(self, deadline: float | None) -> None:
+        self._local.deadline = deadline
+
+    def deadline(self) -> float:
+        return getattr(self._local, "deadline", None) or float("inf")
+
+    def connect_tcp(self, host: str, port: int, timeout: float | None = None, local_address: str | None = None,
+                    socket_options: Iterable[Any] | None = None) -> httpcore.NetworkStream:
+        addresses = checked_addresses(host, port, self.policy)
+        left = self.deadline() - time.monotonic()
+        if left <= 0:
+            raise httpcore.ConnectTimeout("whole-request deadline passed")
+        timeout = left if timeout is None else min(timeout, left)
+        stream = self._inner.connect_tcp(addresses[0], port, timeout, local_address, socket_options)
+        return _DeadlineStream(stream, self.deadline)
+
+    def sleep(self, seconds: float) -> None:
+        time.sleep(seconds)
+
+
+class Fetcher:
+    """One HTTP client (connection pool) with the policy applied; thread-safe for `get`."""
+
+    def __init__(self, policy: FetchPolicy, max_connections: int = 100) -> None:
+        self.policy = policy
+        self.backend = GuardedBackend(policy)
+        timeout = httpx.Timeout(policy.read_timeout_s, connect=policy.connect_timeout_s)
+        limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections // 2)
+        if policy.proxy:
+            # Through a proxy the proxy makes the connection: names are checked before each hop, and
+            # the proxy itself must enforce egress rules.
+            transport = httpx.HTTPTransport(proxy=policy.proxy, limits=limits)
+        else:
+            transport = httpx.HTTPTransport(limits=limits)
+            # httpx offers no public hook for the network backend; swap the pool it built.
+            transport._pool = httpcore.ConnectionPool(
+                ssl_context=httpx.create_ssl_context(), max_connections=limits.max_connections,
+                max_keepalive_connections=limits.max_keepalive_connections, keepalive_expiry=5.0,
+                network_backend=self.backend,
+            )
+        # identity encoding: a compressed body could expand past the byte cap inside one chunk.
+        self.client = httpx.Client(transport=transport, timeout=timeout, follow_redirects=False, trust_env=False,
+                                   headers={"Accept-Encoding": "identity", "User-Agent": "dda-moderation"})
+
+    def close(self) -> None:
+        self.client.close()
+
+    def get(self, raw_url: str) -> bytes:
+        """The body of `raw_url`, following checked redirects, or InputError with a specific code."""
+        deadline = time.monotonic() + self.policy.total_timeout_s
+        self.backend.set_deadline(deadline)
+        try:
+            attempt = 0
+            while True:
+                try:
+                    return self._follow(raw_url, deadline)
+                except _Transient as exc:
+                    wait = self.policy.retry_backoff_s * (2**attempt)
+                    attempt += 1
+                    if attempt > self.policy.retries or time.monotonic() + wait >= deadline:
+                        raise exc.error from None
+                    time.sleep(wait)
+        finally:
+            self.backend.set_deadline(None)
+
+    def _follow(self, raw_url: str, deadline: float) -> bytes:
+        url = checked_url(raw_url)
+        for _hop in range(self.policy.max_redirects + 1):
+            if self.policy.proxy:
+                checked_addresses(url.host, url.port or (443 if url.scheme == "https" else 80), self.policy)
+            try:
+                with self.client.stream("GET", url) as response:
+                    if response.is_redirect:
+                        url = checked_url(url.join(response.headers.get("location", "")))
+                        continue
+                    if response.status_code in RETRY_STATUSES:
+                        raise _Transient(InputError(FETCH_HTTP_STATUS, f"HTTP {response.status_code} from {url.host}"))
+                    if response.status_code != 200:
+                        raise InputError(FETCH_HTTP_STATUS, f"HTTP {response.status_code} from {url.host}")
+                    return self._read_capped(response, deadline)
+            except httpx.TimeoutException as exc:
+                raise InputError(FETCH_TIMEOUT, f"timed out fetching from {url.host}: {exc or type(exc).__name__}") from exc
+            except httpx.ConnectError as exc:
+                raise _Transient(InputError(FETCH_FAILED, f"cannot connect to {url.host}: {exc}")) from exc
+            except httpx.HTTPError as exc:
+                raise InputError(FETCH_FAILED, f"fetch from {url.host} failed: {exc}") from exc
+        raise InputError(FETCH_FAILED, f"more than {self.policy.max_redirects} redirects")
+
+    def _read_capped(self, response: httpx.Response, deadline: float) -> bytes:
+        cap = self.policy.max_bytes
+        declared = response.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > cap:
+            raise InputError(FETCH_TOO_LARGE, f"Content-Length {declared} is over the cap of {cap} bytes")
+        body = bytearray()
+        for chunk in response.iter_raw():
+            body += chunk
+            if len(body) > cap:
+                raise InputError(FETCH_TOO_LARGE, f"body is over the cap of {cap} bytes")
+            if time.monotonic() > deadline:
+                raise InputError(FETCH_TIMEOUT, f"whole-request deadline of {self.policy.total_timeout_s} s passed")
+        return bytes(body)
+
+
+class _Transient(Exception):
+    """A failure worth retrying (connect error, 429, 5xx); carries the error to report if not."""
+
+    def __init__(self, error: InputError) -> None:
+        super().__init__(error.message)
+        self.error = error
+
+
+def checked_url(raw: str | httpx.URL) -> httpx.URL:
     try:
         url = httpx.URL(raw)
     except (httpx.InvalidURL, TypeError) as exc:
@@ -85,45 +269,4 @@ def _checked_url(raw: str | httpx.URL, policy: FetchPolicy) -> httpx.URL:
         raise InputError(URL_INVALID, f"scheme {url.scheme!r} is not allowed (http and https only)")
     if not url.host:
         raise InputError(URL_INVALID, "URL has no host")
-    check_host(url.host, url.port or (443 if url.scheme == "https" else 80), policy)
     return url
-
-
-def fetch(client: httpx.Client, raw_url: str, policy: FetchPolicy) -> bytes:
-    """The body of `raw_url`, following checked redirects, or InputError with a specific code."""
-    deadline = time.monotonic() + policy.total_timeout_s
-    url = _checked_url(raw_url, policy)
-    for _hop in range(policy.max_redirects + 1):
-        try:
-            with client.stream("GET", url) as response:
-                if response.is_redirect:
-                    location = response.headers.get("location", "")
-                    url = _checked_url(url.join(location), policy)
-                    continue
-                if response.status_code != 200:
-                    raise InputError(FETCH_HTTP_STATUS, f"HTTP {response.status_code} from {url.host}")
-                return _read_capped(response, policy, deadline)
-        except httpx.TimeoutException as exc:
-            raise InputError(FETCH_TIMEOUT, f"timed out fetching from {url.host}: {type(exc).__name__}") from exc
-        except httpx.HTTPError as exc:
-            raise InputError(FETCH_FAILED, f"fetch from {url.host} failed: {exc}") from exc
-    raise InputError(FETCH_FAILED, f"more than {policy.max_redirects} redirects")
-
-
-def _read_capped(response: httpx.Response, policy: FetchPolicy, deadline: float) -> bytes:
-    declared = response.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > policy.max_bytes:
-        raise InputError(FETCH_TOO_LARGE, f"Content-Length {declared} is over the cap of {policy.max_bytes} bytes")
-    body = bytearray()
-    for chunk in response.iter_bytes():
-        body += chunk
-        if len(body) > policy.max_bytes:
-            raise InputError(FETCH_TOO_LARGE, f"body is over the cap of {policy.max_bytes} bytes")
-        if time.monotonic() > deadline:
-            raise InputError(FETCH_TIMEOUT, f"whole-request deadline of {policy.total_timeout_s} s passed")
-    return bytes(body)
-
-
-def make_client(policy: FetchPolicy) -> httpx.Client:
-    timeout = httpx.Timeout(policy.read_timeout_s, connect=policy.connect_timeout_s)
-    return httpx.Client(timeout=timeout, follow_redirects=False, trust_env=False)

@@ -6,7 +6,7 @@ import argparse
 import json
 import time
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -17,15 +17,15 @@ from engine.hub import resolve_model
 from engine.model_dir import ModelDirError, load_model_dir
 from worker.decode import DEFAULT_MAX_PIXELS, decode_rgb
 from worker.errors import FILE_NOT_FOUND, InputError
-from worker.fetch import FetchPolicy, fetch, make_client, parse_networks
+from worker.fetch import Fetcher, FetchPolicy, parse_networks
 
 PROGRESS_EVERY_S = 2.0
 
 
-def read_input(spec: str, client_factory: Any, policy: FetchPolicy) -> bytes:
+def read_input(spec: str, fetcher: Callable[[], Fetcher]) -> bytes:
     """Bytes of a local path or an http(s) URL; anything with '://' is treated as a URL."""
     if "://" in spec:
-        return fetch(client_factory(), spec, policy)
+        return fetcher().get(spec)
     try:
         return Path(spec).read_bytes()
     except (FileNotFoundError, IsADirectoryError, PermissionError) as exc:
@@ -39,12 +39,12 @@ def _chunks(items: Sequence[str], size: int) -> Iterator[Sequence[str]]:
 
 def scan(detector: Detector, inputs: Sequence[str], batch_size: int, policy: FetchPolicy, max_pixels: int) -> Iterator[dict[str, Any]]:
     """Results in input order; a bad input yields an error record and never stops the run."""
-    client = None
+    shared: list[Fetcher] = []
 
-    def client_factory() -> Any:
-        nonlocal client
-        client = client or make_client(policy)
-        return client
+    def fetcher() -> Fetcher:
+        if not shared:
+            shared.append(Fetcher(policy))
+        return shared[0]
 
     version = detector.manifest.version
     try:
@@ -53,7 +53,7 @@ def scan(detector: Detector, inputs: Sequence[str], batch_size: int, policy: Fet
             errors: dict[int, InputError] = {}
             for i, spec in enumerate(chunk):
                 try:
-                    images[i] = decode_rgb(read_input(spec, client_factory, policy), max_pixels)
+                    images[i] = decode_rgb(read_input(spec, fetcher), max_pixels)
                 except InputError as exc:
                     errors[i] = exc
             predictions = dict(zip(images, detector.predict(list(images.values()))))
@@ -66,13 +66,17 @@ def scan(detector: Detector, inputs: Sequence[str], batch_size: int, policy: Fet
                     yield {"input": spec, "status": "error", "logit": None, "score": None, "label": None,
                            "model": version, "error": errors[i].to_json()}
     finally:
-        if client is not None:
-            client.close()
+        for f in shared:
+            f.close()
 
 
 def scan_command(args: argparse.Namespace) -> int:
     try:
-        policy = FetchPolicy(allow_networks=parse_networks(args.allow_networks))
+        policy = FetchPolicy(
+            allow_networks=parse_networks(args.allow_networks), max_bytes=args.fetch_max_bytes,
+            total_timeout_s=args.fetch_timeout, connect_timeout_s=min(5.0, args.fetch_timeout),
+            read_timeout_s=min(10.0, args.fetch_timeout),
+        )
         model_dir = resolve_model(args.model, progress=say)
         loaded = load_model_dir(model_dir)
         runner = make_runner(loaded, model_dir, backend=args.backend, device=args.device,
@@ -98,6 +102,13 @@ def positive_int(text: str) -> int:
     return value
 
 
+def positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return value
+
+
 def register(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser("scan", help="score image files or URLs; one JSON line per input on stdout")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image file path or http(s) URL")
@@ -110,4 +121,6 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=positive_int, default=16)
     p.add_argument("--max-pixels", type=positive_int, default=DEFAULT_MAX_PIXELS, help="refuse images with more pixels than this")
     p.add_argument("--allow-networks", default="", help="comma-separated CIDRs that URLs may reach despite being private")
+    p.add_argument("--fetch-timeout", type=positive_float, default=30.0, help="whole-request deadline per URL, seconds")
+    p.add_argument("--fetch-max-bytes", type=positive_int, default=50 * 1024 * 1024, help="refuse bodies larger than this")
     p.set_defaults(handler=scan_command)

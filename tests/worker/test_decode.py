@@ -15,16 +15,25 @@ from worker.decode import decode_rgb, sniff_format
 @pytest.mark.parametrize(
     ("mode", "fmt"),
     [("1", "PNG"), ("L", "PNG"), ("LA", "PNG"), ("P", "PNG"), ("RGBA", "PNG"), ("RGB", "WEBP"),
-     ("CMYK", "JPEG"), ("CMYK", "TIFF"), ("I;16", "PNG"), ("I", "TIFF"), ("F", "TIFF")],
+     ("CMYK", "JPEG"), ("CMYK", "TIFF"), ("YCbCr", "TIFF"), ("LAB", "TIFF"), ("RGB", "BMP"), ("RGB", "AVIF")],
 )
-def test_every_mode_becomes_rgb_as_pillow_convert_does(mode: str, fmt: str) -> None:
-    source = photo(64, 48)
-    image = source.convert("L").convert(mode) if mode in ("I", "I;16", "F") else source.convert(mode)
-    data = encode(image, fmt)
+def test_eight_bit_modes_become_rgb_as_the_reference_converts_them(mode: str, fmt: str) -> None:
+    data = encode(photo(64, 48).convert(mode), fmt)
     pixels = decode_rgb(data)
     assert pixels.shape == (48, 64, 3) and pixels.dtype == np.uint8
     with Image.open(io.BytesIO(data)) as again:
         assert np.array_equal(pixels, np.asarray(again.convert("RGB")))
+
+
+def test_wide_integer_and_float_modes_are_scaled_not_clipped() -> None:
+    ramp16 = np.linspace(0, 65535, 64 * 48).reshape(48, 64).astype(np.uint16)
+    for image in (Image.fromarray(ramp16), Image.fromarray(ramp16.astype(np.int32))):
+        pixels = decode_rgb(encode(image, "PNG" if image.mode.startswith("I;16") else "TIFF"))
+        assert np.array_equal(pixels[:, :, 0], np.rint(ramp16 / 257.0).astype(np.uint8)), image.mode
+        assert np.array_equal(pixels[:, :, 0], pixels[:, :, 2])
+    unit = np.linspace(0, 1, 64 * 48, dtype=np.float32).reshape(48, 64)
+    pixels = decode_rgb(encode(Image.fromarray(unit), "TIFF"))
+    assert pixels[0, 0, 0] == 0 and pixels[-1, -1, 0] == 255 and 120 < pixels[24, 32, 0] < 135
 
 
 def png_header_only(width: int, height: int) -> bytes:
@@ -69,3 +78,27 @@ def test_shared_mode_images_decode() -> None:
     for path in sorted((SHARED_DATA / "pdq" / "misc-images" / "modes").glob("*.*")):
         if path.suffix != ".md":
             assert decode_rgb(path.read_bytes()).ndim == 3, path
+
+
+NOT_IMAGES = {".txt", ".dat", ".md", ".csv", ""}
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "pdq").is_dir(), reason="../shared/data not present")
+def test_every_shared_image_decodes_like_the_reference() -> None:
+    paths = [p for p in sorted(SHARED_DATA.rglob("*")) if p.is_file() and p.suffix.lower() not in NOT_IMAGES]
+    assert len(paths) > 100
+    for path in paths:
+        pixels = decode_rgb(path.read_bytes())
+        with Image.open(path) as ref:
+            if ref.mode not in ("I", "F") and not ref.mode.startswith("I;16"):
+                assert np.array_equal(pixels, np.asarray(ref.convert("RGB"))), path
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "pdq").is_dir(), reason="../shared/data not present")
+def test_exif_rotated_photos_keep_their_stored_orientation() -> None:
+    for path in sorted((SHARED_DATA / "pdq" / "reg-test-input" / "exif-rotn").glob("*.jpg")):
+        with Image.open(path) as raw:
+            assert raw.getexif().get(0x0112) in (1, 3, 6, 8)
+            stored = raw.size
+        pixels = decode_rgb(path.read_bytes())
+        assert (pixels.shape[1], pixels.shape[0]) == stored == (4032, 3024), path

@@ -1,0 +1,281 @@
+"""Hostile URLs, servers and files: each gets its specific error code, and the process keeps serving.
+
+Address checks run in-process against a Fetcher with no allow-list (nothing is ever sent
+to a non-loopback address: the check refuses before connecting). Server behaviours and
+files run through `dda scan` in a subprocess, allow-listed to 127.0.0.0/8 like the
+tests' own servers, with the subprocess's peak memory measured.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from tests.conftest import encode, photo
+from tests.http_server import LocalServer, RawServer, Route, serve
+from worker.errors import InputError
+from worker.fetch import Fetcher, FetchPolicy, is_public, parse_networks
+
+server = pytest.fixture(serve)
+LOOPBACK = parse_networks("127.0.0.0/8")
+
+
+def code_of(fetcher: Fetcher, url: str) -> str:
+    with pytest.raises(InputError) as info:
+        fetcher.get(url)
+    return info.value.code
+
+
+@pytest.fixture()
+def strict() -> Fetcher:
+    fetcher = Fetcher(FetchPolicy(total_timeout_s=5))
+    yield fetcher
+    fetcher.close()
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1/", "http://10.1.2.3/x.jpg", "http://169.254.169.254/latest/meta-data/",
+        "http://[::1]/", "http://[::ffff:127.0.0.1]/", "http://[::ffff:7f00:1]/", "http://2130706433/",
+        "http://0x7f.0.0.1/", "http://0x7f000001/", "http://100.64.0.1/", "http://192.168.1.1/",
+        "http://172.16.0.1/", "http://0.0.0.0/", "http://224.0.0.1/", "http://240.0.0.1/", "http://[fc00::1]/",
+        "http://[fe80::1]/", "http://[64:ff9b::a00:1]/", "http://[2002:7f00:1::]/", "http://localhost/",
+    ],
+)
+def test_non_public_addresses_are_blocked(strict: Fetcher, url: str) -> None:
+    assert code_of(strict, url) == "url_blocked"
+
+
+@pytest.mark.parametrize(
+    "url",
+    # httpx refuses an octal dotted quad as a malformed IPv4 literal before any resolution.
+    ["file:///etc/passwd", "gopher://example.com/1", "ftp://example.com/x", "http:///nohost", "not a url", "http://0177.0.0.1/"],
+)
+def test_other_schemes_and_malformed_urls_are_invalid(strict: Fetcher, url: str) -> None:
+    assert code_of(strict, url) == "url_invalid"
+
+
+def test_public_address_classification() -> None:
+    import ipaddress
+
+    assert is_public(ipaddress.ip_address("93.184.216.34"))
+    assert is_public(ipaddress.ip_address("2606:4700::1111"))
+    assert not is_public(ipaddress.ip_address("::ffff:10.0.0.1"))
+    assert is_public(ipaddress.ip_address("::ffff:93.184.216.34"))
+
+
+def test_public_name_resolving_to_private_address_is_blocked() -> None:
+    """DNS is simulated (tests have none): the name answers with a private address."""
+    fetcher = Fetcher(FetchPolicy(resolver=lambda host, port: ["10.0.0.7"]))
+    try:
+        assert code_of(fetcher, "http://images.example.com/cat.jpg") == "url_blocked"
+    finally:
+        fetcher.close()
+
+
+def test_any_private_answer_among_several_blocks_the_name() -> None:
+    fetcher = Fetcher(FetchPolicy(resolver=lambda host, port: ["93.184.216.34", "127.0.0.1"]))
+    try:
+        assert code_of(fetcher, "http://images.example.com/cat.jpg") == "url_blocked"
+    finally:
+        fetcher.close()
+
+
+def test_connection_goes_to_the_address_that_was_checked(server: LocalServer) -> None:
+    """A rebinding resolver answers differently on each call; only one answer is ever used."""
+    png = encode(photo(50, 40), "PNG")
+    server.routes["/a.png"] = Route(body=png)
+    port = int(server.base.rsplit(":", 1)[1])
+    answers = iter([["127.0.0.1"], ["10.0.0.9"]])
+    calls: list[str] = []
+
+    def rebinding(host: str, _port: int) -> list[str]:
+        calls.append(host)
+        return next(answers)
+
+    fetcher = Fetcher(FetchPolicy(allow_networks=LOOPBACK, resolver=rebinding))
+    try:
+        assert fetcher.get(f"http://images.example.com:{port}/a.png") == png
+    finally:
+        fetcher.close()
+    assert calls == ["images.example.com"]
+
+
+def test_redirect_to_private_address_is_blocked(server: LocalServer) -> None:
+    server.routes["/go"] = Route(status=302, headers=(("Location", "http://169.254.169.254/latest/meta-data/"),))
+    server.routes["/go10"] = Route(status=301, headers=(("Location", "http://10.0.0.1/x"),))
+    fetcher = Fetcher(FetchPolicy(allow_networks=LOOPBACK))
+    try:
+        assert code_of(fetcher, f"{server.base}/go") == "url_blocked"
+        assert code_of(fetcher, f"{server.base}/go10") == "url_blocked"
+    finally:
+        fetcher.close()
+
+
+def test_transient_errors_are_retried_and_client_errors_are_not(server: LocalServer) -> None:
+    png = encode(photo(30, 30), "PNG")
+    server.routes["/flaky"] = Route(body=png, fail_first=2)
+    server.routes["/gone"] = Route(status=404)
+    server.routes["/down"] = Route(body=png, fail_first=100)
+    fetcher = Fetcher(FetchPolicy(allow_networks=LOOPBACK, retries=2, retry_backoff_s=0.01))
+    try:
+        assert fetcher.get(f"{server.base}/flaky") == png
+        assert server.routes["/flaky"].hits == 3
+        assert code_of(fetcher, f"{server.base}/gone") == "fetch_http_status"
+        assert server.routes["/gone"].hits == 1
+        assert code_of(fetcher, f"{server.base}/down") == "fetch_http_status"
+        assert server.routes["/down"].hits == 3
+    finally:
+        fetcher.close()
+
+
+def test_proxy_environment_is_ignored(server: LocalServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    png = encode(photo(30, 30), "PNG")
+    server.routes["/p.png"] = Route(body=png)
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")  # nothing listens there
+    monkeypatch.setenv("ALL_PROXY", "http://127.0.0.1:9")
+    fetcher = Fetcher(FetchPolicy(allow_networks=LOOPBACK))
+    try:
+        assert fetcher.get(f"{server.base}/p.png") == png
+    finally:
+        fetcher.close()
+
+
+# --- misbehaving servers and hostile files, through the real CLI ------------------------------
+
+
+def never_answers(conn: socket.socket, stop: threading.Event) -> None:
+    stop.wait()
+
+
+def trickles_body(conn: socket.socket, stop: threading.Event) -> None:
+    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\nContent-Length: 100000\r\n\r\n")
+    while not stop.wait(1.0):
+        conn.sendall(b"\xff")
+
+
+def trickles_headers(conn: socket.socket, stop: threading.Event) -> None:
+    for byte in b"HTTP/1.1 200 OK\r\nX-Slow: " + b"a" * 1000:
+        if stop.wait(0.5):
+            return
+        conn.sendall(bytes([byte]))
+
+
+def endless_body(conn: socket.socket, stop: threading.Event) -> None:
+    """Claims nothing, sends up to 1 GB (connection-delimited), stops when the client leaves."""
+    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\nConnection: close\r\n\r\n")
+    block = b"\xff\xd8\xff" + b"\x00" * (1 << 20)
+    for _ in range(1024):
+        if stop.is_set():
+            return
+        conn.sendall(block)
+
+
+def lies_small(conn: socket.socket, stop: threading.Event) -> None:
+    """Claims 2,000 bytes and then keeps sending a JPEG far longer than that."""
+    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2000\r\n\r\n")
+    jpeg = encode(photo(800, 600), "JPEG", quality=95)
+    for _ in range(200):
+        if stop.is_set():
+            return
+        conn.sendall(jpeg)
+
+
+def gif_with_many_frames(count: int = 3000) -> bytes:
+    frames = [Image.new("P", (8, 8), i % 256) for i in range(count)]
+    buf = io.BytesIO()
+    frames[0].save(buf, "GIF", save_all=True, append_images=frames[1:], duration=10)
+    return buf.getvalue()
+
+
+def png_bomb() -> bytes:
+    from tests.worker.test_decode import png_header_only
+
+    return png_header_only(100_000, 100_000)
+
+
+# Peak RSS of the scanning process over a benign run of the same process (measured: +13 MB,
+# with a 8 MB fetch cap, a 1 GB stream, a 100k x 100k PNG and a 3,000-frame GIF among the inputs).
+GROWTH_LIMIT_MB = 64
+
+
+def scan_with_peak_rss(model: Path, inputs: list[str], *options: str) -> tuple[list[dict], int, float]:
+    code = ("import resource, sys; from worker.cli import main; rc = main(sys.argv[1:]); "
+            "print('PEAK_RSS_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr); sys.exit(rc)")
+    started = time.monotonic()
+    proc = subprocess.run([sys.executable, "-c", code, "scan", "--model", str(model), *options, *inputs],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    peak_kb = int(next(line.split()[1] for line in proc.stderr.splitlines() if line.startswith("PEAK_RSS_KB")))
+    return [json.loads(line) for line in proc.stdout.splitlines()], peak_kb, time.monotonic() - started
+
+
+def test_hostile_servers_and_files_get_specific_codes_within_a_memory_bound(
+    tiny_model_dir: Path, tmp_path: Path, server: LocalServer
+) -> None:
+    good = encode(photo(640, 480, seed=4), "JPEG", quality=90)
+    truncated_jpeg = good[: len(good) // 2]
+    server.routes["/good.jpg"] = Route(body=good)
+    server.routes["/missing.jpg"] = Route(status=404)
+    server.routes["/page.html"] = Route(body=b"<!doctype html><html><body>hello</body></html>", headers=(("Content-Type", "text/html"),))
+    server.routes["/claims-huge.jpg"] = Route(body=b"\xff\xd8\xff" + b"\x00" * 1000, headers=(("Content-Length", str(600 * 1024 * 1024)),))
+    server.routes["/to-metadata"] = Route(status=302, headers=(("Location", "http://169.254.169.254/latest/meta-data/"),))
+    server.routes["/loop"] = Route(status=302, headers=(("Location", "/loop"),))
+
+    files = {
+        "bomb.png": png_bomb(),
+        "truncated.jpg": truncated_jpeg,
+        "frames.gif": gif_with_many_frames(),
+        "random.bin": os.urandom(50_000),
+        "page.html": b"<html><body>not an image</body></html>",
+        "empty.jpg": b"",
+        "vector.svg": b'<?xml version="1.0"?><svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"/>',
+        "good.png": encode(photo(500, 400, seed=5), "PNG"),
+    }
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+
+    with RawServer(never_answers) as silent, RawServer(trickles_body) as slow_body, RawServer(trickles_headers) as slow_headers, \
+            RawServer(endless_body) as gigabyte, RawServer(lies_small) as liar:
+        cases = [
+            (silent.url, "fetch_timeout"),
+            (slow_body.url, "fetch_timeout"),
+            (slow_headers.url, "fetch_timeout"),
+            (gigabyte.url, "fetch_too_large"),
+            (liar.url, "image_truncated"),
+            (f"{server.base}/claims-huge.jpg", "fetch_too_large"),
+            (f"{server.base}/missing.jpg", "fetch_http_status"),
+            (f"{server.base}/page.html", "unsupported_format"),
+            (f"{server.base}/to-metadata", "url_blocked"),
+            (f"{server.base}/loop", "fetch_failed"),
+            ("gopher://127.0.0.1/1", "url_invalid"),
+            ("file:///etc/passwd", "url_invalid"),
+            (str(tmp_path / "bomb.png"), "image_too_large"),
+            (str(tmp_path / "truncated.jpg"), "image_truncated"),
+            (str(tmp_path / "random.bin"), "unsupported_format"),
+            (str(tmp_path / "page.html"), "unsupported_format"),
+            (str(tmp_path / "empty.jpg"), "unsupported_format"),
+            (str(tmp_path / "vector.svg"), "unsupported_format"),
+        ]
+        servable = [(f"{server.base}/good.jpg", "ok"), (str(tmp_path / "frames.gif"), "ok"), (str(tmp_path / "good.png"), "ok")]
+        inputs = [u for u, _ in cases + servable]
+        options = ("--allow-networks", "127.0.0.0/8", "--fetch-timeout", "3", "--fetch-max-bytes", str(8 << 20))
+        _, baseline_kb, _ = scan_with_peak_rss(tiny_model_dir, [u for u, _ in servable], *options)
+        records, peak_kb, seconds = scan_with_peak_rss(tiny_model_dir, inputs, *options)
+
+    got = [(r["input"], r["error"]["code"] if r["status"] == "error" else "ok") for r in records]
+    assert got == cases + servable, json.dumps(records, indent=1)
+    growth_mb = (peak_kb - baseline_kb) / 1024
+    assert growth_mb < GROWTH_LIMIT_MB, f"peak RSS {peak_kb / 1024:.0f} MB, {growth_mb:.0f} MB over a benign run"
+    assert seconds < 120  # three 3-second deadlines and one read timeout, not a hang
