@@ -15,14 +15,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import describe  # noqa: E402
 
 from engine.checkpoint import import_checkpoint
 from engine.model_dir import load_model_dir
@@ -33,21 +35,6 @@ from worker.decode import decode_rgb
 
 DEV_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "dev"
 GFLOP_PER_IMAGE_VITL = 382.0  # ../shared/DESIGN.md, 336 input, LoRA merged
-
-
-def machine() -> dict[str, object]:
-    info: dict[str, object] = {"python": platform.python_version(), "torch": torch.__version__,
-                               "cpu_cores": os.cpu_count(), "cpu": platform.processor() or platform.machine()}
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                info["cpu"] = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(0)
-    return info
 
 
 def load_crops(count: int, size: int) -> np.ndarray:
@@ -115,7 +102,7 @@ def main() -> None:
                 row["decision_flips"] = int(np.sum((logits > manifest.threshold_logit) != (reference > manifest.threshold_logit)))
             rows.append(row)
             del runner, network
-    result = {"machine": machine(), "device": args.device, "model": manifest.version,
+    result = {"machine": describe(), "device": args.device, "model": manifest.version,
               "architecture": manifest.architecture.to_json(), "images": len(crops), "rows": rows}
     base = rows[0]["images_per_s"]
     print(f"machine: {json.dumps(result['machine'])}\nmodel {manifest.version}, {len(crops)} images, device {args.device}")

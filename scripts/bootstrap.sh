@@ -1,15 +1,23 @@
 # Sourced by scripts/dda and scripts/test: make .venv with the project and the given extras.
-# Re-installs only when pyproject.toml changed since the last install.
+# Re-installs only when pyproject.toml or the C extension changed since the last install.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${DDA_VENV:-$ROOT/.venv}"
+# System packages the build needs: libjpeg headers for the partial JPEG decoder (Debian/Ubuntu).
+system_packages() {
+    if command -v apt-get >/dev/null && ! dpkg -s libjpeg62-turbo-dev >/dev/null 2>&1 && ! dpkg -s libjpeg-turbo8-dev >/dev/null 2>&1; then
+        echo "dda: installing libjpeg headers (apt-get)" >&2
+        apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libjpeg-dev >&2
+    fi
+}
 bootstrap() {
     local extras="$1" stamp
-    stamp="$VENV/.installed-$(sha256sum "$ROOT/pyproject.toml" | cut -c1-16)-${extras//,/-}"
+    stamp="$VENV/.installed-$(cat "$ROOT/pyproject.toml" "$ROOT"/worker/*.c | sha256sum | cut -c1-16)-${extras//,/-}"
     if [ ! -x "$VENV/bin/python" ]; then
         python3 -m venv "$VENV"
     fi
     if [ ! -f "$stamp" ]; then
+        system_packages
         echo "dda: installing the project into $VENV (extras: $extras)" >&2
         # torch first and pinned: an unpinned resolve would pull several GB of CUDA wheels.
         "$VENV/bin/pip" install --quiet "torch==2.13.0" >&2

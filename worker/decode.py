@@ -23,9 +23,18 @@ from struct import error as struct_error  # Pillow plugins raise it on malformed
 import numpy as np
 from PIL import Image
 
+from engine.preprocess import CROP_SIZE, center_crop, plan_center_crop
 from worker.errors import DECODE_FAILED, IMAGE_TOO_LARGE, IMAGE_TRUNCATED, UNSUPPORTED_FORMAT, InputError
 
+try:
+    from worker._jpegregion import decode_region
+except ImportError:  # built without libjpeg headers: every JPEG takes the full decode
+    decode_region = None
+
 DEFAULT_MAX_PIXELS = 64_000_000  # a 48 MP phone photo fits; a decompression bomb does not
+# Rows and columns decoded beyond the crop on each side: one 4:2:0 MCU, so chroma upsampling at
+# the crop's edges sees the same neighbours as in a full decode.
+REGION_MARGIN = 16
 
 _MAGIC: tuple[tuple[bytes, str], ...] = (
     (b"\xff\xd8\xff", "JPEG"),
@@ -91,20 +100,28 @@ def _is_truncation(exc: BaseException) -> bool:
     return isinstance(exc, EOFError) or any(k in text for k in ("truncated", "broken data stream", "end of file", "premature"))
 
 
-def decode_rgb(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """HxWx3 uint8 pixels of the first frame, or InputError with a specific code."""
+def _open_checked(data: bytes, max_pixels: int) -> Image.Image:
+    """Pillow image with only its header read, after the format and pixel-count checks."""
     if not data:
         raise InputError(UNSUPPORTED_FORMAT, "empty file")
     fmt = sniff_format(data)
+    image = Image.open(io.BytesIO(data), formats=[fmt])
+    width, height = image.size
+    if width * height > max_pixels:
+        raise InputError(IMAGE_TOO_LARGE, f"{width}x{height} is {width * height} pixels, over the cap of {max_pixels}")
+    if width == 0 or height == 0:
+        raise InputError(DECODE_FAILED, f"image has no pixels ({width}x{height})")
+    return image
+
+
+def decode_rgb(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """HxWx3 uint8 pixels of the first frame, or InputError with a specific code."""
+    fmt = "image"
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data), formats=[fmt])
-            width, height = image.size
-            if width * height > max_pixels:
-                raise InputError(IMAGE_TOO_LARGE, f"{width}x{height} is {width * height} pixels, over the cap of {max_pixels}")
-            if width == 0 or height == 0:
-                raise InputError(DECODE_FAILED, f"image has no pixels ({width}x{height})")
+            image = _open_checked(data, max_pixels)
+            fmt = image.format or fmt
             image.load()
             return to_rgb(image)
     except InputError:
@@ -115,3 +132,51 @@ def decode_rgb(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
         if _is_truncation(exc):
             raise InputError(IMAGE_TRUNCATED, f"{fmt} data ends early: {exc}") from exc
         raise InputError(DECODE_FAILED, f"{fmt} could not be decoded: {exc or type(exc).__name__}") from exc
+
+
+def jpeg_scan_is_complete(data: bytes) -> bool:
+    """True when an EOI marker follows the first scan's header.
+
+    A region decode never reads the file's tail, so it would not notice a truncation that
+    the full decode reports. Marker segments are walked rather than searched, because an EXIF
+    thumbnail carries its own EOI; inside entropy-coded data, byte stuffing means FF D9 can
+    only be the real EOI. Bytes after it (camera trailers) are fine.
+    """
+    i = 2
+    while i + 4 <= len(data) and data[i] == 0xFF:
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+        elif marker == 0xDA:  # start of scan
+            return data.rfind(b"\xff\xd9") > i  # searched from the end, where the EOI is
+        else:
+            i += 2 + int.from_bytes(data[i + 2 : i + 4], "big")
+    return False
+
+
+def decode_center_crop(data: bytes, size: int = CROP_SIZE, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """The model's [size, size, 3] centre crop, bit-identical to `center_crop(decode_rgb(data))`.
+
+    Baseline JPEGs at least `size` on both sides decode only the crop plus a margin; any
+    file the region decoder declines (progressive, CMYK, corrupt, truncated) takes the full
+    decode, which also produces the specific error codes.
+    """
+    if decode_region is not None and data[:3] == b"\xff\xd8\xff" and jpeg_scan_is_complete(data):
+        try:
+            image = _open_checked(data, max_pixels)
+        except (InputError, OSError, SyntaxError, ValueError, struct_error):
+            image = None  # let the full decode report it
+        if image is not None and image.width >= size and image.height >= size and image.mode in ("RGB", "L"):
+            plan = plan_center_crop(image.height, image.width, size)
+            top, left = max(plan.top - REGION_MARGIN, 0), max(plan.left - REGION_MARGIN, 0)
+            bottom = min(plan.top + size + REGION_MARGIN, image.height)
+            right = min(plan.left + size + REGION_MARGIN, image.width)
+            try:
+                region = decode_region(data, top, left, bottom - top, right - left)
+            except ValueError:
+                pass
+            else:
+                pixels = np.frombuffer(region, np.uint8).reshape(bottom - top, right - left, 3)
+                y, x = plan.top - top, plan.left - left
+                return pixels[y : y + size, x : x + size].copy()
+    return center_crop(decode_rgb(data, max_pixels), size)

@@ -15,7 +15,7 @@ from engine.console import say
 from engine.detector import Detector
 from engine.hub import resolve_model
 from engine.model_dir import ModelDirError, load_model_dir
-from worker.decode import DEFAULT_MAX_PIXELS, decode_rgb
+from worker.decode import DEFAULT_MAX_PIXELS, decode_center_crop, decode_rgb
 from worker.errors import FILE_NOT_FOUND, InputError
 from worker.fetch import Fetcher, FetchPolicy, parse_networks
 
@@ -38,7 +38,17 @@ def _chunks(items: Sequence[str], size: int) -> Iterator[Sequence[str]]:
 
 
 def scan(detector: Detector, inputs: Sequence[str], batch_size: int, policy: FetchPolicy, max_pixels: int) -> Iterator[dict[str, Any]]:
-    """Results in input order; a bad input yields an error record and never stops the run."""
+    """Results in input order; a bad input yields an error record and never stops the run.
+
+    In the reference's single-crop mode only the centre crop is decoded where the format
+    allows (bit-identical); five crops need the whole image."""
+    size = detector.manifest.preprocessing.crop_size
+
+    def pixels(data: bytes) -> np.ndarray:
+        if detector.crops == 1:
+            return decode_center_crop(data, size, max_pixels)
+        return decode_rgb(data, max_pixels)
+
     shared: list[Fetcher] = []
 
     def fetcher() -> Fetcher:
@@ -53,7 +63,7 @@ def scan(detector: Detector, inputs: Sequence[str], batch_size: int, policy: Fet
             errors: dict[int, InputError] = {}
             for i, spec in enumerate(chunk):
                 try:
-                    images[i] = decode_rgb(read_input(spec, fetcher), max_pixels)
+                    images[i] = pixels(read_input(spec, fetcher))
                 except InputError as exc:
                     errors[i] = exc
             predictions = dict(zip(images, detector.predict(list(images.values()))))
