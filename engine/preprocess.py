@@ -9,10 +9,12 @@ bytes moved to the accelerator are a quarter of float32; normalisation runs in t
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # torch is imported where tensors are made: decode processes never load it
+    import torch
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -122,6 +124,8 @@ def views(rgb: np.ndarray, crops: int, size: int = CROP_SIZE) -> np.ndarray:
 
 def normalize(batch: torch.Tensor, pre: Preprocessing) -> torch.Tensor:
     """uint8 [N, H, W, 3] -> float32 [N, 3, H, W], as ToTensor + Normalize compute it."""
+    import torch
+
     x = batch.permute(0, 3, 1, 2).float().div(255)
     mean = torch.tensor(pre.mean, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
     std = torch.tensor(pre.std, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)

@@ -8,7 +8,7 @@ from typing import Sequence
 
 from engine import cli as engine_cli
 from engine import compile_cli
-from worker import scan
+from worker import scan, service
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -17,6 +17,7 @@ def build_parser() -> argparse.ArgumentParser:
     engine_cli.register(commands)
     compile_cli.register(commands)
     scan.register(commands)
+    service.register(commands)
     return parser
 
 

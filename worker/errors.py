@@ -17,6 +17,8 @@ UNSUPPORTED_FORMAT = "unsupported_format"
 IMAGE_TOO_LARGE = "image_too_large"
 IMAGE_TRUNCATED = "image_truncated"
 DECODE_FAILED = "decode_failed"
+INFERENCE_FAILED = "inference_failed"  # the model raised on a batch (worker only)
+INTERNAL_ERROR = "internal_error"  # a bug or a dead decode process (worker only)
 
 
 class InputError(Exception):

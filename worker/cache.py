@@ -1,0 +1,154 @@
+"""The verdict cache, and the rule that keeps it from laundering AI images.
+
+Exact hits are keyed by the SHA-256 of the image bytes and may return any verdict.
+Near-duplicates are found by PDQ hash, and only ever return "ai_generated": an image and
+its VAE-reconstructed twin have nearly the same PDQ hash, and that twin is exactly the
+fake DDA exists to catch, so a perceptual match must never hand out "real". Hashes with
+PDQ quality below 50 are neither indexed nor searched (Meta's guidance).
+
+Radius search without a vector database: the 256-bit hash is cut into 16 slots of 16
+bits. Two hashes within Hamming distance 31 share at least one slot within distance 1
+(if every slot differed in 2 bits or more, the total would be at least 32), so a query
+unions the index sets of each slot's value and its 16 one-bit neighbours (272 keys, one
+pipelined round trip per batch), then checks real distances. Keys are namespaced by
+model version and expire after the TTL.
+
+If the store fails (Redis down), the cache reports misses and skips writes, counts the
+error, and tries the store again after a back-off: verdicts keep flowing, uncached.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable, Sequence
+
+import structlog
+
+from engine.detector import AI_GENERATED
+from worker.cache_store import Store
+from worker.hashing import hamming
+
+SLOTS = 16
+SLOT_HEX = 4  # 16 bits
+MATCH_DISTANCE = 31
+MIN_QUALITY = 50
+RETRY_AFTER_S = 2.0
+
+log = structlog.get_logger("dda.cache")
+
+
+@dataclass(frozen=True)
+class CachedVerdict:
+    logit: float
+    score: float
+    label: str
+    sha256: str
+    pdq: str | None
+    pdq_quality: int | None
+
+
+@dataclass(frozen=True)
+class Lookup:
+    kind: str  # "miss", "exact" or "near_duplicate"
+    verdict: CachedVerdict | None = None
+    distance: int | None = None
+
+
+@dataclass(frozen=True)
+class Key:
+    """What a request is looked up and stored by."""
+
+    sha256: str
+    pdq: str | None
+    pdq_quality: int | None
+
+    @property
+    def searchable(self) -> bool:
+        return self.pdq is not None and (self.pdq_quality or 0) >= MIN_QUALITY
+
+
+def slot_values(pdq: str) -> list[int]:
+    return [int(pdq[i * SLOT_HEX : (i + 1) * SLOT_HEX], 16) for i in range(SLOTS)]
+
+
+class VerdictCache:
+    def __init__(self, store: Store, namespace: str, ttl_s: int, on_error: Callable[[Exception], None] = lambda e: None) -> None:
+        self.store = store
+        self.prefix = f"dda:{namespace}:"
+        self.ttl_s = ttl_s
+        self.on_error = on_error
+        self._down_until = 0.0
+
+    def _slot_key(self, slot: int, value: int) -> str:
+        return f"{self.prefix}pdq:{slot}:{value:04x}"
+
+    def _neighbourhood(self, pdq: str) -> list[str]:
+        keys = []
+        for slot, value in enumerate(slot_values(pdq)):
+            keys.append(self._slot_key(slot, value))
+            keys.extend(self._slot_key(slot, value ^ (1 << bit)) for bit in range(16))
+        return keys
+
+    @property
+    def available(self) -> bool:
+        return time.monotonic() >= self._down_until
+
+    def _failed(self, exc: Exception) -> None:
+        self._down_until = time.monotonic() + RETRY_AFTER_S
+        log.warning("verdict cache unavailable, continuing uncached", error=str(exc), retry_in_s=RETRY_AFTER_S)
+        self.on_error(exc)
+
+    def lookup_many(self, keys: Sequence[Key]) -> list[Lookup]:
+        misses = [Lookup("miss")] * len(keys)
+        if not keys or not self.available:
+            return misses
+        try:
+            return self._lookup(keys)
+        except Exception as exc:  # noqa: BLE001 - any store failure degrades to uncached
+            self._failed(exc)
+            return misses
+
+    def _lookup(self, keys: Sequence[Key]) -> list[Lookup]:
+        raw = self.store.get_many([f"{self.prefix}sha:{k.sha256}" for k in keys])
+        results = [Lookup("exact", _decode(r)) if r is not None else Lookup("miss") for r in raw]
+        searching = [i for i, r in enumerate(results) if r.kind == "miss" and keys[i].searchable]
+        if not searching:
+            return results
+        candidates = self.store.union_many([self._neighbourhood(keys[i].pdq) for i in searching])  # type: ignore[arg-type]
+        best: dict[int, tuple[int, str]] = {}
+        for i, members in zip(searching, candidates):
+            scored = [(hamming(keys[i].pdq, m), m) for m in members]  # type: ignore[arg-type]
+            close = [s for s in scored if s[0] <= MATCH_DISTANCE]
+            if close:
+                best[i] = min(close)
+        if best:
+            found = self.store.get_many([f"{self.prefix}pdqv:{pdq}" for _, pdq in best.values()])
+            for (i, (distance, _)), blob in zip(best.items(), found):
+                cached = _decode(blob) if blob is not None else None
+                if cached is not None and cached.label == AI_GENERATED:  # the laundering rule, enforced on read too
+                    results[i] = Lookup("near_duplicate", cached, distance)
+        return results
+
+    def store_many(self, items: Sequence[tuple[Key, CachedVerdict]]) -> None:
+        if not items or not self.available:
+            return
+        try:
+            blobs = [(f"{self.prefix}sha:{k.sha256}", _encode(v)) for k, v in items]
+            indexed = [(k, v) for k, v in items if v.label == AI_GENERATED and k.searchable]
+            blobs += [(f"{self.prefix}pdqv:{k.pdq}", _encode(v)) for k, v in indexed]
+            self.store.set_many(blobs, self.ttl_s)
+            members = [(self._slot_key(slot, value), k.pdq) for k, _ in indexed for slot, value in enumerate(slot_values(k.pdq))]  # type: ignore[arg-type]
+            if members:
+                self.store.add_members(members, self.ttl_s)
+        except Exception as exc:  # noqa: BLE001
+            self._failed(exc)
+
+
+def _encode(v: CachedVerdict) -> bytes:
+    return json.dumps(asdict(v)).encode()
+
+
+def _decode(blob: bytes) -> CachedVerdict:
+    return CachedVerdict(**json.loads(blob))

@@ -1,0 +1,108 @@
+"""Key-value storage behind the verdict cache: Redis in production, memory for local runs.
+
+The cache needs four operations (get many, set many with TTL, add to sets with TTL,
+union of many sets); both stores offer exactly those, so the cache logic is written once.
+Redis calls are pipelined: one round trip per batch of requests.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Callable, Iterable, Protocol, Sequence
+
+
+class Store(Protocol):
+    def get_many(self, keys: Sequence[str]) -> list[bytes | None]: ...
+
+    def set_many(self, items: Iterable[tuple[str, bytes]], ttl_s: int) -> None: ...
+
+    def add_members(self, items: Iterable[tuple[str, str]], ttl_s: int) -> None: ...
+
+    def union_many(self, key_groups: Sequence[Sequence[str]]) -> list[set[str]]: ...
+
+
+class MemoryStore:
+    """In-process store with the same semantics (TTL included); bounded by `max_keys`."""
+
+    def __init__(self, max_keys: int = 1_000_000, clock: Callable[[], float] = time.monotonic) -> None:
+        self._values: dict[str, tuple[float, bytes]] = {}
+        self._sets: dict[str, tuple[float, set[str]]] = {}
+        self._lock = threading.Lock()
+        self._max_keys = max_keys
+        self._clock = clock
+
+    def _live(self, table: dict, key: str):  # type: ignore[no-untyped-def]
+        entry = table.get(key)
+        if entry is None:
+            return None
+        if entry[0] < self._clock():
+            del table[key]
+            return None
+        return entry[1]
+
+    def _make_room(self, table: dict) -> None:  # type: ignore[type-arg]
+        while len(table) >= self._max_keys:
+            table.pop(next(iter(table)))  # oldest inserted first
+
+    def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        with self._lock:
+            return [self._live(self._values, k) for k in keys]
+
+    def set_many(self, items: Iterable[tuple[str, bytes]], ttl_s: int) -> None:
+        with self._lock:
+            expiry = self._clock() + ttl_s
+            for key, value in items:
+                self._values.pop(key, None)
+                self._make_room(self._values)
+                self._values[key] = (expiry, value)
+
+    def add_members(self, items: Iterable[tuple[str, str]], ttl_s: int) -> None:
+        with self._lock:
+            expiry = self._clock() + ttl_s
+            for key, member in items:
+                members = self._live(self._sets, key)
+                if members is None:
+                    self._make_room(self._sets)
+                    members = set()
+                members.add(member)
+                self._sets[key] = (expiry, members)
+
+    def union_many(self, key_groups: Sequence[Sequence[str]]) -> list[set[str]]:
+        with self._lock:
+            out = []
+            for keys in key_groups:
+                found: set[str] = set()
+                for key in keys:
+                    found |= self._live(self._sets, key) or set()
+                out.append(found)
+            return out
+
+
+class RedisStore:
+    def __init__(self, url: str, timeout_s: float = 1.0) -> None:
+        import redis
+
+        self.client = redis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+
+    def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        return list(self.client.mget(keys)) if keys else []
+
+    def set_many(self, items: Iterable[tuple[str, bytes]], ttl_s: int) -> None:
+        pipe = self.client.pipeline(transaction=False)
+        for key, value in items:
+            pipe.set(key, value, ex=ttl_s)
+        pipe.execute()
+
+    def add_members(self, items: Iterable[tuple[str, str]], ttl_s: int) -> None:
+        pipe = self.client.pipeline(transaction=False)
+        for key, member in items:
+            pipe.sadd(key, member)
+            pipe.expire(key, ttl_s)
+        pipe.execute()
+
+    def union_many(self, key_groups: Sequence[Sequence[str]]) -> list[set[str]]:
+        pipe = self.client.pipeline(transaction=False)
+        for keys in key_groups:
+            pipe.sunion(list(keys))
+        return [{m.decode() for m in members} for members in pipe.execute()]

@@ -1,0 +1,141 @@
+"""Worker settings: each an environment variable and a `dda worker` flag (the flag wins).
+
+Validated at start-up so a typo fails the pod with a clear message instead of a worker
+that runs with a silent default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass, field, fields
+from typing import Any, Callable, Mapping
+
+from worker.fetch import IPNetwork, parse_networks
+
+
+class ConfigError(ValueError):
+    """A setting is missing, malformed or out of range."""
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError("must be at least 1")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise ValueError("must be positive")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise ValueError("must be 0 or more")
+    return value
+
+
+def _choice(*allowed: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        if text not in allowed:
+            raise ValueError(f"must be one of {', '.join(allowed)}")
+        return text
+
+    return parse
+
+
+def _optional(text: str) -> str | None:
+    return text or None
+
+
+@dataclass(frozen=True)
+class Setting:
+    env: str
+    default: str
+    parse: Callable[[str], Any]
+    help: str
+
+
+def setting(env: str, default: str, parse: Callable[[str], Any], help: str) -> Any:
+    return field(default=None, metadata={"setting": Setting(env, default, parse, help)})
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    kafka_bootstrap: str | None = setting("DDA_KAFKA_BOOTSTRAP", "", _optional, "Kafka bootstrap servers; unset: read stdin, write stdout")
+    input_topic: str = setting("DDA_INPUT_TOPIC", "dda.requests", str, "topic of image requests")
+    output_topic: str = setting("DDA_OUTPUT_TOPIC", "dda.verdicts", str, "topic verdicts are published to, keyed by request id")
+    dlq_topic: str = setting("DDA_DLQ_TOPIC", "dda.dead-letter", str, "topic for malformed messages")
+    group_id: str = setting("DDA_GROUP_ID", "dda-worker", str, "consumer group id")
+    kafka_security_protocol: str = setting("DDA_KAFKA_SECURITY_PROTOCOL", "PLAINTEXT", _choice("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"), "Kafka security protocol")
+    kafka_sasl_mechanism: str | None = setting("DDA_KAFKA_SASL_MECHANISM", "", _optional, "PLAIN, SCRAM-SHA-256, SCRAM-SHA-512 or OAUTHBEARER")
+    kafka_sasl_username: str | None = setting("DDA_KAFKA_SASL_USERNAME", "", _optional, "SASL user")
+    kafka_sasl_password: str | None = setting("DDA_KAFKA_SASL_PASSWORD", "", _optional, "SASL password")
+    kafka_ssl_cafile: str | None = setting("DDA_KAFKA_SSL_CAFILE", "", _optional, "CA bundle for the brokers' certificates")
+    kafka_ssl_certfile: str | None = setting("DDA_KAFKA_SSL_CERTFILE", "", _optional, "client certificate (mutual TLS)")
+    kafka_ssl_keyfile: str | None = setting("DDA_KAFKA_SSL_KEYFILE", "", _optional, "client key (mutual TLS)")
+    session_timeout_ms: int = setting("DDA_KAFKA_SESSION_TIMEOUT_MS", "10000", _positive_int, "consumer group session timeout")
+    redis_url: str | None = setting("DDA_REDIS_URL", "", _optional, "Redis URL for the verdict cache; unset: in-process cache")
+    cache_ttl_s: int = setting("DDA_CACHE_TTL_S", "604800", _positive_int, "verdict cache TTL, seconds")
+    model: str | None = setting("DDA_MODEL", "", _optional, "model directory or hf:// checkpoint; unset: the official DDA checkpoint")
+    device: str = setting("DDA_DEVICE", "cpu", _choice("cpu", "cuda"), "inference device")
+    precision: str = setting("DDA_PRECISION", "fp32", _choice("fp32", "bf16", "fp16"), "torch precision")
+    backend: str = setting("DDA_BACKEND", "auto", _choice("auto", "torch", "tensorrt"), "inference backend")
+    max_batch: int = setting("DDA_MAX_BATCH", "32", _positive_int, "micro-batch size limit")
+    max_wait_ms: int = setting("DDA_MAX_WAIT_MS", "20", _non_negative_int, "how long a partial batch waits for more images")
+    max_in_flight: int = setting("DDA_MAX_IN_FLIGHT", "256", _positive_int, "requests in the pipeline before partitions are paused")
+    fetch_workers: int = setting("DDA_FETCH_WORKERS", "32", _positive_int, "concurrent fetches")
+    decode_workers: int = setting("DDA_DECODE_WORKERS", str(max(1, (os.cpu_count() or 2) - 1)), _positive_int, "decode/hash processes")
+    fetch_allow_networks: tuple[IPNetwork, ...] = setting("DDA_FETCH_ALLOW_NETWORKS", "", parse_networks, "CIDRs exempt from the private-address block")
+    fetch_timeout_s: float = setting("DDA_FETCH_TIMEOUT_S", "30", _positive_float, "whole-request deadline per URL")
+    fetch_max_bytes: int = setting("DDA_FETCH_MAX_BYTES", str(50 * 1024 * 1024), _positive_int, "largest image body fetched")
+    fetch_retries: int = setting("DDA_FETCH_RETRIES", "2", _non_negative_int, "retries for connect errors, 429 and 5xx")
+    max_pixels: int = setting("DDA_MAX_PIXELS", "64000000", _positive_int, "largest image decoded, in pixels")
+    max_message_bytes: int = setting("DDA_MAX_MESSAGE_BYTES", "65536", _positive_int, "larger input messages go to the dead-letter topic")
+    metrics_host: str = setting("DDA_METRICS_HOST", "0.0.0.0", str, "address the endpoints listen on")
+    metrics_port: int = setting("DDA_METRICS_PORT", "9400", _non_negative_int, "port of /metrics, /healthz, /readyz (0: off)")
+    drain_timeout_s: float = setting("DDA_DRAIN_TIMEOUT_S", "25", _positive_float, "on SIGTERM, how long in-flight work may finish")
+    log_level: str = setting("DDA_LOG_LEVEL", "info", _choice("debug", "info", "warning", "error"), "log level")
+
+    def kafka_client_options(self) -> dict[str, Any]:
+        """Security passthrough for kafka-python clients."""
+        options: dict[str, Any] = {"security_protocol": self.kafka_security_protocol}
+        for key, value in (("sasl_mechanism", self.kafka_sasl_mechanism), ("sasl_plain_username", self.kafka_sasl_username),
+                           ("sasl_plain_password", self.kafka_sasl_password), ("ssl_cafile", self.kafka_ssl_cafile),
+                           ("ssl_certfile", self.kafka_ssl_certfile), ("ssl_keyfile", self.kafka_ssl_keyfile)):
+            if value:
+                options[key] = value
+        return options
+
+
+def _settings() -> list[tuple[str, Setting]]:
+    return [(f.name, f.metadata["setting"]) for f in fields(WorkerConfig)]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    for name, s in _settings():
+        flag = "--" + name.replace("_", "-")
+        parser.add_argument(flag, dest=name, default=None, metavar=s.env, help=f"{s.help} (env {s.env}, default {s.default!r})")
+
+
+def load(env: Mapping[str, str], flags: Mapping[str, Any] | None = None) -> WorkerConfig:
+    """Flags over environment over defaults; every value parsed, the first bad one reported."""
+    values: dict[str, Any] = {}
+    for name, s in _settings():
+        flag = (flags or {}).get(name)
+        raw = flag if flag is not None else env.get(s.env, s.default)
+        try:
+            values[name] = s.parse(str(raw))
+        except ValueError as exc:
+            source = f"--{name.replace('_', '-')}" if flag is not None else s.env
+            raise ConfigError(f"{source}={raw!r}: {exc}") from exc
+    config = WorkerConfig(**values)
+    if config.kafka_security_protocol.startswith("SASL") and not config.kafka_sasl_mechanism:
+        raise ConfigError("DDA_KAFKA_SECURITY_PROTOCOL is SASL_* but DDA_KAFKA_SASL_MECHANISM is not set")
+    if config.input_topic in (config.output_topic, config.dlq_topic):
+        raise ConfigError("the input topic must differ from the output and dead-letter topics")
+    return config

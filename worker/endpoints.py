@@ -1,0 +1,45 @@
+"""/metrics (Prometheus), /healthz (the loop is alive) and /readyz (model loaded, broker reachable)."""
+
+from __future__ import annotations
+
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Callable
+
+from worker.metrics import Metrics
+
+
+class Endpoints:
+    def __init__(self, host: str, port: int, metrics: Metrics, alive: Callable[[], bool], ready: Callable[[], bool]) -> None:
+        routes: dict[str, Callable[[], tuple[int, bytes, str]]] = {
+            "/metrics": lambda: (200, metrics.render(), "text/plain; version=0.0.4"),
+            "/healthz": lambda: (200, b"ok\n", "text/plain") if alive() else (503, b"stalled\n", "text/plain"),
+            "/readyz": lambda: (200, b"ready\n", "text/plain") if ready() else (503, b"not ready\n", "text/plain"),
+        }
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802
+                route = routes.get(self.path.split("?", 1)[0])
+                status, body, kind = route() if route else (404, b"not found\n", "text/plain")
+                self.send_response(status)
+                self.send_header("Content-Type", kind)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *_args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer((host, port), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, name="endpoints", daemon=True)
+
+    @property
+    def port(self) -> int:
+        return self.server.server_address[1]
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

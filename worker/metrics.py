@@ -1,0 +1,29 @@
+"""Prometheus metrics of one worker (own registry, so several can live in one process)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+STAGES = ("fetch", "decode", "cache", "queue", "inference", "publish", "total")
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.consumed = Counter("dda_messages_consumed", "Input messages consumed", registry=r)
+        self.dead_letters = Counter("dda_dead_letters", "Malformed messages sent to the dead-letter topic", ["reason"], registry=r)
+        self.verdicts = Counter("dda_verdicts", "Verdicts published", ["status", "label"], registry=r)
+        self.errors = Counter("dda_request_errors", "Requests that ended with an error verdict", ["code"], registry=r)
+        self.cache_hits = Counter("dda_cache_lookups", "Cache lookups by result", ["kind"], registry=r)
+        self.engine_images = Counter("dda_engine_images", "Images scored by the model (cache misses)", registry=r)
+        self.redis_errors = Counter("dda_cache_errors", "Cache store failures (the worker continues uncached)", registry=r)
+        self.batch_size = Histogram("dda_batch_size", "Images per inference batch", buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256), registry=r)
+        self.stage_seconds = Histogram("dda_stage_seconds", "Time per request in each stage", ["stage"],
+                                       buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30), registry=r)
+        self.in_flight = Gauge("dda_in_flight", "Requests inside the pipeline", registry=r)
+        self.queue_depth = Gauge("dda_queue_depth", "Items waiting per internal queue", ["queue"], registry=r)
+        self.paused = Gauge("dda_partitions_paused", "1 while input partitions are paused for backpressure", registry=r)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

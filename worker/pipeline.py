@@ -1,0 +1,257 @@
+"""The serving loop: requests in, one verdict per request out, whatever the transport.
+
+    submit -> fetch (threads: I/O) -> decode + hash (processes: CPU) -> cache lookup
+    (batched) -> micro-batch -> engine (one thread) -> cache write -> emit
+
+Kafka and stdin drive the same Pipeline; they decide when to call `submit` (bounded by
+`in_flight`, which they compare with the configured maximum) and what `emit` does with
+a verdict. Every request ends in exactly one `emit` call: a model verdict, a cache hit or
+an error verdict with a specific code. Queues between stages hold at most the in-flight
+requests, so memory is bounded by the in-flight limit and the fetch concurrency.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import queue
+import threading
+import time
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import structlog
+
+from engine.detector import label_for, sigmoid
+from engine.model_dir import Manifest
+from engine.runner import Runner
+from worker.cache import CachedVerdict, Key, VerdictCache
+from worker.errors import FILE_NOT_FOUND, INFERENCE_FAILED, INTERNAL_ERROR, URL_INVALID, InputError
+from worker.fetch import Fetcher
+from worker.messages import Request, verdict
+from worker.metrics import Metrics
+from worker.prepare import Prepared, prepare
+
+log = structlog.get_logger("dda.pipeline")
+Emit = Callable[[Request, dict[str, Any]], None]
+LOOKUP_BATCH = 64
+
+
+@dataclass
+class _Item:
+    request: Request
+    prepared: Prepared
+    queued_at: float = 0.0
+
+    @property
+    def key(self) -> Key:
+        return Key(self.prepared.sha256 or "", self.prepared.pdq, self.prepared.pdq_quality)
+
+
+class Pipeline:
+    def __init__(
+        self,
+        *,
+        manifest: Manifest,
+        runner: Runner,
+        cache: VerdictCache,
+        fetcher: Fetcher,
+        metrics: Metrics,
+        emit: Emit,
+        max_batch: int,
+        max_wait_ms: int,
+        fetch_workers: int,
+        decode_workers: int,
+        max_pixels: int,
+        crops: int = 1,
+        allow_paths: bool = False,
+    ) -> None:
+        self.manifest = manifest
+        self.runner = runner
+        self.cache = cache
+        self.fetcher = fetcher
+        self.metrics = metrics
+        self._emit = emit
+        self.max_batch = max_batch
+        self.max_wait_s = max_wait_ms / 1000
+        self.max_pixels = max_pixels
+        self.crops = crops
+        self.allow_paths = allow_paths
+        self.model_info = {"name": manifest.name, "version": manifest.version}
+        self._fetch_pool = ThreadPoolExecutor(fetch_workers, thread_name_prefix="fetch")
+        self._decode_pool = ProcessPoolExecutor(decode_workers, mp_context=multiprocessing.get_context("spawn"))
+        self._lookup_q: queue.Queue[_Item] = queue.Queue()
+        self._batch_q: queue.Queue[_Item] = queue.Queue()
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._in_flight = 0
+        self._threads = [threading.Thread(target=self._lookup_loop, name="cache-lookup", daemon=True),
+                         threading.Thread(target=self._engine_loop, name="engine", daemon=True)]
+
+    # --- life cycle -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._decode_pool.submit(int).result()  # spawn the decode processes before reporting ready
+        for thread in self._threads:
+            thread.start()
+
+    @property
+    def in_flight(self) -> int:
+        with self._lock:
+            return self._in_flight
+
+    def drain(self, timeout_s: float) -> bool:
+        """Wait until every submitted request has been emitted, up to `timeout_s`."""
+        deadline = time.monotonic() + timeout_s
+        while self.in_flight and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return self.in_flight == 0
+
+    def close(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=5)
+        self._fetch_pool.shutdown(wait=False, cancel_futures=True)
+        self._decode_pool.shutdown(wait=False, cancel_futures=True)
+
+    # --- stages -----------------------------------------------------------------------------
+
+    def submit(self, request: Request) -> None:
+        with self._lock:
+            self._in_flight += 1
+            self.metrics.in_flight.set(self._in_flight)
+        self._fetch_pool.submit(self._fetch_and_prepare, request)
+
+    def _emit_verdict(self, request: Request, out: dict[str, Any]) -> None:
+        request.timings_ms["total"] = (time.monotonic() - request.received) * 1000
+        out["timings_ms"]["total"] = round(request.timings_ms["total"], 3)
+        for stage, ms in request.timings_ms.items():
+            self.metrics.stage_seconds.labels(stage).observe(ms / 1000)
+        self.metrics.verdicts.labels(out["status"], out["label"] or "none").inc()
+        if out["error"]:
+            self.metrics.errors.labels(out["error"]["code"]).inc()
+        log.debug("verdict", request_id=request.id, status=out["status"], label=out["label"], cache=out["cache"],
+                  error=out["error"]["code"] if out["error"] else None, total_ms=out["timings_ms"]["total"])
+        try:
+            self._emit(request, out)
+        finally:
+            with self._lock:
+                self._in_flight -= 1
+                self.metrics.in_flight.set(self._in_flight)
+
+    def _error(self, request: Request, code: str, message: str, prepared: Prepared | None = None) -> None:
+        hashes = None
+        if prepared is not None and prepared.sha256:
+            hashes = {"sha256": prepared.sha256, "pdq": None, "pdq_quality": None}
+        self._emit_verdict(request, verdict(request, model=self.model_info, threshold=self.manifest.threshold, status="error",
+                                            hashes=hashes, error={"code": code, "message": message}))
+
+    def _read(self, request: Request) -> bytes:
+        if "://" in request.url:
+            return self.fetcher.get(request.url)
+        if not self.allow_paths:
+            raise InputError(URL_INVALID, "not an http(s) URL")
+        try:
+            return Path(request.url).read_bytes()
+        except OSError as exc:
+            raise InputError(FILE_NOT_FOUND, f"cannot read {request.url}: {exc.strerror or exc}") from exc
+
+    def _fetch_and_prepare(self, request: Request) -> None:
+        try:
+            started = time.monotonic()
+            try:
+                data = self._read(request)
+            except InputError as exc:
+                self._error(request, exc.code, exc.message)
+                return
+            request.timings_ms["fetch"] = (time.monotonic() - started) * 1000
+            future: Future[Prepared] = self._decode_pool.submit(
+                prepare, data, self.manifest.preprocessing.crop_size, self.crops, self.max_pixels)
+            del data
+            prepared = future.result()
+            request.timings_ms["decode"] = prepared.decode_ms
+            if prepared.error is not None:
+                self._error(request, *prepared.error, prepared=prepared)
+                return
+            self._lookup_q.put(_Item(request, prepared))
+            self.metrics.queue_depth.labels("cache_lookup").set(self._lookup_q.qsize())
+        except Exception as exc:  # noqa: BLE001 - e.g. a decode process died: still one verdict
+            log.exception("request failed unexpectedly", request_id=request.id)
+            self._error(request, INTERNAL_ERROR, f"{type(exc).__name__}: {exc}")
+
+    def _take(self, q: queue.Queue[_Item], first_timeout: float, limit: int, window_s: float) -> list[_Item]:
+        """Block for a first item, then gather more until `limit` or `window_s` has passed."""
+        try:
+            items = [q.get(timeout=first_timeout)]
+        except queue.Empty:
+            return []
+        deadline = time.monotonic() + window_s
+        while len(items) < limit:
+            left = deadline - time.monotonic()
+            try:
+                items.append(q.get(timeout=left) if left > 0 else q.get_nowait())
+            except queue.Empty:
+                break
+        return items
+
+    def _lookup_loop(self) -> None:
+        while not self._stop.is_set():
+            items = self._take(self._lookup_q, 0.1, LOOKUP_BATCH, 0.0)
+            if not items:
+                continue
+            started = time.monotonic()
+            results = self.cache.lookup_many([i.key for i in items])
+            spent = (time.monotonic() - started) * 1000
+            for item, found in zip(items, results):
+                item.request.timings_ms["cache"] = spent
+                self.metrics.cache_hits.labels(found.kind).inc()
+                if found.verdict is None:
+                    item.queued_at = time.monotonic()
+                    self._batch_q.put(item)
+                    continue
+                hit = found.verdict
+                match = None if found.kind == "exact" else {"sha256": hit.sha256, "pdq_distance": found.distance}
+                self._emit_verdict(item.request, verdict(
+                    item.request, model=self.model_info, threshold=self.manifest.threshold, status="ok", logit=hit.logit,
+                    score=hit.score, label=hit.label, hashes=self._hashes(item), cache=found.kind, cache_match=match))
+            self.metrics.queue_depth.labels("batch").set(self._batch_q.qsize())
+
+    def _engine_loop(self) -> None:
+        per_batch = max(1, self.max_batch // self.crops)
+        while not self._stop.is_set():
+            items = self._take(self._batch_q, 0.1, per_batch, self.max_wait_s)
+            if items:
+                try:
+                    self._score(items)
+                except Exception as exc:  # noqa: BLE001 - a failed batch gets error verdicts, the loop goes on
+                    log.exception("inference failed", batch=len(items))
+                    for item in items:
+                        self._error(item.request, INFERENCE_FAILED, f"{type(exc).__name__}: {exc}")
+
+    def _score(self, items: list[_Item]) -> None:
+        started = time.monotonic()
+        for item in items:
+            item.request.timings_ms["queue"] = (started - item.queued_at) * 1000
+        batch = np.concatenate([i.prepared.crops for i in items])  # type: ignore[misc]
+        logits = self.runner.logits(batch).astype(np.float64).reshape(len(items), self.crops).mean(axis=1)
+        spent = (time.monotonic() - started) * 1000
+        self.metrics.batch_size.observe(len(batch))
+        self.metrics.engine_images.inc(len(items))
+        log.info("batch scored", batch=len(items), images=len(batch), inference_ms=round(spent, 1))
+        scored = []
+        for item, value in zip(items, logits):
+            logit = float(value)
+            item.request.timings_ms["inference"] = spent
+            scored.append((item, CachedVerdict(logit, sigmoid(logit), label_for(logit, self.manifest), item.key.sha256,
+                                               item.key.pdq, item.key.pdq_quality)))
+        self.cache.store_many([(item.key, v) for item, v in scored])  # before emitting: a repeat right behind hits it
+        for item, v in scored:
+            self._emit_verdict(item.request, verdict(
+                item.request, model=self.model_info, threshold=self.manifest.threshold, status="ok", logit=v.logit,
+                score=v.score, label=v.label, hashes=self._hashes(item), cache="miss"))
+
+    @staticmethod
+    def _hashes(item: _Item) -> dict[str, Any]:
+        return {"sha256": item.prepared.sha256, "pdq": item.prepared.pdq, "pdq_quality": item.prepared.pdq_quality}

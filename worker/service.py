@@ -1,0 +1,121 @@
+"""`dda worker`: assemble configuration, model, cache, fetcher and transport, and run.
+
+With DDA_KAFKA_BOOTSTRAP set it consumes Kafka; without, it reads stdin and writes
+stdout through the same pipeline (the embedded default the README runs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+
+import structlog
+
+from engine.backend import make_runner
+from engine.console import say
+from engine.hub import resolve_model
+from engine.model_dir import ModelDirError, load_model_dir
+from worker import config as worker_config
+from worker.cache import VerdictCache
+from worker.cache_store import MemoryStore, RedisStore, Store
+from worker.endpoints import Endpoints
+from worker.fetch import Fetcher, FetchPolicy
+from worker.local_io import LineWriter, run_local
+from worker.metrics import Metrics
+from worker.pipeline import Pipeline
+
+log = structlog.get_logger("dda.worker")
+STALL_AFTER_S = 60.0
+
+
+def configure_logging(level: str) -> None:
+    """JSON lines on stderr; stdout is reserved for verdicts in the embedded mode."""
+    numeric = getattr(logging, level.upper())
+    logging.basicConfig(stream=sys.stderr, level=max(numeric, logging.WARNING), format="%(message)s")
+    structlog.configure(
+        processors=[structlog.processors.add_log_level, structlog.processors.TimeStamper(fmt="iso", utc=True),
+                    structlog.processors.format_exc_info, structlog.processors.JSONRenderer()],
+        wrapper_class=structlog.make_filtering_bound_logger(numeric),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=False,
+    )
+
+
+def worker_command(args: argparse.Namespace) -> int:
+    try:
+        config = worker_config.load(os.environ, vars(args))
+    except worker_config.ConfigError as exc:
+        say(f"error: invalid configuration: {exc}")
+        return 2
+    configure_logging(config.log_level)
+    if config.fetch_allow_networks:
+        log.warning("fetch allow-list is set: image URLs may reach these private networks",
+                    networks=[str(n) for n in config.fetch_allow_networks])
+    try:
+        model_dir = resolve_model(config.model, progress=say)
+        loaded = load_model_dir(model_dir)
+        runner = make_runner(loaded, model_dir, backend=config.backend, device=config.device,  # type: ignore[arg-type]
+                             precision=config.precision, max_batch=config.max_batch,  # type: ignore[arg-type]
+                             log=lambda message: log.info(message))
+    except (ModelDirError, ValueError, RuntimeError, OSError, ImportError) as exc:
+        say(f"error: cannot load the model: {exc}")
+        return 2
+
+    metrics = Metrics()
+    store: Store = RedisStore(config.redis_url) if config.redis_url else MemoryStore()
+    cache = VerdictCache(store, loaded.manifest.version, config.cache_ttl_s, on_error=lambda _e: metrics.redis_errors.inc())
+    fetcher = Fetcher(FetchPolicy(
+        max_bytes=config.fetch_max_bytes, total_timeout_s=config.fetch_timeout_s, retries=config.fetch_retries,
+        connect_timeout_s=min(5.0, config.fetch_timeout_s), read_timeout_s=min(10.0, config.fetch_timeout_s),
+        allow_networks=config.fetch_allow_networks,
+    ), max_connections=config.fetch_workers)
+
+    transport = None
+    if config.kafka_bootstrap:
+        from worker.kafka_io import KafkaTransport
+
+        transport = KafkaTransport(config, metrics)
+    emit = transport.emit if transport else LineWriter(sys.stdout)
+    pipeline = Pipeline(
+        manifest=loaded.manifest, runner=runner, cache=cache, fetcher=fetcher, metrics=metrics, emit=emit,
+        max_batch=config.max_batch, max_wait_ms=config.max_wait_ms, fetch_workers=config.fetch_workers,
+        decode_workers=config.decode_workers, max_pixels=config.max_pixels, allow_paths=transport is None,
+    )
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    heartbeat = [time.monotonic()]
+    started = threading.Event()
+    endpoints = None
+    if config.metrics_port:
+        endpoints = Endpoints(
+            config.metrics_host, config.metrics_port, metrics,
+            alive=lambda: transport is None or time.monotonic() - heartbeat[0] < STALL_AFTER_S,
+            ready=lambda: started.is_set() and (transport is None or transport.broker_reachable()),
+        )
+        endpoints.start()
+    try:
+        pipeline.start()
+        started.set()
+        log.info("worker started", model=loaded.manifest.version, mode="kafka" if transport else "stdin",
+                 input_topic=config.input_topic if transport else None, cache="redis" if config.redis_url else "memory")
+        if transport is not None:
+            return transport.run(pipeline, stop, heartbeat)
+        return run_local(pipeline, metrics, max_in_flight=config.max_in_flight, max_message_bytes=config.max_message_bytes,
+                         stop=stop, stdin=sys.stdin.buffer, dead_letters=LineWriter(sys.stderr))
+    finally:
+        pipeline.close()
+        fetcher.close()
+        if endpoints is not None:
+            endpoints.stop()
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser("worker", help="run the moderation worker (Kafka, or stdin/stdout when no broker is set)")
+    worker_config.add_arguments(p)
+    p.set_defaults(handler=worker_command)
