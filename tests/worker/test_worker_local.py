@@ -1,0 +1,38 @@
+"""The embedded default (`dda worker` with no broker): stdin requests, stdout verdicts."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import encode, scene
+
+
+def test_stdin_to_stdout_through_the_same_pipeline(tiny_model_dir: Path, tmp_path: Path) -> None:
+    paths = []
+    for i in range(3):
+        path = tmp_path / f"{i}.png"
+        path.write_bytes(encode(scene(400, 380, seed=i), "PNG"))
+        paths.append(str(path))
+    lines = [paths[0], json.dumps({"id": "j1", "url": paths[1], "metadata": {"a": 1}}), "{broken", paths[0],
+             str(tmp_path / "missing.png"), paths[2]]
+    env = {**os.environ, "DDA_MODEL": str(tiny_model_dir), "DDA_METRICS_PORT": "0", "DDA_DECODE_WORKERS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "worker.cli", "worker"], input="\n".join(lines) + "\n", text=True,
+                          capture_output=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    verdicts = {v["id"]: v for v in map(json.loads, proc.stdout.splitlines())}
+    assert set(verdicts) == {"stdin/0/0", "j1", "stdin/0/3", "stdin/0/4", "stdin/0/5"}
+    assert verdicts["j1"]["metadata"] == {"a": 1} and verdicts["j1"]["status"] == "ok"
+    assert verdicts["stdin/0/4"]["error"]["code"] == "file_not_found"
+    assert abs(verdicts["stdin/0/0"]["logit"] - verdicts["stdin/0/3"]["logit"]) < 1e-5  # same bytes (maybe another batch)
+    dead = [json.loads(line) for line in proc.stderr.splitlines() if '"reason"' in line]
+    assert [d["reason"] for d in dead] == ["not_json"] and dead[0]["source"]["offset"] == 2
+
+
+def test_invalid_configuration_fails_fast(tiny_model_dir: Path) -> None:
+    env = {**os.environ, "DDA_MODEL": str(tiny_model_dir), "DDA_MAX_BATCH": "zero"}
+    proc = subprocess.run([sys.executable, "-m", "worker.cli", "worker"], input="", text=True, capture_output=True, env=env, timeout=60)
+    assert proc.returncode == 2 and "DDA_MAX_BATCH='zero'" in proc.stderr
