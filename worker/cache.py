@@ -100,20 +100,30 @@ class VerdictCache:
         log.warning("verdict cache unavailable, continuing uncached", error=str(exc), retry_in_s=RETRY_AFTER_S)
         self.on_error(exc)
 
-    def lookup_many(self, keys: Sequence[Key]) -> list[Lookup]:
-        misses = [Lookup("miss")] * len(keys)
-        if not keys or not self.available:
-            return misses
+    def _guarded(self, default: list[Lookup], lookup: Callable[[], list[Lookup]]) -> list[Lookup]:
+        if not default or not self.available:
+            return default
         try:
-            return self._lookup(keys)
+            return lookup()
         except Exception as exc:  # noqa: BLE001 - any store failure degrades to uncached
             self._failed(exc)
-            return misses
+            return default
 
-    def _lookup(self, keys: Sequence[Key]) -> list[Lookup]:
-        raw = self.store.get_many([f"{self.prefix}sha:{k.sha256}" for k in keys])
-        results = [Lookup("exact", _decode(r)) if r is not None else Lookup("miss") for r in raw]
-        searching = [i for i, r in enumerate(results) if r.kind == "miss" and keys[i].searchable]
+    def lookup_exact_many(self, shas: Sequence[str]) -> list[Lookup]:
+        """By SHA-256 of the bytes: needs no decoding, so it runs before any."""
+        def lookup() -> list[Lookup]:
+            raw = self.store.get_many([f"{self.prefix}sha:{sha}" for sha in shas])
+            return [Lookup("exact", _decode(r)) if r is not None else Lookup("miss") for r in raw]
+
+        return self._guarded([Lookup("miss")] * len(shas), lookup)
+
+    def lookup_near_many(self, keys: Sequence[Key]) -> list[Lookup]:
+        """By PDQ within distance 31, "ai_generated" verdicts only; low-quality hashes never match."""
+        return self._guarded([Lookup("miss")] * len(keys), lambda: self._near(keys))
+
+    def _near(self, keys: Sequence[Key]) -> list[Lookup]:
+        results = [Lookup("miss")] * len(keys)
+        searching = [i for i, k in enumerate(keys) if k.searchable]
         if not searching:
             return results
         candidates = self.store.union_many([self._neighbourhood(keys[i].pdq) for i in searching])  # type: ignore[arg-type]

@@ -1,7 +1,10 @@
 """The serving loop: requests in, one verdict per request out, whatever the transport.
 
-    submit -> fetch (threads: I/O) -> decode + hash (processes: CPU) -> cache lookup
-    (batched) -> micro-batch -> engine (one thread) -> cache write -> emit
+    submit -> fetch + SHA-256 (threads: I/O) -> exact cache lookup (batched)
+      -> decode + PDQ (processes: CPU) -> near-duplicate lookup (batched)
+      -> micro-batch -> engine (one thread) -> cache write -> emit
+
+An exact hit needs only the bytes' SHA-256, so it is answered before any decoding.
 
 Kafka and stdin drive the same Pipeline; they decide when to call `submit` (bounded by
 `in_flight`, which they compare with the configured maximum) and what `emit` does with
@@ -30,6 +33,7 @@ from engine.runner import Runner
 from worker.cache import CachedVerdict, Key, VerdictCache
 from worker.errors import FILE_NOT_FOUND, INFERENCE_FAILED, INTERNAL_ERROR, URL_INVALID, InputError
 from worker.fetch import Fetcher
+from worker.hashing import sha256_hex
 from worker.messages import Request, verdict
 from worker.metrics import Metrics
 from worker.prepare import Prepared, prepare
@@ -40,14 +44,22 @@ LOOKUP_BATCH = 64
 
 
 @dataclass
+class _Fetched:
+    request: Request
+    data: bytes
+    sha256: str
+
+
+@dataclass
 class _Item:
     request: Request
+    sha256: str
     prepared: Prepared
     queued_at: float = 0.0
 
     @property
     def key(self) -> Key:
-        return Key(self.prepared.sha256 or "", self.prepared.pdq, self.prepared.pdq_quality)
+        return Key(self.sha256, self.prepared.pdq, self.prepared.pdq_quality)
 
 
 class Pipeline:
@@ -82,12 +94,14 @@ class Pipeline:
         self.model_info = {"name": manifest.name, "version": manifest.version}
         self._fetch_pool = ThreadPoolExecutor(fetch_workers, thread_name_prefix="fetch")
         self._decode_pool = ProcessPoolExecutor(decode_workers, mp_context=multiprocessing.get_context("spawn"))
-        self._lookup_q: queue.Queue[_Item] = queue.Queue()
+        self._exact_q: queue.Queue[_Fetched] = queue.Queue()
+        self._near_q: queue.Queue[_Item] = queue.Queue()
         self._batch_q: queue.Queue[_Item] = queue.Queue()
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._in_flight = 0
-        self._threads = [threading.Thread(target=self._lookup_loop, name="cache-lookup", daemon=True),
+        self._threads = [threading.Thread(target=self._exact_loop, name="exact-lookup", daemon=True),
+                         threading.Thread(target=self._near_loop, name="near-lookup", daemon=True),
                          threading.Thread(target=self._engine_loop, name="engine", daemon=True)]
 
     # --- life cycle -------------------------------------------------------------------------
@@ -141,10 +155,8 @@ class Pipeline:
                 self._in_flight -= 1
                 self.metrics.in_flight.set(self._in_flight)
 
-    def _error(self, request: Request, code: str, message: str, prepared: Prepared | None = None) -> None:
-        hashes = None
-        if prepared is not None and prepared.sha256:
-            hashes = {"sha256": prepared.sha256, "pdq": None, "pdq_quality": None}
+    def _error(self, request: Request, code: str, message: str, sha256: str | None = None) -> None:
+        hashes = {"sha256": sha256, "pdq": None, "pdq_quality": None} if sha256 else None
         self._emit_verdict(request, verdict(request, model=self.model_info, threshold=self.manifest.threshold, status="error",
                                             hashes=hashes, error={"code": code, "message": message}))
 
@@ -167,19 +179,29 @@ class Pipeline:
                 self._error(request, exc.code, exc.message)
                 return
             request.timings_ms["fetch"] = (time.monotonic() - started) * 1000
-            future: Future[Prepared] = self._decode_pool.submit(
-                prepare, data, self.manifest.preprocessing.crop_size, self.crops, self.max_pixels)
-            del data
-            prepared = future.result()
-            request.timings_ms["decode"] = prepared.decode_ms
-            if prepared.error is not None:
-                self._error(request, *prepared.error, prepared=prepared)
-                return
-            self._lookup_q.put(_Item(request, prepared))
-            self.metrics.queue_depth.labels("cache_lookup").set(self._lookup_q.qsize())
-        except Exception as exc:  # noqa: BLE001 - e.g. a decode process died: still one verdict
+            self._exact_q.put(_Fetched(request, data, sha256_hex(data)))
+            self.metrics.queue_depth.labels("exact_lookup").set(self._exact_q.qsize())
+        except Exception as exc:  # noqa: BLE001 - still one verdict, whatever went wrong
             log.exception("request failed unexpectedly", request_id=request.id)
             self._error(request, INTERNAL_ERROR, f"{type(exc).__name__}: {exc}")
+
+    def _decode(self, fetched: _Fetched) -> None:
+        future: Future[Prepared] = self._decode_pool.submit(
+            prepare, fetched.data, self.manifest.preprocessing.crop_size, self.crops, self.max_pixels)
+        future.add_done_callback(lambda f, r=fetched.request, sha=fetched.sha256: self._decoded(r, sha, f))
+
+    def _decoded(self, request: Request, sha256: str, future: Future[Prepared]) -> None:
+        try:
+            prepared = future.result()
+        except Exception as exc:  # noqa: BLE001 - e.g. a decode process was killed
+            self._error(request, INTERNAL_ERROR, f"decode process failed: {type(exc).__name__}: {exc}", sha256)
+            return
+        request.timings_ms["decode"] = prepared.decode_ms
+        if prepared.error is not None:
+            self._error(request, *prepared.error, sha256=sha256)
+            return
+        self._near_q.put(_Item(request, sha256, prepared))
+        self.metrics.queue_depth.labels("near_lookup").set(self._near_q.qsize())
 
     def _take(self, q: queue.Queue[_Item], first_timeout: float, limit: int, window_s: float) -> list[_Item]:
         """Block for a first item, then gather more until `limit` or `window_s` has passed."""
@@ -196,27 +218,47 @@ class Pipeline:
                 break
         return items
 
-    def _lookup_loop(self) -> None:
+    def _exact_loop(self) -> None:
         while not self._stop.is_set():
-            items = self._take(self._lookup_q, 0.1, LOOKUP_BATCH, 0.0)
+            batch = self._take(self._exact_q, 0.1, LOOKUP_BATCH, 0.0)
+            if not batch:
+                continue
+            started = time.monotonic()
+            results = self.cache.lookup_exact_many([f.sha256 for f in batch])
+            spent = (time.monotonic() - started) * 1000
+            for fetched, found in zip(batch, results):
+                fetched.request.timings_ms["cache"] = spent
+                if found.verdict is None:
+                    self._decode(fetched)
+                    continue
+                self.metrics.cache_hits.labels("exact").inc()
+                hit = found.verdict
+                hashes = {"sha256": fetched.sha256, "pdq": hit.pdq, "pdq_quality": hit.pdq_quality}
+                self._emit_hit(fetched.request, hit, hashes, "exact", None)
+
+    def _near_loop(self) -> None:
+        while not self._stop.is_set():
+            items = self._take(self._near_q, 0.1, LOOKUP_BATCH, 0.0)
             if not items:
                 continue
             started = time.monotonic()
-            results = self.cache.lookup_many([i.key for i in items])
+            results = self.cache.lookup_near_many([i.key for i in items])
             spent = (time.monotonic() - started) * 1000
             for item, found in zip(items, results):
-                item.request.timings_ms["cache"] = spent
+                item.request.timings_ms["cache"] = item.request.timings_ms.get("cache", 0.0) + spent
                 self.metrics.cache_hits.labels(found.kind).inc()
                 if found.verdict is None:
                     item.queued_at = time.monotonic()
                     self._batch_q.put(item)
                     continue
-                hit = found.verdict
-                match = None if found.kind == "exact" else {"sha256": hit.sha256, "pdq_distance": found.distance}
-                self._emit_verdict(item.request, verdict(
-                    item.request, model=self.model_info, threshold=self.manifest.threshold, status="ok", logit=hit.logit,
-                    score=hit.score, label=hit.label, hashes=self._hashes(item), cache=found.kind, cache_match=match))
+                match = {"sha256": found.verdict.sha256, "pdq_distance": found.distance}
+                self._emit_hit(item.request, found.verdict, self._hashes(item), "near_duplicate", match)
             self.metrics.queue_depth.labels("batch").set(self._batch_q.qsize())
+
+    def _emit_hit(self, request: Request, hit: CachedVerdict, hashes: dict[str, Any], kind: str, match: dict[str, Any] | None) -> None:
+        self._emit_verdict(request, verdict(
+            request, model=self.model_info, threshold=self.manifest.threshold, status="ok", logit=hit.logit,
+            score=hit.score, label=hit.label, hashes=hashes, cache=kind, cache_match=match))
 
     def _engine_loop(self) -> None:
         per_batch = max(1, self.max_batch // self.crops)
@@ -254,4 +296,4 @@ class Pipeline:
 
     @staticmethod
     def _hashes(item: _Item) -> dict[str, Any]:
-        return {"sha256": item.prepared.sha256, "pdq": item.prepared.pdq, "pdq_quality": item.prepared.pdq_quality}
+        return {"sha256": item.sha256, "pdq": item.prepared.pdq, "pdq_quality": item.prepared.pdq_quality}

@@ -1,4 +1,4 @@
-"""CPU work per image, run in worker processes: decode the model's crop, hash the bytes.
+"""CPU work per image, run in worker processes: decode the model's crop, PDQ-hash the pixels.
 
 Top-level functions only: they are pickled into a ProcessPoolExecutor. The GIL would
 serialise decoding and hashing in threads; processes let each core decode.
@@ -13,13 +13,12 @@ import numpy as np
 
 from worker.decode import decode_center_crop, decode_rgb
 from worker.errors import DECODE_FAILED, InputError
-from worker.hashing import pdq_from_pixels, pdq_pixels, sha256_hex
+from worker.hashing import pdq_from_pixels, pdq_pixels
 
 
 @dataclass(frozen=True)
 class Prepared:
     crops: np.ndarray | None  # [views, S, S, 3] uint8; None on error
-    sha256: str | None
     pdq: str | None
     pdq_quality: int | None
     error: tuple[str, str] | None  # (code, message)
@@ -40,9 +39,8 @@ def prepare(data: bytes, crop_size: int, crops: int, max_pixels: int) -> Prepare
             pdq, quality = pdq_from_pixels(pdq_pixels(data, max_pixels))
         except Exception:  # noqa: BLE001 - an unhashable image is still scored, just not indexed
             pdq, quality = None, None
-        return Prepared(pixels, sha256_hex(data), pdq, quality, None, (time.perf_counter() - started) * 1000)
+        return Prepared(pixels, pdq, quality, None, (time.perf_counter() - started) * 1000)
     except InputError as exc:
-        return Prepared(None, sha256_hex(data), None, None, (exc.code, exc.message), (time.perf_counter() - started) * 1000)
+        return Prepared(None, None, None, (exc.code, exc.message), (time.perf_counter() - started) * 1000)
     except Exception as exc:  # noqa: BLE001 - a decoder bug must not kill the worker process
-        return Prepared(None, sha256_hex(data), None, None, (DECODE_FAILED, f"{type(exc).__name__}: {exc}"),
-                        (time.perf_counter() - started) * 1000)
+        return Prepared(None, None, None, (DECODE_FAILED, f"{type(exc).__name__}: {exc}"), (time.perf_counter() - started) * 1000)

@@ -40,7 +40,7 @@ def store(request: pytest.FixtureRequest) -> Iterator[Store]:
 def test_exact_hits_return_any_label(store: Store) -> None:
     cache = VerdictCache(store, "m1", 60)
     cache.store_many([(Key("s-a", A, 100), cached("real"))])
-    [hit] = cache.lookup_many([Key("s-a", A, 100)])
+    [hit] = cache.lookup_exact_many(["s-a"])
     assert hit.kind == "exact" and hit.verdict.label == "real"
 
 
@@ -48,13 +48,13 @@ def test_near_duplicates_propagate_only_ai_generated(store: Store) -> None:
     cache = VerdictCache(store, "m1", 60)
     real_pdq, ai_pdq = A, flip(A, [255, 254, 253])
     cache.store_many([(Key("s-real", real_pdq, 100), cached("real", "s-real", real_pdq))])
-    [miss] = cache.lookup_many([Key("other", flip(real_pdq, [0]), 100)])
+    [miss] = cache.lookup_near_many([Key("other", flip(real_pdq, [0]), 100)])
     assert miss.kind == "miss"  # a near-twin of a "real" image is never served from cache
     cache.store_many([(Key("s-ai", ai_pdq, 100), cached("ai_generated", "s-ai", ai_pdq))])
     # 31 differing bits packed into two slots still match; 32 spread over every slot do not.
     packed = flip(ai_pdq, list(range(31)))
     spread = flip(ai_pdq, [slot * 16 + b for slot in range(16) for b in (0, 1)])
-    found, too_far, low_quality = cache.lookup_many([Key("x1", packed, 90), Key("x2", spread, 90), Key("x3", packed, 49)])
+    found, too_far, low_quality = cache.lookup_near_many([Key("x1", packed, 90), Key("x2", spread, 90), Key("x3", packed, 49)])
     assert found.kind == "near_duplicate" and found.distance == 31 and found.verdict.sha256 == "s-ai"
     assert too_far.kind == "miss" and low_quality.kind == "miss"
 
@@ -62,8 +62,9 @@ def test_near_duplicates_propagate_only_ai_generated(store: Store) -> None:
 def test_low_quality_hashes_are_not_indexed_and_versions_are_separate(store: Store) -> None:
     cache = VerdictCache(store, "m1", 60)
     cache.store_many([(Key("s-low", A, 30), cached("ai_generated", "s-low"))])
-    assert cache.lookup_many([Key("other", A, 100)])[0].kind == "miss"
-    assert VerdictCache(store, "m2", 60).lookup_many([Key("s-low", A, 30)])[0].kind == "miss"
+    assert cache.lookup_near_many([Key("other", A, 100)])[0].kind == "miss"
+    assert cache.lookup_exact_many(["s-low"])[0].kind == "exact"
+    assert VerdictCache(store, "m2", 60).lookup_exact_many(["s-low"])[0].kind == "miss"
 
 
 def test_store_failure_degrades_to_misses_then_recovers(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -74,11 +75,11 @@ def test_store_failure_degrades_to_misses_then_recovers(monkeypatch: pytest.Monk
     try:
         cache.store_many([(Key("s-a", A, 100), cached("real"))])
         server.kill()
-        assert cache.lookup_many([Key("s-a", A, 100)])[0].kind == "miss" and len(errors) == 1
-        assert cache.lookup_many([Key("s-a", A, 100)])[0].kind == "miss" and len(errors) == 1  # backing off, not retrying
+        assert cache.lookup_exact_many(["s-a"])[0].kind == "miss" and len(errors) == 1
+        assert cache.lookup_exact_many(["s-a"])[0].kind == "miss" and len(errors) == 1  # backing off, not retrying
         server.start()
         monkeypatch.setattr("worker.cache.time.monotonic", lambda: float("inf"))  # the back-off has passed
         cache.store_many([(Key("s-b", A, 100), cached("real", "s-b"))])
-        assert cache.lookup_many([Key("s-b", A, 100)])[0].kind == "exact"
+        assert cache.lookup_exact_many(["s-b"])[0].kind == "exact"
     finally:
         server.stop()
