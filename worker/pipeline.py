@@ -281,7 +281,8 @@ class Pipeline:
         spent = (time.monotonic() - started) * 1000
         self.metrics.batch_size.observe(len(batch))
         self.metrics.engine_images.inc(len(items))
-        log.info("batch scored", batch=len(items), images=len(batch), inference_ms=round(spent, 1))
+        log.info("batch scored", batch=len(items), images=len(batch), inference_ms=round(spent, 1),
+                 request_ids=[i.request.id for i in items])
         scored = []
         for item, value in zip(items, logits):
             logit = float(value)
