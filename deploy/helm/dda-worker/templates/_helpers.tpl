@@ -1,0 +1,59 @@
+{{- define "dda.name" -}}
+{{- .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "dda.fullname" -}}
+{{- if contains .Chart.Name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "dda.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "dda.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "dda.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+{{ include "dda.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end -}}
+
+{{- define "dda.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "dda.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "dda.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- end -}}
+
+{{/* Volume mounts shared by the worker and the engine-build init container. */}}
+{{- define "dda.mounts" -}}
+- name: tmp
+  mountPath: /tmp
+- name: cache
+  mountPath: /var/cache/dda
+{{- if eq .Values.model.source "pvc" }}
+- name: models
+  mountPath: {{ .Values.worker.model }}
+  subPath: {{ .Values.model.subPath }}
+  readOnly: true
+{{- end }}
+{{- if eq .Values.engine.mode "build" }}
+- name: engines
+  mountPath: {{ printf "%s/engines" .Values.worker.model }}
+{{- end }}
+{{- end -}}
+
+{{- define "dda.gpuResources" -}}
+{{- if .Values.gpu.enabled }}
+{{ .Values.gpu.resourceName }}: {{ .Values.gpu.count }}
+{{- end }}
+{{- end -}}

@@ -1,0 +1,146 @@
+"""The Helm chart, rendered offline (helm-python-sdk) and validated against Kubernetes schemas."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import helm_python as helm
+import kubernetes_validate
+import pytest
+import yaml
+
+from worker.config import _settings
+
+CHART = Path(__file__).resolve().parents[2] / "deploy" / "helm" / "dda-worker"
+KUBE_VERSION = "1.35.0"
+CRD_KINDS = {"ScaledObject", "TriggerAuthentication", "ServiceMonitor"}  # not in the Kubernetes schemas
+FROM_SECRETS = {"DDA_REDIS_URL", "DDA_KAFKA_SASL_USERNAME", "DDA_KAFKA_SASL_PASSWORD", "DDA_KAFKA_SSL_CAFILE",
+                "DDA_KAFKA_SSL_CERTFILE", "DDA_KAFKA_SSL_KEYFILE"}
+
+EVERYTHING_ON: dict[str, Any] = {
+    "gpu": {"enabled": True, "count": 1},
+    "keda": {"enabled": True},
+    "serviceMonitor": {"enabled": True},
+    "networkPolicy": {"enabled": True, "kafka": {"cidrs": ["10.20.0.0/24"]}, "redis": {"cidrs": ["10.30.0.0/24"]}},
+    "secrets": {"redis": {"existingSecret": "dda-redis"}, "kafkaSasl": {"existingSecret": "dda-kafka-sasl"},
+                "kafkaTls": {"existingSecret": "dda-kafka-tls", "certKey": "tls.crt", "keyKey": "tls.key"}},
+    "worker": {"kafkaSecurityProtocol": "SASL_SSL", "kafkaSaslMechanism": "SCRAM-SHA-512"},
+}
+
+
+def render(values: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    chart = helm.Chart.load(str(CHART))
+    manifests = chart.render(values or {}, name="mod", namespace="trust-safety", is_install=True)
+    docs = []
+    for path, text in manifests.items():
+        if path.endswith(".txt"):
+            continue
+        docs += [d for d in yaml.safe_load_all(text) if d]
+    return docs
+
+
+def kinds(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {d["kind"]: d for d in docs}
+
+
+def worker_container(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    return next(c for c in kinds(docs)["Deployment"]["spec"]["template"]["spec"]["containers"] if c["name"] == "worker")
+
+
+@pytest.mark.parametrize("values", [None, EVERYTHING_ON], ids=["defaults", "everything-on"])
+def test_lint_strict_and_every_manifest_validates(values: dict[str, Any] | None) -> None:
+    report = helm.lint(str(CHART), values, strict=True, kube_version=f"v{KUBE_VERSION}")
+    assert report["errors"] == [] and all(m["severity"] < 2 for m in report["messages"]), report
+    docs = render(values)
+    for doc in docs:
+        if doc["kind"] in CRD_KINDS:
+            continue
+        kubernetes_validate.validate(doc, KUBE_VERSION, strict=True)
+    expected = {"Deployment", "Service", "ServiceAccount", "PodDisruptionBudget"}
+    if values:
+        expected |= CRD_KINDS | {"NetworkPolicy"}
+    assert expected <= set(kinds(docs))
+
+
+def test_gpu_limit_probes_and_drain_grace() -> None:
+    docs = render(EVERYTHING_ON)
+    pod = kinds(docs)["Deployment"]["spec"]["template"]["spec"]
+    container = worker_container(docs)
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert pod["initContainers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 1
+    metrics_port = next(p for p in container["ports"] if p["name"] == "metrics")["containerPort"]
+    assert metrics_port == 9400
+    # The probe paths are the worker's real endpoints (worker/endpoints.py).
+    endpoints = (Path(__file__).resolve().parents[2] / "worker" / "endpoints.py").read_text()
+    for probe, path in (("startupProbe", "/healthz"), ("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
+        assert container[probe]["httpGet"] == {"path": path, "port": "metrics"}
+        assert f'"{path}"' in endpoints
+    assert container["startupProbe"]["failureThreshold"] * container["startupProbe"]["periodSeconds"] >= 600
+    assert pod["terminationGracePeriodSeconds"] == 25 + 15
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert pod["tolerations"][0]["key"] == "nvidia.com/gpu"
+    cpu_only = render({"gpu": {"enabled": False}, "engine": {"mode": "none"}, "worker": {"device": "cpu"}})
+    assert "nvidia.com/gpu" not in worker_container(cpu_only)["resources"].get("limits", {})
+
+
+def test_every_worker_setting_reaches_the_container_environment() -> None:
+    settings = {s.env for _, s in _settings()}
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    from_values = {f"DDA_{''.join('_' + c if c.isupper() else c for c in k).upper()}" for k in values["worker"]}
+    assert from_values == settings - FROM_SECRETS, "values.yaml worker keys and worker/config.py settings differ"
+    env = {e["name"]: e for e in worker_container(render(EVERYTHING_ON))["env"]}
+    assert settings <= set(env)
+    overridden = worker_container(render({"worker": {"maxBatch": 12, "fetchAllowNetworks": "10.9.0.0/16"}}))
+    env2 = {e["name"]: e.get("value") for e in overridden["env"]}
+    assert env2["DDA_MAX_BATCH"] == "12" and env2["DDA_FETCH_ALLOW_NETWORKS"] == "10.9.0.0/16"
+
+
+def test_secrets_are_referenced_never_inlined() -> None:
+    docs = render(EVERYTHING_ON)
+    env = {e["name"]: e for e in worker_container(docs)["env"]}
+    for name, secret in (("DDA_REDIS_URL", "dda-redis"), ("DDA_KAFKA_SASL_PASSWORD", "dda-kafka-sasl")):
+        assert "value" not in env[name] and env[name]["valueFrom"]["secretKeyRef"]["name"] == secret
+    assert not any(d["kind"] == "Secret" for d in docs)
+    volumes = kinds(docs)["Deployment"]["spec"]["template"]["spec"]["volumes"]
+    assert {"name": "kafka-tls", "secret": {"secretName": "dda-kafka-tls"}} in volumes
+    trigger_auth = kinds(docs)["TriggerAuthentication"]["spec"]["secretTargetRef"]
+    assert {r["name"] for r in trigger_auth} == {"dda-kafka-sasl", "dda-kafka-tls"}
+
+
+def test_keda_scales_on_lag_and_hpa_is_the_fallback() -> None:
+    scaled = kinds(render(EVERYTHING_ON))["ScaledObject"]["spec"]
+    trigger = scaled["triggers"][0]
+    assert trigger["type"] == "kafka" and trigger["metadata"]["consumerGroup"] == "dda-worker"
+    assert trigger["metadata"]["topic"] == "dda.requests"
+    fallback = kinds(render({"autoscaling": {"enabled": True}}))
+    assert "HorizontalPodAutoscaler" in fallback and "ScaledObject" not in fallback
+    assert "replicas" not in fallback["Deployment"]["spec"]
+    assert "HorizontalPodAutoscaler" not in kinds(render(EVERYTHING_ON | {"autoscaling": {"enabled": True}}))
+
+
+def test_network_policy_denies_internal_ranges_but_allows_kafka_and_redis() -> None:
+    policy = kinds(render(EVERYTHING_ON))["NetworkPolicy"]["spec"]
+    blocks = [to["ipBlock"] for rule in policy["egress"] for to in rule.get("to", [])]
+    internet = next(b for b in blocks if b["cidr"] == "0.0.0.0/0")
+    assert {"10.0.0.0/8", "169.254.0.0/16", "100.64.0.0/10", "172.16.0.0/12", "192.168.0.0/16"} <= set(internet["except"])
+    assert {"cidr": "10.20.0.0/24"} in blocks and {"cidr": "10.30.0.0/24"} in blocks
+    with pytest.raises(helm.HelmError, match="networkPolicy.kafka.cidrs"):
+        render({"networkPolicy": {"enabled": True}})
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [{"worker": {"maxBatch": "64"}}, {"worker": {"maxBatch": 0}}, {"worker": {"device": "tpu"}}, {"worker": {"maxBatchSize": 8}},
+     {"keda": {"enabled": "yes"}}, {"engine": {"precision": "int4"}}, {"secrets": {"redis": {"password": "hunter2"}}},
+     {"replicaCount": -1}],
+    ids=["string-for-int", "zero-batch", "bad-enum", "unknown-setting", "string-for-bool", "bad-precision", "inline-secret", "negative"],
+)
+def test_schema_rejects_wrong_values(bad: dict[str, Any]) -> None:
+    chart = helm.Chart.load(str(CHART))
+    with pytest.raises(helm.HelmError):
+        chart.validate_schema(chart.merge_values(copy.deepcopy(bad)))
+    with pytest.raises(helm.HelmError):
+        chart.render(bad, name="mod", namespace="x")
