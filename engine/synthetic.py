@@ -58,3 +58,11 @@ def write_official_checkpoint(path: Path, arch: Architecture, rank: int = 8, see
     """Save {"model": state, ...} the way the authors' trainer does (optimizer entry included)."""
     torch.save({"model": random_official_state(arch, rank, seed), "optimizer": {}, "total_steps": 0}, path)
     return path
+
+
+def random_dinov2_state(arch: Architecture, seed: int = 0) -> dict[str, torch.Tensor]:
+    """A backbone keyed like facebookresearch/dinov2's ViT (no head, with the mask token)."""
+    gen = torch.Generator().manual_seed(seed)
+    state = {name: _init(name, shape, gen) for name, shape in expected_shapes(arch).items() if not name.startswith("head.")}
+    state["mask_token"] = torch.zeros(1, arch.width)
+    return state

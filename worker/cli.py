@@ -8,6 +8,7 @@ from typing import Sequence
 
 from engine import cli as engine_cli
 from engine import compile_cli
+from training import cli as training_cli
 from worker import scan, service
 
 
@@ -18,6 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
     compile_cli.register(commands)
     scan.register(commands)
     service.register(commands)
+    training_cli.register(commands)
     return parser
 
 

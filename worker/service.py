@@ -68,7 +68,9 @@ def worker_command(args: argparse.Namespace) -> int:
 
     metrics = Metrics()
     store: Store = RedisStore(config.redis_url) if config.redis_url else MemoryStore()
-    cache = VerdictCache(store, loaded.manifest.version, config.cache_ttl_s, on_error=lambda _e: metrics.redis_errors.inc())
+    # The threshold is part of the namespace: cached labels must not outlive a recalibration.
+    namespace = f"{loaded.manifest.version}-t{loaded.manifest.threshold!r}"
+    cache = VerdictCache(store, namespace, config.cache_ttl_s, on_error=lambda _e: metrics.redis_errors.inc())
     fetcher = Fetcher(FetchPolicy(
         max_bytes=config.fetch_max_bytes, total_timeout_s=config.fetch_timeout_s, retries=config.fetch_retries,
         connect_timeout_s=min(5.0, config.fetch_timeout_s), read_timeout_s=min(10.0, config.fetch_timeout_s),
