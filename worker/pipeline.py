@@ -30,7 +30,7 @@ import structlog
 from engine.detector import label_for, sigmoid
 from engine.model_dir import Manifest
 from engine.runner import Runner
-from worker.cache import CachedVerdict, Key, VerdictCache
+from worker.cache import CachedVerdict, Key, Lookup, VerdictCache
 from worker.errors import FILE_NOT_FOUND, INFERENCE_FAILED, INTERNAL_ERROR, URL_INVALID, InputError
 from worker.fetch import Fetcher
 from worker.hashing import sha256_hex
@@ -100,8 +100,10 @@ class Pipeline:
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._in_flight = 0
-        self._threads = [threading.Thread(target=self._exact_loop, name="exact-lookup", daemon=True),
-                         threading.Thread(target=self._near_loop, name="near-lookup", daemon=True),
+        exact = (self._exact_q, lambda batch: self.cache.lookup_exact_many([f.sha256 for f in batch]), self._on_exact)
+        near = (self._near_q, lambda batch: self.cache.lookup_near_many([i.key for i in batch]), self._on_near)
+        self._threads = [threading.Thread(target=self._lookup_stage, args=exact, name="exact-lookup", daemon=True),
+                         threading.Thread(target=self._lookup_stage, args=near, name="near-lookup", daemon=True),
                          threading.Thread(target=self._engine_loop, name="engine", daemon=True)]
 
     # --- life cycle -------------------------------------------------------------------------
@@ -218,42 +220,39 @@ class Pipeline:
                 break
         return items
 
-    def _exact_loop(self) -> None:
+    def _lookup_stage(self, q: queue.Queue[Any], lookup: Callable[[list[Any]], list[Lookup]],
+                      handle: Callable[[Any, Lookup, float], None]) -> None:
+        """Drain `q` in batches of up to LOOKUP_BATCH, one store round trip per batch."""
         while not self._stop.is_set():
-            batch = self._take(self._exact_q, 0.1, LOOKUP_BATCH, 0.0)
+            batch = self._take(q, 0.1, LOOKUP_BATCH, 0.0)
             if not batch:
                 continue
             started = time.monotonic()
-            results = self.cache.lookup_exact_many([f.sha256 for f in batch])
+            results = lookup(batch)
             spent = (time.monotonic() - started) * 1000
-            for fetched, found in zip(batch, results):
-                fetched.request.timings_ms["cache"] = spent
-                if found.verdict is None:
-                    self._decode(fetched)
-                    continue
-                self.metrics.cache_hits.labels("exact").inc()
-                hit = found.verdict
-                hashes = {"sha256": fetched.sha256, "pdq": hit.pdq, "pdq_quality": hit.pdq_quality}
-                self._emit_hit(fetched.request, hit, hashes, "exact", None)
+            for entry, found in zip(batch, results):
+                handle(entry, found, spent)
 
-    def _near_loop(self) -> None:
-        while not self._stop.is_set():
-            items = self._take(self._near_q, 0.1, LOOKUP_BATCH, 0.0)
-            if not items:
-                continue
-            started = time.monotonic()
-            results = self.cache.lookup_near_many([i.key for i in items])
-            spent = (time.monotonic() - started) * 1000
-            for item, found in zip(items, results):
-                item.request.timings_ms["cache"] = item.request.timings_ms.get("cache", 0.0) + spent
-                self.metrics.cache_hits.labels(found.kind).inc()
-                if found.verdict is None:
-                    item.queued_at = time.monotonic()
-                    self._batch_q.put(item)
-                    continue
-                match = {"sha256": found.verdict.sha256, "pdq_distance": found.distance}
-                self._emit_hit(item.request, found.verdict, self._hashes(item), "near_duplicate", match)
+    def _on_exact(self, fetched: _Fetched, found: Lookup, spent_ms: float) -> None:
+        fetched.request.timings_ms["cache"] = spent_ms
+        if found.verdict is None:
+            self._decode(fetched)
+            return
+        self.metrics.cache_hits.labels("exact").inc()
+        hit = found.verdict
+        hashes = {"sha256": fetched.sha256, "pdq": hit.pdq, "pdq_quality": hit.pdq_quality}
+        self._emit_hit(fetched.request, hit, hashes, "exact", None)
+
+    def _on_near(self, item: _Item, found: Lookup, spent_ms: float) -> None:
+        item.request.timings_ms["cache"] = item.request.timings_ms.get("cache", 0.0) + spent_ms
+        self.metrics.cache_hits.labels(found.kind).inc()
+        if found.verdict is None:
+            item.queued_at = time.monotonic()
+            self._batch_q.put(item)
             self.metrics.queue_depth.labels("batch").set(self._batch_q.qsize())
+            return
+        match = {"sha256": found.verdict.sha256, "pdq_distance": found.distance}
+        self._emit_hit(item.request, found.verdict, self._hashes(item), "near_duplicate", match)
 
     def _emit_hit(self, request: Request, hit: CachedVerdict, hashes: dict[str, Any], kind: str, match: dict[str, Any] | None) -> None:
         self._emit_verdict(request, verdict(
