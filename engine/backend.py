@@ -20,6 +20,7 @@ def make_runner(
     device: str = "cpu",
     precision: Precision = "fp32",
     max_batch: int = 16,
+    compile: bool = False,
     log: Callable[[str], None] = lambda _m: None,
 ) -> Runner:
     """`auto` uses TensorRT only on CUDA with TensorRT installed and a matching engine in
@@ -44,4 +45,5 @@ def make_runner(
         raise RuntimeError("--backend tensorrt needs --device cuda")
     else:
         log(f"backend: torch {precision} on {device}")
-    return TorchRunner(loaded.network, loaded.manifest.preprocessing, device=device, precision=precision, max_batch=max_batch)
+    return TorchRunner(loaded.network, loaded.manifest.preprocessing, device=device, precision=precision, max_batch=max_batch,
+                       compile=compile)

@@ -90,7 +90,7 @@ def scan_command(args: argparse.Namespace) -> int:
         model_dir = resolve_model(args.model, progress=say)
         loaded = load_model_dir(model_dir)
         runner = make_runner(loaded, model_dir, backend=args.backend, device=args.device,
-                             precision=args.precision, max_batch=args.batch_size, log=say)
+                             precision=args.precision, max_batch=args.batch_size, compile=args.compile, log=say)
     except (ModelDirError, ValueError, RuntimeError, OSError, ImportError) as exc:
         say(f"error: {exc}")
         return 2
@@ -129,6 +129,8 @@ def register(commands: argparse._SubParsersAction) -> None:
                    help="auto: a TensorRT engine from MODEL/engines/ when one matches this GPU, else torch")
     p.add_argument("--crops", type=int, default=1, choices=[1, 5], help="1: reference centre crop; 5: centre + corners, mean logit")
     p.add_argument("--batch-size", type=positive_int, default=16)
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the network for the batch size (CUDA graphs on GPU); slow first batch")
     p.add_argument("--max-pixels", type=positive_int, default=DEFAULT_MAX_PIXELS, help="refuse images with more pixels than this")
     p.add_argument("--allow-networks", default="", help="comma-separated CIDRs that URLs may reach despite being private")
     p.add_argument("--fetch-timeout", type=positive_float, default=30.0, help="whole-request deadline per URL, seconds")

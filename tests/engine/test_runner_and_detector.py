@@ -60,3 +60,15 @@ def test_labels_follow_the_threshold_in_logit_space(tiny_model: LoadedModel) -> 
     image = np.asarray(photo(500, 500))
     [p] = Detector(manifest, TorchRunner(tiny_model.network, manifest.preprocessing)).predict([image])
     assert p.score == pytest.approx(sigmoid(p.logit)) and p.label == label_for(p.logit, manifest)
+
+
+def test_compiled_runner_pads_to_one_shape_and_matches_eager(tiny_model_dir) -> None:
+    """torch.compile path (CUDA graphs on GPU; inductor on CPU here): 5 crops at max_batch 4
+    run as 4 + 1 padded to 4, so one shape is compiled, and logits match eager execution."""
+    batch = crops(5)
+    eager = load_model_dir(tiny_model_dir)
+    compiled = load_model_dir(tiny_model_dir)
+    ref = TorchRunner(eager.network, eager.manifest.preprocessing, max_batch=4).logits(batch)
+    runner = TorchRunner(compiled.network, compiled.manifest.preprocessing, max_batch=4, compile=True)
+    assert runner.pad_to_max
+    assert np.abs(runner.logits(batch) - ref).max() < 1e-4
