@@ -13,7 +13,7 @@ from engine.model_dir import load_model_dir
 def make_pairs_command(args: argparse.Namespace) -> int:
     from training.pairs import make_pairs
 
-    manifest = make_pairs(Path(args.reals), Path(args.output), args.vae, args.device, args.seed, progress=say)
+    manifest = make_pairs(Path(args.reals), Path(args.output), args.vae, args.device, args.seed, args.batch_size, progress=say)
     say(f"{len(manifest['pairs'])} pairs in {args.output}")
     return 0
 
@@ -62,6 +62,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--vae", default="stabilityai/stable-diffusion-2-1", help="hub id (subfolder vae) or local diffusers VAE directory")
     p.add_argument("--device", default=None, choices=["cpu", "cuda"])
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=8, help="images of equal size reconstructed together")
     p.set_defaults(handler=make_pairs_command)
 
     p = commands.add_parser("train", help="train LoRA + head on pairs (the DDA recipe)")

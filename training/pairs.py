@@ -37,21 +37,26 @@ def load_vae(spec: str, device: str) -> Any:
     return vae.to(device).eval()
 
 
-@torch.inference_mode()
-def reconstruct(vae: Any, image: Image.Image, generator: torch.Generator) -> Image.Image:
-    """VAE round trip of `image` cropped to a multiple of 8 (top-left kept, as the reference)."""
+def crop8(image: Image.Image) -> Image.Image:
+    """Top-left crop to multiples of 8, as the reference does before encoding."""
     w, h = image.size
-    image = image.crop((0, 0, w - w % 8, h - h % 8))
-    pixels = torch.from_numpy(np.asarray(image, np.float32) / 127.5 - 1.0).permute(2, 0, 1)[None]
+    return image.crop((0, 0, w - w % 8, h - h % 8))
+
+
+@torch.inference_mode()
+def reconstruct(vae: Any, images: list[Image.Image], generator: torch.Generator) -> list[Image.Image]:
+    """VAE round trip of same-sized images in one batch: sampled latents, output truncated to uint8."""
+    pixels = torch.from_numpy(np.stack([np.asarray(i, np.float32) for i in images]) / 127.5 - 1.0).permute(0, 3, 1, 2)
     pixels = pixels.to(vae.device, vae.dtype)
     latent = vae.encode(pixels).latent_dist.sample(generator=generator)
     decoded = vae.decode(latent).sample.float().clamp(-1, 1)
-    out = ((decoded[0].permute(1, 2, 0).cpu().numpy() + 1.0) * 127.5).astype(np.uint8)  # truncation, as the reference
-    return Image.fromarray(out)
+    out = ((decoded.permute(0, 2, 3, 1).cpu().numpy() + 1.0) * 127.5).astype(np.uint8)  # truncation, as the reference
+    return [Image.fromarray(o) for o in out]
 
 
 def make_pairs(reals: Path, output: Path, vae_spec: str = DEFAULT_VAE, device: str | None = None, seed: int = 0,
-               progress: Callable[[str], None] = lambda _m: None) -> dict[str, Any]:
+               batch_size: int = 8, progress: Callable[[str], None] = lambda _m: None) -> dict[str, Any]:
+    """Reconstruct every image under `reals` not yet in `output`; images of one size share a batch."""
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     output.mkdir(parents=True, exist_ok=True)
     (output / "fake").mkdir(exist_ok=True)
@@ -60,22 +65,30 @@ def make_pairs(reals: Path, output: Path, vae_spec: str = DEFAULT_VAE, device: s
     paths = sorted(p for p in reals.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     if not paths:
         raise ValueError(f"no images in {reals}")
-    vae = load_vae(vae_spec, device)
-    generator = torch.Generator(device=device).manual_seed(seed)
-    started, done = time.monotonic(), 0
-    for index, path in enumerate(paths):
+    pending: dict[tuple[int, int], list[tuple[str, Path, Image.Image, int | None]]] = {}
+    for path in paths:
         key = str(path.relative_to(reals))
         fake = output / "fake" / (key.replace("/", "__") + ".png")
         if key in manifest["pairs"] and fake.is_file():
             continue
         with Image.open(path) as opened:
             quality = estimate_quality(opened) if opened.format == "JPEG" else None
-            real = opened.convert("RGB")
-        if real.width < 8 or real.height < 8:
-            continue
-        reconstruct(vae, real, generator).save(fake)
-        manifest["pairs"][key] = {"real": str(path.resolve()), "fake": str(fake.resolve()), "jpeg_quality": quality}
-        manifest_path.write_text(json.dumps({**manifest, "vae": vae_spec}, indent=1))
-        done += 1
-        progress(f"pair {index + 1}/{len(paths)} ({done / (time.monotonic() - started):.2f}/s): {key}")
+            real = crop8(opened.convert("RGB"))
+        if real.width and real.height:
+            pending.setdefault(real.size, []).append((key, path, real, quality))
+    if not pending:
+        return manifest
+    vae = load_vae(vae_spec, device)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    total, done, started = sum(len(v) for v in pending.values()), 0, time.monotonic()
+    for group in pending.values():
+        for start in range(0, len(group), batch_size):
+            chunk = group[start : start + batch_size]
+            for (key, path, _, quality), fake_image in zip(chunk, reconstruct(vae, [c[2] for c in chunk], generator)):
+                fake = output / "fake" / (key.replace("/", "__") + ".png")
+                fake_image.save(fake)
+                manifest["pairs"][key] = {"real": str(path.resolve()), "fake": str(fake.resolve()), "jpeg_quality": quality}
+            manifest_path.write_text(json.dumps({**manifest, "vae": vae_spec}, indent=1))
+            done += len(chunk)
+            progress(f"pairs {done}/{total} ({done / (time.monotonic() - started):.2f}/s)")
     return manifest

@@ -27,8 +27,8 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     root = tmp_path_factory.mktemp("chain")
     (root / "reals").mkdir()
-    for i in range(6):  # a little larger than the crop, so crops are image, not padding
-        scene(360 + 9 * i, 344, seed=200 + i).save(root / "reals" / f"r{i}.jpg", "JPEG", quality=90)
+    for i in range(6):  # a little larger than the crop, so crops are image, not padding; two share a size
+        scene(360 + 9 * min(i, 4), 344, seed=200 + i).save(root / "reals" / f"r{i}.jpg", "JPEG", quality=90)
     torch.manual_seed(0)
     vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
                         up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 16), latent_channels=4,
@@ -40,17 +40,19 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_make_pairs_train_export_eval_scan(workspace: Path) -> None:
     root = workspace
-    dda("make-pairs", "--reals", str(root / "reals"), "--output", str(root / "pairs"), "--vae", str(root / "vae"))
+    made = dda("make-pairs", "--reals", str(root / "reals"), "--output", str(root / "pairs"), "--vae", str(root / "vae"))
+    assert made.stderr.count("dda: pairs ") == 5
     manifest = json.loads((root / "pairs" / "pairs.json").read_text())
     assert len(manifest["pairs"]) == 6 and {p["jpeg_quality"] for p in manifest["pairs"].values()} == {90}
     fake = next(iter(manifest["pairs"].values()))["fake"]
     from PIL import Image
 
     assert Image.open(fake).size == (360, 344)  # cropped to a multiple of 8
+    assert "pairs 6/6" in made.stderr  # the two equal-sized images went through in one batch: 5 batches, 6 pairs
 
     # Resumable: a second run keeps the pairs it has.
     again = dda("make-pairs", "--reals", str(root / "reals"), "--output", str(root / "pairs"), "--vae", str(root / "vae"))
-    assert "pair " not in again.stderr
+    assert "dda: pairs " not in again.stderr and "6 pairs in" in again.stderr  # nothing redone
 
     common = ["--init", str(root / "dinov2_tiny.pth"), "--pairs", str(root / "pairs"), "--output", str(root / "run"),
               "--pairs-per-step", "2", "--accumulation", "1", "--lr", "3e-3", "--checkpoint-every", "10"]
