@@ -16,6 +16,7 @@ The last two deviate from the reference, which would clip; it never saw such fil
 
 from __future__ import annotations
 
+import functools
 import io
 import warnings
 from struct import error as struct_error  # Pillow plugins raise it on malformed headers
@@ -48,6 +49,7 @@ _MAGIC: tuple[tuple[bytes, str], ...] = (
 _HEIF_BRANDS = (b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1")
 
 
+@functools.lru_cache(maxsize=1)
 def _heif_available() -> bool:
     try:
         from pillow_heif import register_heif_opener

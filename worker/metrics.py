@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-STAGES = ("fetch", "decode", "cache", "queue", "inference", "publish", "total")
-
 
 class Metrics:
     def __init__(self) -> None:

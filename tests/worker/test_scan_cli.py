@@ -6,11 +6,9 @@ import json
 import subprocess
 import sys
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from engine.detector import Detector
 from engine.model_dir import load_model_dir

@@ -14,7 +14,6 @@ from collections import Counter
 from pathlib import Path
 from typing import Iterator
 
-import numpy as np
 import pytest
 
 from engine.detector import Detector
