@@ -72,7 +72,11 @@ class KafkaTransport:
         with self.lock:
             if self.leases.get(tp) != lease:
                 return  # revoked since it was consumed: the partition's new owner redoes it
-        future = self.producer.send(topic, key=key, value=json.dumps(value).encode())
+        try:
+            future = self.producer.send(topic, key=key, value=json.dumps(value).encode())
+        except KafkaError as exc:  # e.g. no broker for max_block_ms: same as a refusal
+            refused(exc)
+            return
         future.add_callback(acked)
         future.add_errback(refused)
 
@@ -144,7 +148,8 @@ class KafkaTransport:
 
         self.consumer = KafkaConsumer(
             group_id=self.config.group_id, enable_auto_commit=False, auto_offset_reset="earliest",
-            session_timeout_ms=self.config.session_timeout_ms, max_poll_records=max(1, self.config.max_in_flight // 2),
+            session_timeout_ms=self.config.session_timeout_ms, heartbeat_interval_ms=self.config.session_timeout_ms // 3,
+            max_poll_records=max(1, self.config.max_in_flight // 2),
             **self._common,
         )
         self.consumer.subscribe([self.config.input_topic], listener=Rebalance())

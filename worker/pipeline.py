@@ -20,6 +20,7 @@ import queue
 import threading
 import time
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -93,7 +94,8 @@ class Pipeline:
         self.allow_paths = allow_paths
         self.model_info = {"name": manifest.name, "version": manifest.version}
         self._fetch_pool = ThreadPoolExecutor(fetch_workers, thread_name_prefix="fetch")
-        self._decode_pool = ProcessPoolExecutor(decode_workers, mp_context=multiprocessing.get_context("spawn"))
+        self._decode_workers = decode_workers
+        self._decode_pool = self._new_decode_pool()
         self._exact_q: queue.Queue[_Fetched] = queue.Queue()
         self._near_q: queue.Queue[_Item] = queue.Queue()
         self._batch_q: queue.Queue[_Item] = queue.Queue()
@@ -187,15 +189,36 @@ class Pipeline:
             log.exception("request failed unexpectedly", request_id=request.id)
             self._error(request, INTERNAL_ERROR, f"{type(exc).__name__}: {exc}")
 
-    def _decode(self, fetched: _Fetched) -> None:
-        future: Future[Prepared] = self._decode_pool.submit(
-            prepare, fetched.data, self.manifest.preprocessing.crop_size, self.crops, self.max_pixels)
-        future.add_done_callback(lambda f, r=fetched.request, sha=fetched.sha256: self._decoded(r, sha, f))
+    def _new_decode_pool(self) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(self._decode_workers, mp_context=multiprocessing.get_context("spawn"))
 
-    def _decoded(self, request: Request, sha256: str, future: Future[Prepared]) -> None:
+    def _replace_broken(self, broken: ProcessPoolExecutor) -> None:
+        """A decode process died (a decoder crash on a hostile file, the OOM killer): the pool is
+        unusable from then on, so start a new one; requests it held get error verdicts."""
+        with self._lock:
+            if self._decode_pool is not broken:
+                return
+            log.error("a decode process died; starting a new decode pool")
+            self._decode_pool = self._new_decode_pool()
+        broken.shutdown(wait=False, cancel_futures=True)
+
+    def _decode(self, fetched: _Fetched) -> None:
+        args = (prepare, fetched.data, self.manifest.preprocessing.crop_size, self.crops, self.max_pixels)
+        pool = self._decode_pool
+        try:
+            future: Future[Prepared] = pool.submit(*args)
+        except BrokenProcessPool:
+            self._replace_broken(pool)
+            pool = self._decode_pool
+            future = pool.submit(*args)
+        future.add_done_callback(lambda f, r=fetched.request, sha=fetched.sha256, p=pool: self._decoded(r, sha, f, p))
+
+    def _decoded(self, request: Request, sha256: str, future: Future[Prepared], pool: ProcessPoolExecutor) -> None:
         try:
             prepared = future.result()
-        except Exception as exc:  # noqa: BLE001 - e.g. a decode process was killed
+        except Exception as exc:  # noqa: BLE001 - the decode process was killed, or the pool is shutting down
+            if isinstance(exc, BrokenProcessPool):
+                self._replace_broken(pool)
             self._error(request, INTERNAL_ERROR, f"decode process failed: {type(exc).__name__}: {exc}", sha256)
             return
         request.timings_ms["decode"] = prepared.decode_ms
@@ -228,10 +251,20 @@ class Pipeline:
             if not batch:
                 continue
             started = time.monotonic()
-            results = lookup(batch)
+            try:
+                results = lookup(batch)
+            except Exception as exc:  # noqa: BLE001 - a bug here must not stop the stage: fail the batch
+                log.exception("cache lookup failed")
+                for entry in batch:
+                    self._error(entry.request, INTERNAL_ERROR, f"cache lookup failed: {type(exc).__name__}: {exc}")
+                continue
             spent = (time.monotonic() - started) * 1000
             for entry, found in zip(batch, results):
-                handle(entry, found, spent)
+                try:
+                    handle(entry, found, spent)
+                except Exception as exc:  # noqa: BLE001 - one request's failure is its own error verdict
+                    log.exception("request failed unexpectedly", request_id=entry.request.id)
+                    self._error(entry.request, INTERNAL_ERROR, f"{type(exc).__name__}: {exc}")
 
     def _on_exact(self, fetched: _Fetched, found: Lookup, spent_ms: float) -> None:
         fetched.request.timings_ms["cache"] = spent_ms
