@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -23,6 +24,18 @@ META_MANIFEST = "dda.manifest"
 META_INPUT = "dda.input"
 INPUT_UINT8 = "uint8_nhwc"
 INPUT_FLOAT = "float32_nchw_normalized"
+
+
+def input_shape(batch: int, size: int, uint8_input: bool) -> tuple[int, int, int, int]:
+    """Shape of the exported model's input: uint8 NHWC crops, or normalised float NCHW."""
+    return (batch, size, size, 3) if uint8_input else (batch, 3, size, size)
+
+
+def model_input(crops: np.ndarray, pre: Preprocessing, uint8_input: bool) -> np.ndarray:
+    """uint8 [N, S, S, 3] crops in the exported model's input layout (contiguous)."""
+    if uint8_input:
+        return np.ascontiguousarray(crops)
+    return normalize(torch.from_numpy(np.ascontiguousarray(crops)), pre).numpy()
 
 
 class _FromUint8(nn.Module):

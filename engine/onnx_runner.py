@@ -6,11 +6,9 @@ import json
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from engine.model_dir import Manifest
-from engine.onnx_export import INPUT_UINT8, META_INPUT, META_MANIFEST
-from engine.preprocess import normalize
+from engine.onnx_export import INPUT_UINT8, META_INPUT, META_MANIFEST, model_input
 from engine.runner import check_crops, run_in_chunks
 
 
@@ -34,8 +32,5 @@ class OnnxRunner:
         return run_in_chunks(crops, self.max_batch, self._run_chunk)
 
     def _run_chunk(self, chunk: np.ndarray) -> np.ndarray:
-        if self.uint8_input:
-            feed = np.ascontiguousarray(chunk)
-        else:
-            feed = normalize(torch.from_numpy(np.ascontiguousarray(chunk)), self.preprocessing).numpy()
+        feed = model_input(chunk, self.preprocessing, self.uint8_input)
         return self.session.run(None, {self.input_name: feed})[0].reshape(-1)

@@ -15,7 +15,7 @@ import numpy as np
 
 from engine.checkpoint import sha256_file
 from engine.engine_file import EngineInfo, GpuIdentity, write_sidecar
-from engine.onnx_export import INPUT_UINT8, META_INPUT, META_MANIFEST
+from engine.onnx_export import INPUT_UINT8, META_INPUT, META_MANIFEST, input_shape, model_input
 from engine.preprocess import Preprocessing, center_crop
 
 PRECISIONS = ("fp16", "bf16", "fp8", "int8")
@@ -77,9 +77,6 @@ def onnx_metadata(path: Path) -> dict[str, str]:
 
 def calibration_batches(folder: Path, pre: Preprocessing, uint8_input: bool, batch: int) -> list[np.ndarray]:
     """Centre crops of every decodable image in `folder`, in the engine's input layout."""
-    import torch
-
-    from engine.preprocess import normalize
     from engine.verify import image_files
     from worker.decode import decode_rgb
     from worker.errors import InputError
@@ -92,9 +89,7 @@ def calibration_batches(folder: Path, pre: Preprocessing, uint8_input: bool, bat
             continue
     if not crops:
         raise BuildError(f"no decodable images in {folder} for calibration")
-    stacked = np.stack(crops)
-    if not uint8_input:
-        stacked = normalize(torch.from_numpy(stacked), pre).numpy()
+    stacked = model_input(np.stack(crops), pre, uint8_input)
     full = [np.ascontiguousarray(stacked[i : i + batch]) for i in range(0, len(stacked) - batch + 1, batch)]
     return full or [np.ascontiguousarray(stacked)]  # fewer images than one batch: calibrate on them all
 
@@ -165,9 +160,9 @@ def build_engine(onnx_path: Path, output: Path, options: BuildOptions, log: Call
 
     input_tensor = network.get_input(0)
     size = int(manifest["preprocessing"]["crop_size"])
-    shape = (lambda b: (b, size, size, 3)) if uint8_input else (lambda b: (b, 3, size, size))
     profile = builder.create_optimization_profile()
-    profile.set_shape(input_tensor.name, shape(options.min_batch), shape(options.opt_batch), shape(options.max_batch))
+    profile.set_shape(input_tensor.name, *(input_shape(b, size, uint8_input)
+                                           for b in (options.min_batch, options.opt_batch, options.max_batch)))
     config.add_optimization_profile(profile)
 
     if options.precision == "int8":

@@ -14,12 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from engine.engine_file import check_compatible, read_sidecar
 from engine.model_dir import Manifest
-from engine.onnx_export import INPUT_UINT8
-from engine.preprocess import normalize
+from engine.onnx_export import INPUT_UINT8, input_shape, model_input
 from engine.runner import check_crops
 from engine.tensorrt_build import gpu_identity, require_tensorrt
 
@@ -57,7 +55,7 @@ class TensorRTRunner:
             self.uint8_input = info.input_kind == INPUT_UINT8
             self.min_batch, self.max_batch = info.min_batch, info.max_batch
             size = self.preprocessing.crop_size
-            in_shape = (self.max_batch, size, size, 3) if self.uint8_input else (self.max_batch, 3, size, size)
+            in_shape = input_shape(self.max_batch, size, self.uint8_input)
             in_dtype = np.uint8 if self.uint8_input else np.float32
             self.slots = []
             for _ in range(2):
@@ -71,10 +69,7 @@ class TensorRTRunner:
     def _submit(self, slot: _Slot, chunk: np.ndarray, start: int) -> None:
         n = len(chunk)
         rows = max(n, self.min_batch)
-        if self.uint8_input:
-            slot.host_in[:n] = chunk
-        else:
-            slot.host_in[:n] = normalize(torch.from_numpy(np.ascontiguousarray(chunk)), self.preprocessing).numpy()
+        slot.host_in[:n] = model_input(chunk, self.preprocessing, self.uint8_input)
         slot.host_in[n:rows] = 0
         shape = (rows, *slot.host_in.shape[1:])
         self._cuda.memcpy_htod_async(slot.device_in, slot.host_in[:rows], slot.stream)
