@@ -31,20 +31,14 @@ from engine.model_dir import load_model_dir
 from engine.preprocess import center_crop
 from engine.runner import TorchRunner
 from engine.synthetic import VIT_L, write_official_checkpoint
-from worker.decode import decode_rgb
+from worker.decode import decode_folder
 
 DEV_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "dev"
 GFLOP_PER_IMAGE_VITL = 382.0  # ../shared/DESIGN.md, 336 input, LoRA merged
 
 
 def load_crops(count: int, size: int) -> np.ndarray:
-    paths = sorted(p for p in DEV_DATA.rglob("*") if p.is_file() and p.suffix.lower() != ".csv") if DEV_DATA.is_dir() else []
-    crops = []
-    for path in paths:
-        try:
-            crops.append(center_crop(decode_rgb(path.read_bytes()), size))
-        except Exception:  # noqa: BLE001 - a benchmark skips what it cannot decode
-            continue
+    crops = [center_crop(pixels, size) for _, pixels in decode_folder(DEV_DATA)]  # manifest.csv is skipped
     if not crops:
         rng = np.random.default_rng(0)
         crops = [rng.integers(0, 256, (size, size, 3), dtype=np.uint8)]

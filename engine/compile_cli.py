@@ -9,7 +9,7 @@ from pathlib import Path
 from engine.console import say
 from engine.model_dir import ModelDirError, load_model_dir
 from engine.runner import TorchRunner
-from engine.verify import compare, image_files
+from engine.verify import compare
 
 ONNX_TOLERANCE = 1e-4
 ENGINE_TOLERANCE = 0.1  # half-precision engines drift by ~1e-2 in logits; flips are reported separately
@@ -46,8 +46,7 @@ def build_command(args: argparse.Namespace) -> int:
 
 
 def verify_command(args: argparse.Namespace) -> int:
-    from worker.decode import decode_rgb
-    from worker.errors import InputError
+    from worker.decode import decode_folder
 
     try:
         loaded = load_model_dir(Path(args.model))
@@ -65,13 +64,8 @@ def verify_command(args: argparse.Namespace) -> int:
         say(f"error: {exc}")
         return 2
     reference = TorchRunner(loaded.network, loaded.manifest.preprocessing, max_batch=args.batch_size)
-    names, pixels = [], []
-    for path in image_files(Path(args.images)):
-        try:
-            pixels.append(decode_rgb(path.read_bytes()))
-            names.append(str(path))
-        except InputError as exc:
-            say(f"skipping {path}: {exc.code}")
+    decoded = list(decode_folder(Path(args.images), on_skip=lambda path, exc: say(f"skipping {path}: {exc.code}")))
+    names, pixels = [str(path) for path, _ in decoded], [image for _, image in decoded]
     if not pixels:
         say(f"error: no decodable images in {args.images}")
         return 2

@@ -77,16 +77,9 @@ def onnx_metadata(path: Path) -> dict[str, str]:
 
 def calibration_batches(folder: Path, pre: Preprocessing, uint8_input: bool, batch: int) -> list[np.ndarray]:
     """Centre crops of every decodable image in `folder`, in the engine's input layout."""
-    from engine.verify import image_files
-    from worker.decode import decode_rgb
-    from worker.errors import InputError
+    from worker.decode import decode_folder
 
-    crops = []
-    for path in image_files(folder):
-        try:
-            crops.append(center_crop(decode_rgb(path.read_bytes()), pre.crop_size))
-        except InputError:
-            continue
+    crops = [center_crop(pixels, pre.crop_size) for _, pixels in decode_folder(folder)]
     if not crops:
         raise BuildError(f"no decodable images in {folder} for calibration")
     stacked = model_input(np.stack(crops), pre, uint8_input)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -40,7 +39,3 @@ def compare(reference: Runner, candidate: Runner, names: Sequence[str], pixels: 
         decision_flips=int(np.sum((ref > threshold_logit) != (cand > threshold_logit))),
         worst_image=names[worst],
     )
-
-
-def image_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+from itertools import islice
 from pathlib import Path
 from typing import Any, Callable
 
@@ -18,11 +19,9 @@ from PIL import Image, ImageDraw
 from engine.detector import Detector, sigmoid
 from engine.model_dir import LoadedModel, write_manifest
 from engine.runner import TorchRunner
-from engine.verify import image_files
 from training import metrics
 from training.alignment import jpeg
-from worker.decode import decode_rgb
-from worker.errors import InputError
+from worker.decode import decode_folder
 
 
 def subsets(data: Path) -> dict[str, Path]:
@@ -34,23 +33,12 @@ def subsets(data: Path) -> dict[str, Path]:
     return found
 
 
-def _pixels(path: Path, jpeg_quality: int | None) -> np.ndarray:
-    data = path.read_bytes()
-    if jpeg_quality is None:
-        return decode_rgb(data)
-    return np.asarray(jpeg(Image.fromarray(decode_rgb(data)), jpeg_quality))
-
-
 def score_folder(detector: Detector, folder: Path, jpeg_quality: int | None = None, batch: int = 16) -> np.ndarray:
+    """Logits of every decodable image under `folder`, JPEG-compressed first if asked."""
     logits: list[float] = []
-    files = image_files(folder) if folder.is_dir() else []
-    for start in range(0, len(files), batch):
-        pixels = []
-        for path in files[start : start + batch]:
-            try:
-                pixels.append(_pixels(path, jpeg_quality))
-            except InputError:
-                continue
+    images = decode_folder(folder)
+    while chunk := list(islice(images, batch)):
+        pixels = [p if jpeg_quality is None else np.asarray(jpeg(Image.fromarray(p), jpeg_quality)) for _, p in chunk]
         logits += [p.logit for p in detector.predict(pixels)]
     return np.array(logits)
 

@@ -19,7 +19,9 @@ from __future__ import annotations
 import functools
 import io
 import warnings
+from pathlib import Path
 from struct import error as struct_error  # Pillow plugins raise it on malformed headers
+from typing import Callable, Iterator
 
 import numpy as np
 from PIL import Image
@@ -182,3 +184,20 @@ def decode_center_crop(data: bytes, size: int = CROP_SIZE, max_pixels: int = DEF
                 y, x = plan.top - top, plan.left - left
                 return pixels[y : y + size, x : x + size].copy()
     return center_crop(decode_rgb(data, max_pixels), size)
+
+
+def image_files(folder: Path) -> list[Path]:
+    """Every non-hidden file under `folder`, sorted; none when the folder does not exist."""
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
+
+
+def decode_folder(folder: Path, on_skip: Callable[[Path, InputError], None] = lambda _p, _e: None,
+                  max_pixels: int = DEFAULT_MAX_PIXELS) -> Iterator[tuple[Path, np.ndarray]]:
+    """(path, pixels) for every decodable file under `folder`; the others go to `on_skip`."""
+    for path in image_files(folder):
+        try:
+            yield path, decode_rgb(path.read_bytes(), max_pixels)
+        except InputError as exc:
+            on_skip(path, exc)
