@@ -14,11 +14,11 @@ from typing import Iterator, Mapping
 import torch
 from torch import Tensor, nn
 
-from engine.arch import LORA_TARGETS, Architecture, infer_architecture
+from engine.arch import LORA_TARGETS, expected_shapes, infer_architecture
 from engine.checkpoint import merge_lora
 from engine.model_dir import load_model_dir
 from engine.preprocess import CROP_SIZE
-from engine.vit import DdaViT
+from engine.vit import DdaViT, build_network
 
 
 class LoRALinear(nn.Module):
@@ -66,8 +66,6 @@ class TrainableDDA(nn.Module):
 
     def merged_tensors(self) -> Iterator[tuple[str, Tensor]]:
         """Weights in the engine's layout (`engine.arch.expected_shapes` order) with LoRA merged."""
-        from engine.arch import expected_shapes
-
         state = self.network.state_dict()
         modules = dict(self.network.named_modules())
         for name in expected_shapes(self.network.arch):
@@ -84,16 +82,12 @@ def _network_from_backbone(state: Mapping[str, Tensor]) -> DdaViT:
     backbone = {k: v.float() for k, v in state.items() if k != "mask_token"}
     if "register_tokens" in backbone:
         raise ValueError("DINOv2 checkpoints with register tokens are not the DDA backbone")
-    arch: Architecture = infer_architecture({k: tuple(v.shape) for k, v in backbone.items()})
-    with torch.device("meta"):
-        net = DdaViT(arch, CROP_SIZE)
+    arch = infer_architecture({k: tuple(v.shape) for k, v in backbone.items()})
     head = nn.Linear(arch.width, 1)
     nn.init.normal_(head.weight, std=0.02)
     nn.init.zeros_(head.bias)
     backbone["head.weight"], backbone["head.bias"] = head.weight.detach(), head.bias.detach()
-    net.load_state_dict(backbone, strict=True, assign=True)
-    net.refresh_pos_table()
-    return net
+    return build_network(arch, backbone, CROP_SIZE)
 
 
 def load_initial(spec: str) -> tuple[DdaViT, str]:
