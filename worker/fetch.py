@@ -175,7 +175,9 @@ class Fetcher:
     def __init__(self, policy: FetchPolicy, max_connections: int = 100) -> None:
         self.policy = policy
         self.backend = GuardedBackend(policy)
-        timeout = httpx.Timeout(policy.read_timeout_s, connect=policy.connect_timeout_s)
+        # Never longer than the whole-request deadline (the guarded backend also enforces it per read).
+        timeout = httpx.Timeout(min(policy.read_timeout_s, policy.total_timeout_s),
+                                connect=min(policy.connect_timeout_s, policy.total_timeout_s))
         limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections // 2)
         if policy.proxy:
             # Through a proxy the proxy makes the connection: names are checked before each hop, and

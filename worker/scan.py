@@ -82,11 +82,8 @@ def scan(detector: Detector, inputs: Sequence[str], batch_size: int, policy: Fet
 
 def scan_command(args: argparse.Namespace) -> int:
     try:
-        policy = FetchPolicy(
-            allow_networks=parse_networks(args.allow_networks), max_bytes=args.fetch_max_bytes,
-            total_timeout_s=args.fetch_timeout, connect_timeout_s=min(5.0, args.fetch_timeout),
-            read_timeout_s=min(10.0, args.fetch_timeout),
-        )
+        policy = FetchPolicy(allow_networks=parse_networks(args.allow_networks), max_bytes=args.fetch_max_bytes,
+                             total_timeout_s=args.fetch_timeout)
         model_dir = resolve_model(args.model, progress=say)
         loaded = load_model_dir(model_dir)
         runner = make_runner(loaded, model_dir, backend=args.backend, device=args.device,

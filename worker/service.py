@@ -73,7 +73,6 @@ def worker_command(args: argparse.Namespace) -> int:
     cache = VerdictCache(store, namespace, config.cache_ttl_s, on_error=lambda _e: metrics.redis_errors.inc())
     fetcher = Fetcher(FetchPolicy(
         max_bytes=config.fetch_max_bytes, total_timeout_s=config.fetch_timeout_s, retries=config.fetch_retries,
-        connect_timeout_s=min(5.0, config.fetch_timeout_s), read_timeout_s=min(10.0, config.fetch_timeout_s),
         allow_networks=config.fetch_allow_networks,
     ), max_connections=config.fetch_workers)
 
