@@ -18,31 +18,32 @@ class ConfigError(ValueError):
     """A setting is missing, malformed or out of range."""
 
 
-def _positive_int(text: str) -> int:
+# Parsers raise ArgumentTypeError so argparse shows their reason; `load` reports it too.
+def positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
-        raise ValueError("must be at least 1")
+        raise argparse.ArgumentTypeError("must be at least 1")
     return value
 
 
-def _positive_float(text: str) -> float:
+def positive_float(text: str) -> float:
     value = float(text)
     if not value > 0:
-        raise ValueError("must be positive")
+        raise argparse.ArgumentTypeError("must be positive")
     return value
 
 
 def _non_negative_int(text: str) -> int:
     value = int(text)
     if value < 0:
-        raise ValueError("must be 0 or more")
+        raise argparse.ArgumentTypeError("must be 0 or more")
     return value
 
 
 def _choice(*allowed: str) -> Callable[[str], str]:
     def parse(text: str) -> str:
         if text not in allowed:
-            raise ValueError(f"must be one of {', '.join(allowed)}")
+            raise argparse.ArgumentTypeError(f"must be one of {', '.join(allowed)}")
         return text
 
     return parse
@@ -78,27 +79,27 @@ class WorkerConfig:
     kafka_ssl_cafile: str | None = setting("DDA_KAFKA_SSL_CAFILE", "", _optional, "CA bundle for the brokers' certificates")
     kafka_ssl_certfile: str | None = setting("DDA_KAFKA_SSL_CERTFILE", "", _optional, "client certificate (mutual TLS)")
     kafka_ssl_keyfile: str | None = setting("DDA_KAFKA_SSL_KEYFILE", "", _optional, "client key (mutual TLS)")
-    session_timeout_ms: int = setting("DDA_KAFKA_SESSION_TIMEOUT_MS", "10000", _positive_int, "consumer group session timeout")
+    session_timeout_ms: int = setting("DDA_KAFKA_SESSION_TIMEOUT_MS", "10000", positive_int, "consumer group session timeout")
     redis_url: str | None = setting("DDA_REDIS_URL", "", _optional, "Redis URL for the verdict cache; unset: in-process cache")
-    cache_ttl_s: int = setting("DDA_CACHE_TTL_S", "604800", _positive_int, "verdict cache TTL, seconds")
+    cache_ttl_s: int = setting("DDA_CACHE_TTL_S", "604800", positive_int, "verdict cache TTL, seconds")
     model: str | None = setting("DDA_MODEL", "", _optional, "model directory or hf:// checkpoint; unset: the official DDA checkpoint")
     device: str = setting("DDA_DEVICE", "cpu", _choice("cpu", "cuda"), "inference device")
     precision: str = setting("DDA_PRECISION", "fp32", _choice("fp32", "bf16", "fp16"), "torch precision")
     backend: str = setting("DDA_BACKEND", "auto", _choice("auto", "torch", "tensorrt"), "inference backend")
-    max_batch: int = setting("DDA_MAX_BATCH", "32", _positive_int, "micro-batch size limit")
+    max_batch: int = setting("DDA_MAX_BATCH", "32", positive_int, "micro-batch size limit")
     max_wait_ms: int = setting("DDA_MAX_WAIT_MS", "20", _non_negative_int, "how long a partial batch waits for more images")
-    max_in_flight: int = setting("DDA_MAX_IN_FLIGHT", "256", _positive_int, "requests in the pipeline before partitions are paused")
-    fetch_workers: int = setting("DDA_FETCH_WORKERS", "32", _positive_int, "concurrent fetches")
-    decode_workers: int = setting("DDA_DECODE_WORKERS", str(max(1, (os.cpu_count() or 2) - 1)), _positive_int, "decode/hash processes")
+    max_in_flight: int = setting("DDA_MAX_IN_FLIGHT", "256", positive_int, "requests in the pipeline before partitions are paused")
+    fetch_workers: int = setting("DDA_FETCH_WORKERS", "32", positive_int, "concurrent fetches")
+    decode_workers: int = setting("DDA_DECODE_WORKERS", str(max(1, (os.cpu_count() or 2) - 1)), positive_int, "decode/hash processes")
     fetch_allow_networks: tuple[IPNetwork, ...] = setting("DDA_FETCH_ALLOW_NETWORKS", "", parse_networks, "CIDRs exempt from the private-address block")
-    fetch_timeout_s: float = setting("DDA_FETCH_TIMEOUT_S", "30", _positive_float, "whole-request deadline per URL")
-    fetch_max_bytes: int = setting("DDA_FETCH_MAX_BYTES", str(50 * 1024 * 1024), _positive_int, "largest image body fetched")
+    fetch_timeout_s: float = setting("DDA_FETCH_TIMEOUT_S", "30", positive_float, "whole-request deadline per URL")
+    fetch_max_bytes: int = setting("DDA_FETCH_MAX_BYTES", str(50 * 1024 * 1024), positive_int, "largest image body fetched")
     fetch_retries: int = setting("DDA_FETCH_RETRIES", "2", _non_negative_int, "retries for connect errors, 429 and 5xx")
-    max_pixels: int = setting("DDA_MAX_PIXELS", "64000000", _positive_int, "largest image decoded, in pixels")
-    max_message_bytes: int = setting("DDA_MAX_MESSAGE_BYTES", "65536", _positive_int, "larger input messages go to the dead-letter topic")
+    max_pixels: int = setting("DDA_MAX_PIXELS", "64000000", positive_int, "largest image decoded, in pixels")
+    max_message_bytes: int = setting("DDA_MAX_MESSAGE_BYTES", "65536", positive_int, "larger input messages go to the dead-letter topic")
     metrics_host: str = setting("DDA_METRICS_HOST", "0.0.0.0", str, "address the endpoints listen on")
     metrics_port: int = setting("DDA_METRICS_PORT", "9400", _non_negative_int, "port of /metrics, /healthz, /readyz (0: off)")
-    drain_timeout_s: float = setting("DDA_DRAIN_TIMEOUT_S", "25", _positive_float, "on SIGTERM, how long in-flight work may finish")
+    drain_timeout_s: float = setting("DDA_DRAIN_TIMEOUT_S", "25", positive_float, "on SIGTERM, how long in-flight work may finish")
     log_level: str = setting("DDA_LOG_LEVEL", "info", _choice("debug", "info", "warning", "error"), "log level")
 
     def kafka_client_options(self) -> dict[str, Any]:
@@ -130,7 +131,7 @@ def load(env: Mapping[str, str], flags: Mapping[str, Any] | None = None) -> Work
         raw = flag if flag is not None else env.get(s.env, s.default)
         try:
             values[name] = s.parse(str(raw))
-        except ValueError as exc:
+        except (ValueError, argparse.ArgumentTypeError) as exc:
             source = f"--{name.replace('_', '-')}" if flag is not None else s.env
             raise ConfigError(f"{source}={raw!r}: {exc}") from exc
     config = WorkerConfig(**values)

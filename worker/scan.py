@@ -15,6 +15,7 @@ from engine.console import say
 from engine.detector import Detector
 from engine.hub import resolve_model
 from engine.model_dir import ModelDirError, load_model_dir
+from worker.config import positive_float, positive_int
 from worker.decode import DEFAULT_MAX_PIXELS, decode_center_crop, decode_rgb
 from worker.errors import FILE_NOT_FOUND, InputError
 from worker.fetch import Fetcher, FetchPolicy, parse_networks
@@ -100,20 +101,6 @@ def scan_command(args: argparse.Namespace) -> int:
             say(f"scanned {done}/{len(args.inputs)} ({done / (now - started):.2f} images/s)")
             last_report = now
     return 0
-
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
-    return value
 
 
 def register(commands: argparse._SubParsersAction) -> None:
