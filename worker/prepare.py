@@ -31,12 +31,17 @@ def prepare(data: bytes, crop_size: int, crops: int, max_pixels: int) -> Prepare
 
     started = time.perf_counter()
     try:
-        if crops == 1:
+        # JPEGs: partial decode for the crop, DCT-scaled decode for PDQ. Anything else is decoded
+        # once, in full, and that one decode serves both.
+        is_jpeg = data[:3] == b"\xff\xd8\xff"
+        full = None
+        if crops == 1 and is_jpeg:
             pixels = decode_center_crop(data, crop_size, max_pixels)[None]
         else:
-            pixels = views(decode_rgb(data, max_pixels), crops, crop_size)
+            full = decode_rgb(data, max_pixels)
+            pixels = views(full, crops, crop_size)
         try:
-            pdq, quality = pdq_from_pixels(pdq_pixels(data, max_pixels))
+            pdq, quality = pdq_from_pixels(pdq_pixels(data, max_pixels) if is_jpeg else full)
         except Exception:  # noqa: BLE001 - an unhashable image is still scored, just not indexed
             pdq, quality = None, None
         return Prepared(pixels, pdq, quality, None, (time.perf_counter() - started) * 1000)
