@@ -99,6 +99,10 @@ class WorkerConfig:
     max_message_bytes: int = setting("DDA_MAX_MESSAGE_BYTES", "65536", positive_int, "larger input messages go to the dead-letter topic")
     metrics_host: str = setting("DDA_METRICS_HOST", "0.0.0.0", str, "address the endpoints listen on")
     metrics_port: int = setting("DDA_METRICS_PORT", "9400", _non_negative_int, "port of /metrics, /healthz, /readyz (0: off)")
+    max_in_flight_bytes: int = setting("DDA_MAX_IN_FLIGHT_BYTES", str(1024 * 1024 * 1024), positive_int, "fetched image bytes held before fetching waits")
+    decode_timeout_s: float = setting("DDA_DECODE_TIMEOUT_S", "30", positive_float, "one image's decode + hash; over it the decode process is killed")
+    kafka_max_request_bytes: int = setting("DDA_KAFKA_MAX_REQUEST_BYTES", "1048576", positive_int, "largest record the producer sends (keep <= the topics' max.message.bytes)")
+    revoke_timeout_s: float = setting("DDA_REVOKE_TIMEOUT_S", "2", positive_float, "on a rebalance, how long revoked partitions' work may finish and be acknowledged")
     drain_timeout_s: float = setting("DDA_DRAIN_TIMEOUT_S", "25", positive_float, "on SIGTERM, how long in-flight work may finish")
     log_level: str = setting("DDA_LOG_LEVEL", "info", _choice("debug", "info", "warning", "error"), "log level")
 
@@ -137,6 +141,12 @@ def load(env: Mapping[str, str], flags: Mapping[str, Any] | None = None) -> Work
     config = WorkerConfig(**values)
     if config.kafka_security_protocol.startswith("SASL") and not config.kafka_sasl_mechanism:
         raise ConfigError("DDA_KAFKA_SECURITY_PROTOCOL is SASL_* but DDA_KAFKA_SASL_MECHANISM is not set")
+    if config.max_message_bytes * 8 > config.kafka_max_request_bytes:
+        raise ConfigError(f"DDA_MAX_MESSAGE_BYTES={config.max_message_bytes} must be at most 1/8 of DDA_KAFKA_MAX_REQUEST_BYTES="
+                          f"{config.kafka_max_request_bytes}: a verdict echoes the request's id, url and metadata")
+    if config.revoke_timeout_s * 2 > config.session_timeout_ms / 1000:
+        raise ConfigError(f"DDA_REVOKE_TIMEOUT_S={config.revoke_timeout_s:g} must be at most half the session timeout "
+                          f"({config.session_timeout_ms} ms): the rebalance waits for it")
     if config.input_topic in (config.output_topic, config.dlq_topic):
         raise ConfigError("the input topic must differ from the output and dead-letter topics")
     return config

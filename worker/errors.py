@@ -18,7 +18,9 @@ IMAGE_TOO_LARGE = "image_too_large"
 IMAGE_TRUNCATED = "image_truncated"
 DECODE_FAILED = "decode_failed"
 INFERENCE_FAILED = "inference_failed"  # the model raised on a batch (worker only)
-INTERNAL_ERROR = "internal_error"  # a bug or a dead decode process (worker only)
+DECODE_CRASHED = "decode_crashed"  # the decode process died on this image, twice (worker only)
+DECODE_TIMEOUT = "decode_timeout"  # decoding ran past DDA_DECODE_TIMEOUT_S; its process was killed (worker only)
+INTERNAL_ERROR = "internal_error"  # a bug (worker only)
 
 
 class InputError(Exception):

@@ -1,55 +1,97 @@
-"""The embedded default: requests from stdin, verdicts to stdout, dead letters to stderr.
+"""The embedded default behind the transport contract: stdin in, stdout verdicts, stderr dead letters.
 
-Same pipeline as Kafka; lines may be JSON requests, bare URLs or (here only) local paths.
-Reading stops while the pipeline holds `max_in_flight` requests, so memory stays bounded
-however fast the input arrives.
+One partition ("stdin", 0) whose offsets are line numbers (blank lines are skipped). A
+reader thread fills a bounded queue, so the delivery loop never blocks on input and
+SIGTERM or Ctrl-C are honoured while waiting for it; the queue bound and pausing keep
+memory bounded however fast lines arrive. Writes are acknowledged as soon as they are
+flushed, and there is nothing to commit.
 """
 
 from __future__ import annotations
 
-import json
+import queue
 import threading
 import time
-from typing import IO, Any
+from typing import IO
 
-from worker.messages import Malformed, Request, Source, dead_letter, parse_request
-from worker.metrics import Metrics
-from worker.pipeline import Pipeline
+from worker.transport import Ack, DoneAck, Kind, Listener, Message, Partition, Transport
 
-
-class LineWriter:
-    """Thread-safe JSON lines."""
-
-    def __init__(self, stream: IO[str]) -> None:
-        self.stream = stream
-        self.lock = threading.Lock()
-
-    def __call__(self, _request: Request | None, record: dict[str, Any]) -> None:
-        line = json.dumps(record)
-        with self.lock:
-            self.stream.write(line + "\n")
-            self.stream.flush()
+PARTITION: Partition = ("stdin", 0)
+READ_AHEAD = 1024
+MAX_RECORD_BYTES = 16 * 1024 * 1024
 
 
-def run_local(pipeline: Pipeline, metrics: Metrics, *, max_in_flight: int, max_message_bytes: int,
-              stop: threading.Event, stdin: IO[bytes], dead_letters: LineWriter) -> int:
-    """Feed stdin to the pipeline until EOF (or stop), then wait for every verdict."""
-    for number, line in enumerate(stdin):
-        if stop.is_set():
-            break
-        if not line.strip():
-            continue
-        metrics.consumed.inc()
-        source = Source("stdin", 0, number)
+class StdinTransport(Transport):
+    allows_paths = True
+    max_record_bytes = MAX_RECORD_BYTES
+
+    def __init__(self, stdin: IO[bytes], verdicts: IO[str], dead_letters: IO[str]) -> None:
+        self._stdin = stdin
+        self._out = {"verdict": verdicts, "dead_letter": dead_letters}
+        self._write_lock = threading.Lock()
+        self._lines: queue.Queue[tuple[int, bytes] | None] = queue.Queue(READ_AHEAD)
+        self._eof = False
+        self._paused = False
+
+    def start(self, listener: Listener) -> None:
+        threading.Thread(target=self._read, name="stdin-reader", daemon=True).start()
+        listener.on_assigned({PARTITION})
+
+    def _read(self) -> None:
+        for number, line in enumerate(self._stdin):
+            if line.strip():
+                self._lines.put((number, line.rstrip(b"\r\n")))
+        self._lines.put(None)
+
+    def poll(self, timeout_s: float) -> list[Message]:
+        if self._paused or self._eof:
+            time.sleep(timeout_s)
+            return []
+        out: list[Message] = []
         try:
-            request = parse_request(line.rstrip(b"\r\n"), source, max_message_bytes, allow_paths=True)
-        except Malformed as exc:
-            metrics.dead_letters.labels(exc.reason).inc()
-            dead_letters(None, dead_letter(line, source, exc))
-            continue
-        while pipeline.in_flight >= max_in_flight and not stop.is_set():
-            time.sleep(0.005)
-        pipeline.submit(request)
-    while pipeline.in_flight and not stop.is_set():
-        time.sleep(0.01)
-    return 0
+            item = self._lines.get(timeout=timeout_s)
+            while True:
+                if item is None:
+                    self._eof = True
+                    break
+                out.append(Message(PARTITION[0], PARTITION[1], item[0], None, item[1]))
+                if len(out) >= READ_AHEAD:
+                    break
+                item = self._lines.get_nowait()
+        except queue.Empty:
+            pass
+        return out
+
+    def publish(self, kind: Kind, key: bytes, value: bytes) -> Ack:
+        stream = self._out[kind]
+        try:
+            with self._write_lock:
+                stream.write(value.decode("utf-8") + "\n")
+                stream.flush()
+        except (OSError, ValueError) as exc:  # a closed pipe: the record is not out, say so
+            return DoneAck(exc)
+        return DoneAck()
+
+    def commit(self, positions: dict[Partition, int], timeout_s: float) -> None:
+        pass
+
+    def pause(self, partitions: set[Partition]) -> None:
+        self._paused = self._paused or PARTITION in partitions
+
+    def resume(self, partitions: set[Partition]) -> None:
+        self._paused = self._paused and PARTITION not in partitions
+
+    def assignment(self) -> set[Partition]:
+        return {PARTITION}
+
+    def flush(self, timeout_s: float) -> None:
+        pass
+
+    def connected(self) -> bool:
+        return True
+
+    def exhausted(self) -> bool:
+        return self._eof
+
+    def close(self, timeout_s: float) -> None:
+        pass

@@ -21,6 +21,14 @@ class Metrics:
                                        buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30), registry=r)
         self.in_flight = Gauge("dda_in_flight", "Requests inside the pipeline", registry=r)
         self.queue_depth = Gauge("dda_queue_depth", "Items waiting per internal queue", ["queue"], registry=r)
+        self.in_flight_bytes = Gauge("dda_in_flight_bytes", "Bytes of fetched image bodies held by the pipeline", registry=r)
+        self.decode_restarts = Counter("dda_decode_restarts", "Decode processes replaced, by reason (crash, timeout)", ["reason"], registry=r)
+        self.duplicate_resolutions = Counter("dda_duplicate_resolutions", "Second verdicts for one request, dropped (a bug if ever non-zero)", registry=r)
+        self.cancelled = Counter("dda_requests_cancelled", "Requests dropped unfinished (partition revoked or lost, shutdown); redone by the partition's owner", registry=r)
+        self.publish_failures = Counter("dda_publish_failures", "Records the broker refused or timed out, by kind (verdict, dead_letter); retried", ["kind"], registry=r)
+        self.dead_letters_dropped = Counter("dda_dead_letters_dropped", "Dead letters given up after their retries (logged with source, size and SHA-256)", registry=r)
+        self.rebalances = Counter("dda_rebalances", "Partition events, by kind (assigned, revoked, lost)", ["kind"], registry=r)
+        self.commit_failures = Counter("dda_commit_failures", "Offset commits that failed (retried on the next commit)", registry=r)
         self.paused = Gauge("dda_partitions_paused", "1 while input partitions are paused for backpressure", registry=r)
 
     def render(self) -> bytes:

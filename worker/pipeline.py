@@ -1,29 +1,27 @@
-"""The serving loop: requests in, one verdict per request out, whatever the transport.
+"""The serving loop: a request in, a Completion back, resolved once with its verdict record.
 
-    submit -> fetch + SHA-256 (threads: I/O) -> exact cache lookup (batched)
-      -> decode + PDQ (processes: CPU) -> near-duplicate lookup (batched)
-      -> micro-batch -> engine (one thread) -> cache write -> emit
+    submit -> fair fetch slots (threads: I/O) + SHA-256 -> exact cache lookup (batched)
+      -> decode + PDQ (supervised processes) -> near-duplicate lookup (batched)
+      -> micro-batch -> engine (one thread) -> cache write -> resolve
 
 An exact hit needs only the bytes' SHA-256, so it is answered before any decoding.
 
-Kafka and stdin drive the same Pipeline; they decide when to call `submit` (bounded by
-`in_flight`, which they compare with the configured maximum) and what `emit` does with
-a verdict. Every request ends in exactly one `emit` call: a model verdict, a cache hit or
-an error verdict with a specific code. Queues between stages hold at most the in-flight
-requests, so memory is bounded by the in-flight limit and the fetch concurrency.
+The pipeline publishes nothing: every record is built whole, then resolves the request's
+Completion (`worker.completion`), and the transport's delivery loop publishes it. Work
+whose Completion was cancelled (its partition was revoked) is dropped at the next stage.
+Every stage thread runs under a Supervisor: a stage that dies is a failed pipeline, not a
+silent stall. Fetch slots are shared fairly across partitions and stop taking work while
+the fetched bodies held reach DDA_MAX_IN_FLIGHT_BYTES.
 """
 
 from __future__ import annotations
 
-import multiprocessing
 import queue
 import threading
 import time
-from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Hashable, Iterable
 
 import numpy as np
 import structlog
@@ -32,35 +30,45 @@ from engine.detector import label_for, sigmoid
 from engine.model_dir import Manifest
 from engine.runner import Runner
 from worker.cache import CachedVerdict, Key, Lookup, VerdictCache
+from worker.completion import Completion, Record
+from worker.decode_pool import DecodeJob, DecodePool
 from worker.errors import FILE_NOT_FOUND, INFERENCE_FAILED, INTERNAL_ERROR, URL_INVALID, InputError
+from worker.fair_queue import FairQueue
 from worker.fetch import Fetcher
 from worker.hashing import sha256_hex
 from worker.messages import Request, verdict
 from worker.metrics import Metrics
-from worker.prepare import Prepared, prepare
+from worker.prepare import Prepared
+from worker.supervision import Supervisor
 
 log = structlog.get_logger("dda.pipeline")
-Emit = Callable[[Request, dict[str, Any]], None]
 LOOKUP_BATCH = 64
+STAGE_POLL_S = 0.1
 
 
 @dataclass
-class _Fetched:
-    request: Request
-    data: bytes
-    sha256: str
+class _Work:
+    """One request on its way through the stages."""
 
-
-@dataclass
-class _Item:
     request: Request
-    sha256: str
-    prepared: Prepared
+    completion: Completion
+    data: bytes | None = None
+    sha256: str = ""
+    prepared: Prepared | None = None
     queued_at: float = 0.0
+    held: int = 0
+    release: Callable[[], None] = field(default=lambda: None)
 
     @property
     def key(self) -> Key:
+        assert self.prepared is not None
         return Key(self.sha256, self.prepared.pdq, self.prepared.pdq_quality)
+
+    @property
+    def hashes(self) -> dict[str, Any]:
+        prepared = self.prepared
+        return {"sha256": self.sha256 or None, "pdq": prepared.pdq if prepared else None,
+                "pdq_quality": prepared.pdq_quality if prepared else None}
 
 
 class Pipeline:
@@ -72,12 +80,13 @@ class Pipeline:
         cache: VerdictCache,
         fetcher: Fetcher,
         metrics: Metrics,
-        emit: Emit,
         max_batch: int,
         max_wait_ms: int,
         fetch_workers: int,
         decode_workers: int,
         max_pixels: int,
+        max_in_flight_bytes: int = 1 << 30,
+        decode_timeout_s: float = 30.0,
         crops: int = 1,
         allow_paths: bool = False,
     ) -> None:
@@ -86,83 +95,115 @@ class Pipeline:
         self.cache = cache
         self.fetcher = fetcher
         self.metrics = metrics
-        self._emit = emit
         self.max_batch = max_batch
         self.max_wait_s = max_wait_ms / 1000
         self.max_pixels = max_pixels
         self.crops = crops
         self.allow_paths = allow_paths
+        self.fetch_workers = fetch_workers
         self.model_info = {"name": manifest.name, "version": manifest.version}
-        self._fetch_pool = ThreadPoolExecutor(fetch_workers, thread_name_prefix="fetch")
-        self._decode_workers = decode_workers
-        self._decode_pool = self._new_decode_pool()
-        self._exact_q: queue.Queue[_Fetched] = queue.Queue()
-        self._near_q: queue.Queue[_Item] = queue.Queue()
-        self._batch_q: queue.Queue[_Item] = queue.Queue()
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._in_flight = 0
-        exact = (self._exact_q, lambda batch: self.cache.lookup_exact_many([f.sha256 for f in batch]), self._on_exact)
-        near = (self._near_q, lambda batch: self.cache.lookup_near_many([i.key for i in batch]), self._on_near)
-        self._threads = [threading.Thread(target=self._lookup_stage, args=exact, name="exact-lookup", daemon=True),
-                         threading.Thread(target=self._lookup_stage, args=near, name="near-lookup", daemon=True),
-                         threading.Thread(target=self._engine_loop, name="engine", daemon=True)]
+        self.supervisor = Supervisor()
+        self._fetch_q: FairQueue[_Work] = FairQueue(fetch_workers, max_in_flight_bytes)
+        self.decoder = DecodePool(decode_workers, self.supervisor, decode_timeout_s,
+                                  on_restart=lambda reason: metrics.decode_restarts.labels(reason).inc())
+        self._exact_q: queue.Queue[_Work] = queue.Queue()
+        self._near_q: queue.Queue[_Work] = queue.Queue()
+        self._batch_q: queue.Queue[_Work] = queue.Queue()
+        self._open: set[Completion] = set()
+        self._open_lock = threading.Lock()
 
     # --- life cycle -------------------------------------------------------------------------
 
     def start(self) -> None:
-        self._decode_pool.submit(int).result()  # spawn the decode processes before reporting ready
-        for thread in self._threads:
-            thread.start()
+        """Start the decode processes (and wait for them), then every stage thread."""
+        self.decoder.start()
+        for n in range(self.fetch_workers):
+            self.supervisor.spawn(f"fetch-{n}", self._fetch_loop)
+        self.supervisor.spawn("exact-lookup", lambda: self._lookup_stage(
+            self._exact_q, "exact_lookup", lambda batch: self.cache.lookup_exact_many([w.sha256 for w in batch]), self._on_exact))
+        self.supervisor.spawn("near-lookup", lambda: self._lookup_stage(
+            self._near_q, "near_lookup", lambda batch: self.cache.lookup_near_many([w.key for w in batch]), self._on_near))
+        self.supervisor.spawn("engine", self._engine_loop)
+
+    @property
+    def failure(self) -> str | None:
+        """Why a stage died, or None: the worker is healthy only while this is None."""
+        return self.supervisor.failure
 
     @property
     def in_flight(self) -> int:
-        with self._lock:
-            return self._in_flight
+        with self._open_lock:
+            return len(self._open)
 
-    def drain(self, timeout_s: float) -> bool:
-        """Wait until every submitted request has been emitted, up to `timeout_s`."""
-        deadline = time.monotonic() + timeout_s
-        while self.in_flight and time.monotonic() < deadline:
-            time.sleep(0.02)
-        return self.in_flight == 0
+    @property
+    def held_bytes(self) -> int:
+        return self._fetch_q.held_bytes
 
-    def close(self) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(timeout=5)
-        self._fetch_pool.shutdown(wait=False, cancel_futures=True)
-        self._decode_pool.shutdown(wait=False, cancel_futures=True)
+    def set_partitions(self, lanes: Iterable[Hashable]) -> None:
+        """The partitions this worker owns: fetch slots are shared fairly among them."""
+        self._fetch_q.set_lanes(set(lanes))
 
-    # --- stages -----------------------------------------------------------------------------
+    def close(self, timeout_s: float = 5.0) -> None:
+        """Stop every stage, end the decode processes, cancel whatever was left."""
+        self._fetch_q.close()
+        self.supervisor.stop(timeout_s)
+        self.decoder.close()
+        with self._open_lock:
+            left = list(self._open)
+        for completion in left:
+            completion.cancel()
 
-    def submit(self, request: Request) -> None:
-        with self._lock:
-            self._in_flight += 1
-            self.metrics.in_flight.set(self._in_flight)
-        self._fetch_pool.submit(self._fetch_and_prepare, request)
+    # --- intake -----------------------------------------------------------------------------
 
-    def _emit_verdict(self, request: Request, out: dict[str, Any]) -> None:
+    def submit(self, request: Request) -> Completion:
+        completion = Completion(request.id, on_duplicate=lambda _id: self.metrics.duplicate_resolutions.inc())
+        work = _Work(request, completion)
+        with self._open_lock:
+            self._open.add(completion)
+            self.metrics.in_flight.set(len(self._open))
+        completion.add_done_callback(lambda c, w=work: self._ended(c, w))
+        self._fetch_q.put(_lane(request), work)
+        return completion
+
+    def _ended(self, completion: Completion, work: _Work) -> None:
+        work.release()
+        work.data = None
+        with self._open_lock:
+            self._open.discard(completion)
+            self.metrics.in_flight.set(len(self._open))
+        if completion.cancelled:
+            self.metrics.cancelled.inc()
+
+    def _finish(self, work: _Work, record: Record) -> None:
+        request = work.request
         request.timings_ms["total"] = (time.monotonic() - request.received) * 1000
-        out["timings_ms"]["total"] = round(request.timings_ms["total"], 3)
-        for stage, ms in request.timings_ms.items():
-            self.metrics.stage_seconds.labels(stage).observe(ms / 1000)
-        self.metrics.verdicts.labels(out["status"], out["label"] or "none").inc()
-        if out["error"]:
-            self.metrics.errors.labels(out["error"]["code"]).inc()
-        log.debug("verdict", request_id=request.id, status=out["status"], label=out["label"], cache=out["cache"],
-                  error=out["error"]["code"] if out["error"] else None, total_ms=out["timings_ms"]["total"])
-        try:
-            self._emit(request, out)
-        finally:
-            with self._lock:
-                self._in_flight -= 1
-                self.metrics.in_flight.set(self._in_flight)
+        record["timings_ms"]["total"] = round(request.timings_ms["total"], 3)
+        if work.completion.resolve(record):
+            for stage, ms in request.timings_ms.items():
+                self.metrics.stage_seconds.labels(stage).observe(ms / 1000)
+            log.debug("verdict", request_id=request.id, status=record["status"], label=record["label"],
+                      cache=record["cache"], error=record["error"]["code"] if record["error"] else None,
+                      total_ms=record["timings_ms"]["total"])
 
-    def _error(self, request: Request, code: str, message: str, sha256: str | None = None) -> None:
-        hashes = {"sha256": sha256, "pdq": None, "pdq_quality": None} if sha256 else None
-        self._emit_verdict(request, verdict(request, model=self.model_info, threshold=self.manifest.threshold, status="error",
-                                            hashes=hashes, error={"code": code, "message": message}))
+    def _error(self, work: _Work, code: str, message: str) -> None:
+        self._finish(work, verdict(work.request, model=self.model_info, threshold=self.manifest.threshold, status="error",
+                                   hashes=work.hashes if work.sha256 else None, error={"code": code, "message": message}))
+
+    # --- fetch ------------------------------------------------------------------------------
+
+    def _fetch_loop(self) -> None:
+        while not self.supervisor.stopping.is_set():
+            got = self._fetch_q.get(STAGE_POLL_S)
+            if got is None:
+                continue
+            lane, work = got
+            try:
+                self._fetch(work)
+            except Exception as exc:  # noqa: BLE001 - still one verdict, whatever went wrong
+                log.exception("request failed unexpectedly", request_id=work.request.id)
+                self._error(work, INTERNAL_ERROR, f"{type(exc).__name__}: {exc}")
+            finally:
+                self._fetch_q.done(lane)
 
     def _read(self, request: Request) -> bytes:
         if "://" in request.url:
@@ -174,65 +215,49 @@ class Pipeline:
         except OSError as exc:
             raise InputError(FILE_NOT_FOUND, f"cannot read {request.url}: {exc.strerror or exc}") from exc
 
-    def _fetch_and_prepare(self, request: Request) -> None:
-        try:
-            started = time.monotonic()
-            try:
-                data = self._read(request)
-            except InputError as exc:
-                self._error(request, exc.code, exc.message)
-                return
-            request.timings_ms["fetch"] = (time.monotonic() - started) * 1000
-            self._exact_q.put(_Fetched(request, data, sha256_hex(data)))
-            self.metrics.queue_depth.labels("exact_lookup").set(self._exact_q.qsize())
-        except Exception as exc:  # noqa: BLE001 - still one verdict, whatever went wrong
-            log.exception("request failed unexpectedly", request_id=request.id)
-            self._error(request, INTERNAL_ERROR, f"{type(exc).__name__}: {exc}")
-
-    def _new_decode_pool(self) -> ProcessPoolExecutor:
-        return ProcessPoolExecutor(self._decode_workers, mp_context=multiprocessing.get_context("spawn"))
-
-    def _replace_broken(self, broken: ProcessPoolExecutor) -> None:
-        """A decode process died (a decoder crash on a hostile file, the OOM killer): the pool is
-        unusable from then on, so start a new one; requests it held get error verdicts."""
-        with self._lock:
-            if self._decode_pool is not broken:
-                return
-            log.error("a decode process died; starting a new decode pool")
-            self._decode_pool = self._new_decode_pool()
-        broken.shutdown(wait=False, cancel_futures=True)
-
-    def _decode(self, fetched: _Fetched) -> None:
-        args = (prepare, fetched.data, self.manifest.preprocessing.crop_size, self.crops, self.max_pixels)
-        pool = self._decode_pool
-        try:
-            future: Future[Prepared] = pool.submit(*args)
-        except BrokenProcessPool:
-            self._replace_broken(pool)
-            pool = self._decode_pool
-            future = pool.submit(*args)
-        future.add_done_callback(lambda f, r=fetched.request, sha=fetched.sha256, p=pool: self._decoded(r, sha, f, p))
-
-    def _decoded(self, request: Request, sha256: str, future: Future[Prepared], pool: ProcessPoolExecutor) -> None:
-        try:
-            prepared = future.result()
-        except Exception as exc:  # noqa: BLE001 - the decode process was killed, or the pool is shutting down
-            if isinstance(exc, BrokenProcessPool):
-                self._replace_broken(pool)
-            self._error(request, INTERNAL_ERROR, f"decode process failed: {type(exc).__name__}: {exc}", sha256)
+    def _fetch(self, work: _Work) -> None:
+        if work.completion.done:
             return
-        request.timings_ms["decode"] = prepared.decode_ms
-        if prepared.error is not None:
-            self._error(request, *prepared.error, sha256=sha256)
-            return
-        self._near_q.put(_Item(request, sha256, prepared))
-        self.metrics.queue_depth.labels("near_lookup").set(self._near_q.qsize())
-
-    def _take(self, q: queue.Queue[_Item], first_timeout: float, limit: int, window_s: float) -> list[_Item]:
-        """Block for a first item, then gather more until `limit` or `window_s` has passed."""
+        started = time.monotonic()
         try:
-            items = [q.get(timeout=first_timeout)]
+            data = self._read(work.request)
+        except InputError as exc:
+            self._error(work, exc.code, exc.message)
+            return
+        work.request.timings_ms["fetch"] = (time.monotonic() - started) * 1000
+        self._hold(work, data)
+        if work.completion.done:  # cancelled while fetching
+            work.release()
+            return
+        work.data, work.sha256 = data, sha256_hex(data)
+        self._put(self._exact_q, "exact_lookup", work)
+
+    def _hold(self, work: _Work, data: bytes) -> None:
+        size = len(data)
+        self._fetch_q.hold(size)
+        released = []
+
+        def release() -> None:
+            if not released:
+                released.append(True)
+                self._fetch_q.release(size)
+                self.metrics.in_flight_bytes.set(self._fetch_q.held_bytes)
+
+        work.release = release
+        self.metrics.in_flight_bytes.set(self._fetch_q.held_bytes)
+
+    # --- lookups and decode --------------------------------------------------------------------
+
+    def _put(self, q: queue.Queue[_Work], name: str, work: _Work) -> None:
+        q.put(work)
+        self.metrics.queue_depth.labels(name).set(q.qsize())
+
+    def _take(self, q: queue.Queue[_Work], name: str, limit: int, window_s: float) -> list[_Work]:
+        """Block for a first item, then gather more until `limit` or `window_s` has passed; skip cancelled work."""
+        try:
+            items = [q.get(timeout=STAGE_POLL_S)]
         except queue.Empty:
+            self.metrics.queue_depth.labels(name).set(q.qsize())
             return []
         deadline = time.monotonic() + window_s
         while len(items) < limit:
@@ -241,13 +266,14 @@ class Pipeline:
                 items.append(q.get(timeout=left) if left > 0 else q.get_nowait())
             except queue.Empty:
                 break
-        return items
+        self.metrics.queue_depth.labels(name).set(q.qsize())
+        return [w for w in items if not w.completion.done]
 
-    def _lookup_stage(self, q: queue.Queue[Any], lookup: Callable[[list[Any]], list[Lookup]],
-                      handle: Callable[[Any, Lookup, float], None]) -> None:
+    def _lookup_stage(self, q: queue.Queue[_Work], name: str, lookup: Callable[[list[_Work]], list[Lookup]],
+                      handle: Callable[[_Work, Lookup, float], None]) -> None:
         """Drain `q` in batches of up to LOOKUP_BATCH, one store round trip per batch."""
-        while not self._stop.is_set():
-            batch = self._take(q, 0.1, LOOKUP_BATCH, 0.0)
+        while not self.supervisor.stopping.is_set():
+            batch = self._take(q, name, LOOKUP_BATCH, 0.0)
             if not batch:
                 continue
             started = time.monotonic()
@@ -255,78 +281,98 @@ class Pipeline:
                 results = lookup(batch)
             except Exception as exc:  # noqa: BLE001 - a bug here must not stop the stage: fail the batch
                 log.exception("cache lookup failed")
-                for entry in batch:
-                    self._error(entry.request, INTERNAL_ERROR, f"cache lookup failed: {type(exc).__name__}: {exc}")
+                for work in batch:
+                    self._error(work, INTERNAL_ERROR, f"cache lookup failed: {type(exc).__name__}: {exc}")
                 continue
             spent = (time.monotonic() - started) * 1000
-            for entry, found in zip(batch, results):
+            for work, found in zip(batch, results):
                 try:
-                    handle(entry, found, spent)
+                    handle(work, found, spent)
                 except Exception as exc:  # noqa: BLE001 - one request's failure is its own error verdict
-                    log.exception("request failed unexpectedly", request_id=entry.request.id)
-                    self._error(entry.request, INTERNAL_ERROR, f"{type(exc).__name__}: {exc}")
+                    log.exception("request failed unexpectedly", request_id=work.request.id)
+                    self._error(work, INTERNAL_ERROR, f"{type(exc).__name__}: {exc}")
 
-    def _on_exact(self, fetched: _Fetched, found: Lookup, spent_ms: float) -> None:
-        fetched.request.timings_ms["cache"] = spent_ms
+    def _on_exact(self, work: _Work, found: Lookup, spent_ms: float) -> None:
+        work.request.timings_ms["cache"] = spent_ms
         if found.verdict is None:
-            self._decode(fetched)
+            assert work.data is not None
+            self.decoder.submit(DecodeJob(work.data, self.manifest.preprocessing.crop_size, self.crops, self.max_pixels,
+                                          done=lambda prepared, w=work: self._decoded(w, prepared),
+                                          cancelled=lambda w=work: w.completion.done))
             return
         self.metrics.cache_hits.labels("exact").inc()
         hit = found.verdict
-        hashes = {"sha256": fetched.sha256, "pdq": hit.pdq, "pdq_quality": hit.pdq_quality}
-        self._emit_hit(fetched.request, hit, hashes, "exact", None)
+        work.release()
+        hashes = {"sha256": work.sha256, "pdq": hit.pdq, "pdq_quality": hit.pdq_quality}
+        self._hit(work, hit, hashes, "exact", None)
 
-    def _on_near(self, item: _Item, found: Lookup, spent_ms: float) -> None:
-        item.request.timings_ms["cache"] = item.request.timings_ms.get("cache", 0.0) + spent_ms
+    def _decoded(self, work: _Work, prepared: Prepared) -> None:
+        """Runs on a decode slot thread: never raises, whatever the answer."""
+        try:
+            work.release()
+            work.data = None
+            work.prepared = prepared
+            work.request.timings_ms["decode"] = prepared.decode_ms
+            if prepared.error is not None:
+                self._error(work, *prepared.error)
+                return
+            self._put(self._near_q, "near_lookup", work)
+        except Exception as exc:  # noqa: BLE001 - one request's failure is its own error verdict
+            log.exception("request failed unexpectedly", request_id=work.request.id)
+            self._error(work, INTERNAL_ERROR, f"{type(exc).__name__}: {exc}")
+
+    def _on_near(self, work: _Work, found: Lookup, spent_ms: float) -> None:
+        work.request.timings_ms["cache"] = work.request.timings_ms.get("cache", 0.0) + spent_ms
         self.metrics.cache_hits.labels(found.kind).inc()
         if found.verdict is None:
-            item.queued_at = time.monotonic()
-            self._batch_q.put(item)
-            self.metrics.queue_depth.labels("batch").set(self._batch_q.qsize())
+            work.queued_at = time.monotonic()
+            self._put(self._batch_q, "batch", work)
             return
         match = {"sha256": found.verdict.sha256, "pdq_distance": found.distance}
-        self._emit_hit(item.request, found.verdict, self._hashes(item), "near_duplicate", match)
+        self._hit(work, found.verdict, work.hashes, "near_duplicate", match)
 
-    def _emit_hit(self, request: Request, hit: CachedVerdict, hashes: dict[str, Any], kind: str, match: dict[str, Any] | None) -> None:
-        self._emit_verdict(request, verdict(
-            request, model=self.model_info, threshold=self.manifest.threshold, status="ok", logit=hit.logit,
+    def _hit(self, work: _Work, hit: CachedVerdict, hashes: dict[str, Any], kind: str, match: dict[str, Any] | None) -> None:
+        self._finish(work, verdict(
+            work.request, model=self.model_info, threshold=self.manifest.threshold, status="ok", logit=hit.logit,
             score=hit.score, label=hit.label, hashes=hashes, cache=kind, cache_match=match))
+
+    # --- engine -----------------------------------------------------------------------------
 
     def _engine_loop(self) -> None:
         per_batch = max(1, self.max_batch // self.crops)
-        while not self._stop.is_set():
-            items = self._take(self._batch_q, 0.1, per_batch, self.max_wait_s)
+        while not self.supervisor.stopping.is_set():
+            items = self._take(self._batch_q, "batch", per_batch, self.max_wait_s)
             if items:
                 try:
                     self._score(items)
                 except Exception as exc:  # noqa: BLE001 - a failed batch gets error verdicts, the loop goes on
                     log.exception("inference failed", batch=len(items))
-                    for item in items:
-                        self._error(item.request, INFERENCE_FAILED, f"{type(exc).__name__}: {exc}")
+                    for work in items:
+                        self._error(work, INFERENCE_FAILED, f"{type(exc).__name__}: {exc}")
 
-    def _score(self, items: list[_Item]) -> None:
+    def _score(self, items: list[_Work]) -> None:
         started = time.monotonic()
-        for item in items:
-            item.request.timings_ms["queue"] = (started - item.queued_at) * 1000
-        batch = np.concatenate([i.prepared.crops for i in items])  # type: ignore[misc]
+        for work in items:
+            work.request.timings_ms["queue"] = (started - work.queued_at) * 1000
+        batch = np.concatenate([w.prepared.crops for w in items if w.prepared is not None])
         logits = self.runner.logits(batch).astype(np.float64).reshape(len(items), self.crops).mean(axis=1)
         spent = (time.monotonic() - started) * 1000
         self.metrics.batch_size.observe(len(batch))
         self.metrics.engine_images.inc(len(items))
         log.info("batch scored", batch=len(items), images=len(batch), inference_ms=round(spent, 1),
-                 request_ids=[i.request.id for i in items])
+                 request_ids=[w.request.id for w in items])
         scored = []
-        for item, value in zip(items, logits):
+        for work, value in zip(items, logits):
             logit = float(value)
-            item.request.timings_ms["inference"] = spent
-            scored.append((item, CachedVerdict(logit, sigmoid(logit), label_for(logit, self.manifest), item.key.sha256,
-                                               item.key.pdq, item.key.pdq_quality)))
-        self.cache.store_many([(item.key, v) for item, v in scored])  # before emitting: a repeat right behind hits it
-        for item, v in scored:
-            self._emit_verdict(item.request, verdict(
-                item.request, model=self.model_info, threshold=self.manifest.threshold, status="ok", logit=v.logit,
-                score=v.score, label=v.label, hashes=self._hashes(item), cache="miss"))
+            work.request.timings_ms["inference"] = spent
+            scored.append((work, CachedVerdict(logit, sigmoid(logit), label_for(logit, self.manifest), work.sha256,
+                                               work.key.pdq, work.key.pdq_quality)))
+        self.cache.store_many([(work.key, v) for work, v in scored])  # before resolving: a repeat right behind hits it
+        for work, v in scored:
+            self._finish(work, verdict(
+                work.request, model=self.model_info, threshold=self.manifest.threshold, status="ok", logit=v.logit,
+                score=v.score, label=v.label, hashes=work.hashes, cache="miss"))
 
-    @staticmethod
-    def _hashes(item: _Item) -> dict[str, Any]:
-        return {"sha256": item.sha256, "pdq": item.prepared.pdq, "pdq_quality": item.prepared.pdq_quality}
+
+def _lane(request: Request) -> Hashable:
+    return (request.source.topic, request.source.partition)

@@ -1,7 +1,9 @@
-"""`dda worker`: assemble configuration, model, cache, fetcher and transport, and run.
+"""`dda worker`: assemble configuration, model, cache, fetcher, pipeline and transport, and run.
 
 With DDA_KAFKA_BOOTSTRAP set it consumes Kafka; without, it reads stdin and writes
-stdout through the same pipeline (the embedded default the README runs).
+stdout through the same pipeline and delivery loop (the embedded default the README runs).
+Exit status: 0 drained and committed; 1 a stage died (what was safe was committed);
+2 bad configuration or model; 3 stopped with work abandoned or uncommitted (redelivered).
 """
 
 from __future__ import annotations
@@ -25,12 +27,15 @@ from worker.cache import VerdictCache
 from worker.cache_store import MemoryStore, RedisStore, Store
 from worker.endpoints import Endpoints
 from worker.fetch import Fetcher, FetchPolicy
-from worker.local_io import LineWriter, run_local
+from worker.delivery import EXIT_ABANDONED, EXIT_FATAL, Delivery, Limits
+from worker.local_io import StdinTransport
 from worker.metrics import Metrics
 from worker.pipeline import Pipeline
+from worker.transport import Transport
 
 log = structlog.get_logger("dda.worker")
 STALL_AFTER_S = 60.0
+HARD_EXIT_AFTER_DRAIN_S = 9.5  # the process is gone within DDA_DRAIN_TIMEOUT_S + 10 s, whatever hangs
 
 
 def configure_logging(level: str) -> None:
@@ -75,45 +80,70 @@ def worker_command(args: argparse.Namespace) -> int:
         max_bytes=config.fetch_max_bytes, total_timeout_s=config.fetch_timeout_s, retries=config.fetch_retries,
         allow_networks=config.fetch_allow_networks,
     ), max_connections=config.fetch_workers)
-
-    transport = None
     if config.kafka_bootstrap:
         from worker.kafka_io import KafkaTransport
 
-        transport = KafkaTransport(config, metrics)
-    emit = transport.emit if transport else LineWriter(sys.stdout)
+        transport: Transport = KafkaTransport(config)
+    else:
+        transport = StdinTransport(sys.stdin.buffer, sys.stdout, sys.stderr)
     pipeline = Pipeline(
-        manifest=loaded.manifest, runner=runner, cache=cache, fetcher=fetcher, metrics=metrics, emit=emit,
+        manifest=loaded.manifest, runner=runner, cache=cache, fetcher=fetcher, metrics=metrics,
         max_batch=config.max_batch, max_wait_ms=config.max_wait_ms, fetch_workers=config.fetch_workers,
-        decode_workers=config.decode_workers, max_pixels=config.max_pixels, allow_paths=transport is None,
+        decode_workers=config.decode_workers, max_pixels=config.max_pixels, max_in_flight_bytes=config.max_in_flight_bytes,
+        decode_timeout_s=config.decode_timeout_s, allow_paths=transport.allows_paths,
     )
+    delivery = Delivery(transport, pipeline, metrics, Limits(
+        max_in_flight=config.max_in_flight, max_message_bytes=config.max_message_bytes,
+        revoke_timeout_s=config.revoke_timeout_s, drain_timeout_s=config.drain_timeout_s))
     stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    heartbeat = [time.monotonic()]
+    install_stop_signals(stop, config.drain_timeout_s + HARD_EXIT_AFTER_DRAIN_S)
     started = threading.Event()
     endpoints = None
     if config.metrics_port:
         endpoints = Endpoints(
             config.metrics_host, config.metrics_port, metrics,
-            alive=lambda: transport is None or time.monotonic() - heartbeat[0] < STALL_AFTER_S,
-            ready=lambda: started.is_set() and (transport is None or transport.broker_reachable()),
+            alive=lambda: pipeline.failure is None and time.monotonic() - delivery.heartbeat < STALL_AFTER_S,
+            ready=lambda: started.is_set() and not stop.is_set() and pipeline.failure is None and transport.connected(),
         )
         endpoints.start()
     try:
-        pipeline.start()
+        try:
+            pipeline.start()
+        except RuntimeError as exc:
+            say(f"error: cannot start the decode processes: {exc}")
+            return EXIT_FATAL
         started.set()
-        log.info("worker started", model=loaded.manifest.version, mode="kafka" if transport else "stdin",
-                 input_topic=config.input_topic if transport else None, cache="redis" if config.redis_url else "memory")
-        if transport is not None:
-            return transport.run(pipeline, stop, heartbeat)
-        return run_local(pipeline, metrics, max_in_flight=config.max_in_flight, max_message_bytes=config.max_message_bytes,
-                         stop=stop, stdin=sys.stdin.buffer, dead_letters=LineWriter(sys.stderr))
+        log.info("worker started", model=loaded.manifest.version, mode="kafka" if config.kafka_bootstrap else "stdin",
+                 input_topic=config.input_topic if config.kafka_bootstrap else None,
+                 cache="redis" if config.redis_url else "memory")
+        return delivery.run(stop, stop_stages=lambda: pipeline.close(timeout_s=2.0))
     finally:
-        pipeline.close()
+        pipeline.close(timeout_s=0.5)
         fetcher.close()
         if endpoints is not None:
             endpoints.stop()
+
+
+def install_stop_signals(stop: threading.Event, hard_deadline_s: float) -> None:
+    """SIGTERM and Ctrl-C start the orderly shutdown; if it is not over by `hard_deadline_s`
+    (a hung broker call, say), the process exits anyway with EXIT_ABANDONED: nothing past
+    unfinished work was committed, so it is redelivered."""
+
+    def hard_exit() -> None:
+        log.error("shutdown deadline passed; exiting now", exit_status=EXIT_ABANDONED, deadline_s=hard_deadline_s)
+        os._exit(EXIT_ABANDONED)
+
+    def on_signal(signum: int, _frame: object) -> None:
+        if stop.is_set():
+            return
+        log.info("stopping: draining in-flight work", signal=signal.Signals(signum).name, hard_deadline_s=hard_deadline_s)
+        stop.set()
+        timer = threading.Timer(hard_deadline_s, hard_exit)
+        timer.daemon = True
+        timer.start()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, on_signal)
 
 
 def register(commands: argparse._SubParsersAction) -> None:

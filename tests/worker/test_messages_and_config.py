@@ -5,7 +5,7 @@ import json
 import pytest
 
 from worker.config import ConfigError, load
-from worker.messages import Malformed, Source, dead_letter, parse_request, verdict
+from worker.messages import Malformed, Source, dead_letter, encode_record, parse_request, verdict
 
 SRC = Source("in", 3, 42)
 
@@ -19,14 +19,50 @@ def test_json_and_bare_url_requests() -> None:
 
 @pytest.mark.parametrize(
     ("value", "reason"),
-    [(b"", "empty"), (b"x" * 2000, "oversized"), (b"\xff\xfe", "not_utf8"), (b"hello", "not_json"), (b"{bad", "not_json"),
+    [(b"", "empty"), (b"x" * 200_001, "oversized"), (b"\xff\xfe", "not_utf8"), (b"hello", "not_json"), (b"{bad", "not_json"),
      (b"[1]", "not_object"), (b'{"id": "a"}', "no_url"), (b'{"id": 5, "url": "http://a/b"}', "bad_id"),
-     (b"/etc/passwd", "not_json")],
+     (b"/etc/passwd", "not_json"),
+     # The json module's other exceptions: ValueError for integers over 4,300 digits, RecursionError.
+     (b'{"id": "a", "url": "http://a/b", "metadata": ' + b"9" * 5000 + b"}", "not_json"),
+     (b"[" * 30000 + b"]" * 30000, "too_deep"),
+     (b'{"url": "http://a/b", "metadata": ' + b'{"a": ' * 70 + b"1" + b"}" * 70 + b"}", "too_deep"),
+     # Values JSON cannot carry back out: NaN, infinities (also by overflow), lone surrogates.
+     (b'{"url": "http://a/b", "metadata": NaN}', "not_json"), (b'{"url": "http://a/b", "metadata": [-Infinity]}', "not_json"),
+     (b'{"url": "http://a/b", "metadata": 1e400}', "not_json"), (b'{"id": "\\ud800", "url": "http://a/b"}', "invalid_unicode"),
+     (b'{"url": "http://a/\\udfff"}', "invalid_unicode"), (b'{"url": "http://a/b", "metadata": {"\\ud83d": 1}}', "invalid_unicode")],
 )
 def test_malformed_messages_have_a_reason(value: bytes, reason: str) -> None:
     with pytest.raises(Malformed) as info:
-        parse_request(value, SRC, 1000)
+        parse_request(value, SRC, 200_000)
     assert info.value.reason == reason
+    letter = encode_record(dead_letter(value, SRC, info.value, 4096), 4096)
+    assert len(letter) <= 4096 and json.loads(letter)["reason"] == reason
+
+
+def test_every_accepted_request_encodes_as_strict_json() -> None:
+    """What parsing accepts always comes back out as UTF-8 JSON (no NaN, no surrogates), even when huge."""
+    meta = {"emoji": "\U0001F600", "escaped": "\u2028", "deep": [[[[1.5e300]]]], "big": 10**4000}
+    r = parse_request(json.dumps({"id": "\u00e9t\u00e9", "url": "http://a/b", "metadata": meta}).encode(), SRC, 100_000)
+    v = verdict(r, model={"name": "dda", "version": "1"}, threshold=0.5, status="ok")
+    blob = encode_record(v, 1 << 20)
+    assert json.loads(blob.decode("utf-8"), parse_constant=lambda c: pytest.fail(c))["metadata"] == meta
+    small = encode_record(v, 2000)  # over the limit: sent without metadata, marked, not refused
+    assert len(small) <= 2000 and json.loads(small)["truncated"] is True and json.loads(small)["metadata"] is None
+
+
+def test_dead_letters_fit_the_producer_limit_and_describe_the_whole_message() -> None:
+    import base64
+    import hashlib
+
+    raw = b"{" + b"x" * 900_000
+    d = dead_letter(raw, SRC, Malformed("oversized", "too big"), 1 << 20)
+    assert len(encode_record(d, 1 << 20)) <= 1 << 20
+    assert d["raw_truncated"] is True and d["raw_size"] == len(raw) and d["raw_sha256"] == hashlib.sha256(raw).hexdigest()
+    assert raw.startswith(base64.b64decode(d["raw_base64"]))
+    small = dead_letter(b"abc", SRC, Malformed("not_json", "x"), 1 << 20)
+    assert small["raw_truncated"] is False and base64.b64decode(small["raw_base64"]) == b"abc"
+    compact = json.loads(encode_record(d, 1 << 20, compact=True))  # what is sent after the broker refused the size
+    assert compact["raw_truncated"] is True and len(compact["raw_base64"]) <= 4096
 
 
 def test_local_paths_only_in_stdin_mode() -> None:
@@ -38,7 +74,7 @@ def test_verdict_and_dead_letter_shapes() -> None:
     v = verdict(r, model={"name": "dda", "version": "dda-1"}, threshold=0.5, status="error", error={"code": "url_blocked", "message": "m"})
     assert set(v) == {"schema_version", "id", "url", "status", "label", "score", "logit", "threshold", "model", "hashes",
                       "cache", "error", "timings_ms", "processed_at", "metadata"}
-    d = dead_letter(b"raw", SRC, Malformed("not_json", "x"))
+    d = dead_letter(b"raw", SRC, Malformed("not_json", "x"), 1 << 20)
     assert d["source"] == {"topic": "in", "partition": 3, "offset": 42} and d["raw_base64"] == "cmF3"
 
 
@@ -50,7 +86,9 @@ def test_config_defaults_env_flags_and_errors() -> None:
     assert c.max_batch == 16 and [str(n) for n in c.fetch_allow_networks] == ["10.1.0.0/16", "127.0.0.0/8"]
     for env, message in [({"DDA_MAX_BATCH": "0"}, "DDA_MAX_BATCH"), ({"DDA_FETCH_ALLOW_NETWORKS": "10.0.0.0/33"}, "bad network"),
                          ({"DDA_KAFKA_SECURITY_PROTOCOL": "SASL_SSL"}, "SASL_MECHANISM"), ({"DDA_DEVICE": "tpu"}, "must be one of"),
-                         ({"DDA_OUTPUT_TOPIC": "dda.requests"}, "must differ")]:
+                         ({"DDA_OUTPUT_TOPIC": "dda.requests"}, "must differ"),
+                         ({"DDA_MAX_MESSAGE_BYTES": "200000"}, "1/8 of DDA_KAFKA_MAX_REQUEST_BYTES"),
+                         ({"DDA_REVOKE_TIMEOUT_S": "6"}, "half the session timeout")]:
         with pytest.raises(ConfigError, match=message):
             load(env)
     sasl = load({"DDA_KAFKA_SECURITY_PROTOCOL": "SASL_SSL", "DDA_KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",

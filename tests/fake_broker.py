@@ -1,0 +1,126 @@
+"""A deterministic in-process broker behind the transport contract (`worker.transport`).
+
+Not a mock of kafka-python: it implements the same interface the Kafka transport does,
+with the behaviours that broke delivery before: eager rebalances (everything revoked,
+then the new set assigned) where partitions that come straight back keep their read
+position, lost partitions, refused publishes and failed commits. Tests drive it from
+their own thread; nothing here sleeps except an idle `poll`.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable
+
+from worker.transport import Ack, CommitFailed, DoneAck, Kind, Listener, Message, Partition, Transport
+
+
+@dataclass
+class Rebalance:
+    assign: set[Partition]
+    lost: bool = False
+
+
+@dataclass
+class FakeBroker:
+    logs: dict[Partition, list[bytes | None]] = field(default_factory=dict)
+    committed: dict[Partition, int] = field(default_factory=dict)
+    published: dict[Kind, list[tuple[bytes, bytes]]] = field(default_factory=lambda: {"verdict": [], "dead_letter": []})
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def produce(self, tp: Partition, values: list[bytes | None]) -> None:
+        with self.lock:
+            self.logs.setdefault(tp, []).extend(values)
+
+
+class FakeTransport(Transport):
+    def __init__(self, broker: FakeBroker, max_record_bytes: int = 1 << 20, batch: int = 4) -> None:
+        self.broker = broker
+        self.max_record_bytes = max_record_bytes
+        self.batch = batch
+        self.listener: Listener | None = None
+        self.assigned: set[Partition] = set()
+        self.positions: dict[Partition, int] = {}
+        self.paused: set[Partition] = set()
+        self.events: deque[Rebalance] = deque()
+        self.refuse: Callable[[Kind, bytes], Ack | None] = lambda _kind, _value: None
+        self.fail_commits = False
+        self.commits: list[dict[Partition, int]] = []
+        self.closed = False
+
+    def rebalance(self, assign: set[Partition], lost: bool = False) -> None:
+        """Queue an eager rebalance: the next poll revokes (or loses) everything, then assigns `assign`."""
+        self.events.append(Rebalance(assign, lost))
+
+    def start(self, listener: Listener) -> None:
+        self.listener = listener
+
+    def poll(self, timeout_s: float) -> list[Message]:
+        assert self.listener is not None
+        while self.events:
+            self._apply(self.events.popleft())
+        out = []
+        with self.broker.lock:
+            for tp in sorted(self.assigned - self.paused):
+                log = self.broker.logs.get(tp, [])
+                start = self.positions[tp]
+                for offset in range(start, min(len(log), start + self.batch)):
+                    out.append(Message(tp[0], tp[1], offset, None, log[offset]))
+                self.positions[tp] = max(start, min(len(log), start + self.batch))
+        if not out:
+            time.sleep(min(timeout_s, 0.002))
+        return out
+
+    def _apply(self, event: Rebalance) -> None:
+        assert self.listener is not None
+        if self.assigned:
+            if event.lost:
+                self.listener.on_lost(set(self.assigned))
+            else:
+                positions = self.listener.on_revoked(set(self.assigned))
+                self.commit(positions, 1.0)
+        kept = set() if event.lost else self.assigned & event.assign  # a lost membership clears every position
+        for tp in event.assign - kept:  # new partitions start from the committed offset; kept ones keep their position
+            self.positions[tp] = self.broker.committed.get(tp, 0)
+        self.assigned = set(event.assign)
+        self.paused &= self.assigned
+        for tp, offset in self.listener.on_assigned(set(event.assign)).items():
+            self.positions[tp] = offset
+
+    def publish(self, kind: Kind, key: bytes, value: bytes) -> Ack:
+        refused = self.refuse(kind, value)
+        if refused is not None:
+            return refused
+        if len(value) > self.max_record_bytes:
+            return DoneAck(ValueError("record too large"), too_large=True)
+        with self.broker.lock:
+            self.broker.published[kind].append((key, value))
+        return DoneAck()
+
+    def commit(self, positions: dict[Partition, int], timeout_s: float) -> None:
+        if self.fail_commits:
+            raise CommitFailed("broker unavailable")
+        with self.broker.lock:
+            self.broker.committed.update(positions)
+            self.commits.append(dict(positions))
+
+    def pause(self, partitions: set[Partition]) -> None:
+        self.paused |= partitions & self.assigned
+
+    def resume(self, partitions: set[Partition]) -> None:
+        self.paused -= partitions
+
+    def assignment(self) -> set[Partition]:
+        return set(self.assigned)
+
+    def flush(self, timeout_s: float) -> None:
+        pass
+
+    def connected(self) -> bool:
+        return True
+
+    def close(self, timeout_s: float) -> None:
+        self.closed = True

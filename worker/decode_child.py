@@ -1,0 +1,103 @@
+"""The decode process: reads jobs on stdin, answers on stdout, dies with its parent.
+
+Started as `python -m worker.decode_child PARENT_PID` by `worker.decode_pool`; it imports
+only the decoding code (no torch, no CLI). The wire format is length-prefixed JSON plus
+raw bytes in both directions, never pickle: a process that parses hostile images must not
+be able to make its parent run code by what it sends back.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import struct
+import sys
+import threading
+import time
+from typing import Any, BinaryIO
+
+FRAME = struct.Struct("<II")  # header length, payload length
+
+
+def write_frame(stream: BinaryIO, header: dict[str, Any], payload: bytes | memoryview = b"") -> None:
+    blob = json.dumps(header).encode()
+    stream.write(FRAME.pack(len(blob), len(payload)))
+    stream.write(blob)
+    stream.write(payload)
+    stream.flush()
+
+
+def _read_exact(stream: BinaryIO, size: int) -> bytes | None:
+    chunks, left = [], size
+    while left:
+        chunk = stream.read(left)
+        if not chunk:
+            return None
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)
+
+
+def read_frame(stream: BinaryIO) -> tuple[dict[str, Any], bytes] | None:
+    head = _read_exact(stream, FRAME.size)
+    if head is None:
+        return None
+    header_size, payload_size = FRAME.unpack(head)
+    header = _read_exact(stream, header_size)
+    payload = _read_exact(stream, payload_size) if payload_size else b""
+    if header is None or payload is None:
+        return None
+    return json.loads(header), payload
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """SIGKILL on the parent's death where Linux offers it; a watchdog thread everywhere."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+        os._exit(0)
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(0.5)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+def serve(jobs: BinaryIO, answers: BinaryIO) -> None:
+    import numpy as np
+
+    from worker.prepare import prepare
+
+    write_frame(answers, {"ready": True})
+    while True:
+        frame = read_frame(jobs)
+        if frame is None:  # the parent closed the pipe: shut down
+            return
+        header, data = frame
+        prepared = prepare(data, int(header["crop_size"]), int(header["crops"]), int(header["max_pixels"]))
+        pixels = prepared.crops
+        write_frame(answers, {
+            "shape": list(pixels.shape) if pixels is not None else None,
+            "pdq": prepared.pdq, "pdq_quality": prepared.pdq_quality,
+            "error": list(prepared.error) if prepared.error else None, "decode_ms": prepared.decode_ms,
+        }, np.ascontiguousarray(pixels).tobytes() if pixels is not None else b"")
+
+
+def main() -> None:
+    die_with_parent(int(sys.argv[1]))
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the parent decides
+    answers = sys.stdout.buffer
+    sys.stdout = sys.stderr  # a stray print must not corrupt the protocol
+    serve(sys.stdin.buffer, answers)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,218 @@
+"""Decode processes, one job at a time each, supervised.
+
+Why not ProcessPoolExecutor: when one of its processes dies, every pending job fails and
+the whole pool must be replaced, so a crafted file that crashes a decoder takes valid
+images down with it; and its processes import the parent's main module (torch) and
+outlive a SIGKILLed parent. Here each slot thread owns one child process and knows the one
+job it holds: a crash costs only that job (retried once in a fresh process, then
+`decode_crashed`), a job over the deadline kills its process (`decode_timeout`), and
+children die with the worker (see `worker.decode_child`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import select
+import struct
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+import structlog
+
+from worker.decode_child import FRAME, write_frame
+from worker.errors import DECODE_CRASHED, DECODE_TIMEOUT
+from worker.prepare import Prepared
+from worker.supervision import Supervisor
+
+log = structlog.get_logger("dda.decode")
+START_TIMEOUT_S = 60.0
+START_ATTEMPTS = 3
+
+
+@dataclass
+class DecodeJob:
+    data: bytes
+    crop_size: int
+    crops: int
+    max_pixels: int
+    done: Callable[[Prepared], None]
+    cancelled: Callable[[], bool] = lambda: False
+
+
+class _ChildDied(Exception):
+    pass
+
+
+class _Child:
+    """One decode process and the pipe ends to it."""
+
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "worker.decode_child", str(os.getpid())],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True,
+        )
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.jobs = self.proc.stdin
+        self.answers = self.proc.stdout.fileno()
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def _read(self, size: int, deadline: float) -> bytes:
+        chunks, left = [], size
+        while left:
+            wait = deadline - time.monotonic()
+            if wait <= 0:
+                raise TimeoutError
+            ready, _, _ = select.select([self.answers], [], [], wait)
+            if not ready:
+                raise TimeoutError
+            chunk = os.read(self.answers, min(left, 1 << 20))
+            if not chunk:
+                raise _ChildDied
+            chunks.append(chunk)
+            left -= len(chunk)
+        return b"".join(chunks)
+
+    def receive(self, deadline: float) -> tuple[dict[str, Any], bytes]:
+        header_size, payload_size = FRAME.unpack(self._read(FRAME.size, deadline))
+        if header_size > 1 << 20:
+            raise _ChildDied  # not our protocol: treat the process as broken
+        header = json.loads(self._read(header_size, deadline))
+        return header, self._read(payload_size, deadline) if payload_size else b""
+
+    def send(self, job: DecodeJob) -> None:
+        try:
+            write_frame(self.jobs, {"crop_size": job.crop_size, "crops": job.crops, "max_pixels": job.max_pixels}, job.data)
+        except (BrokenPipeError, OSError, ValueError) as exc:
+            raise _ChildDied from exc
+
+    def close_input(self) -> None:
+        """EOF on the job pipe: the child finishes its job and exits."""
+        try:
+            self.jobs.close()
+        except OSError:
+            pass
+
+    def stop(self, grace_s: float) -> None:
+        self.close_input()
+        try:
+            self.proc.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+        self.stop(0)
+
+
+class DecodePool:
+    def __init__(self, workers: int, supervisor: Supervisor, timeout_s: float,
+                 on_restart: Callable[[str], None] = lambda _reason: None) -> None:
+        self.workers = workers
+        self.timeout_s = timeout_s
+        self.supervisor = supervisor
+        self.on_restart = on_restart
+        self.jobs: queue.Queue[DecodeJob] = queue.Queue()
+        self._children: list[_Child | None] = [None] * workers
+
+    def start(self) -> None:
+        """Start every decode process and wait until each is ready, then the slot threads."""
+        for slot in range(self.workers):
+            self._children[slot] = self._spawn()
+        for slot in range(self.workers):
+            self.supervisor.spawn(f"decode-{slot}", lambda slot=slot: self._serve(slot))
+
+    def pids(self) -> list[int]:
+        return [c.pid for c in self._children if c is not None]
+
+    def submit(self, job: DecodeJob) -> None:
+        self.jobs.put(job)
+
+    def close(self, grace_s: float = 1.0) -> None:
+        """After the supervisor stopped the slot threads: end the children within one grace period."""
+        children = [c for c in self._children if c is not None]
+        self._children = [None] * self.workers
+        for child in children:
+            child.close_input()
+        end = time.monotonic() + grace_s
+        for child in children:
+            child.stop(max(0.0, end - time.monotonic()))
+
+    def _spawn(self) -> _Child:
+        for attempt in range(1, START_ATTEMPTS + 1):
+            child = _Child()
+            try:
+                header, _ = child.receive(time.monotonic() + START_TIMEOUT_S)
+                if header.get("ready"):
+                    return child
+            except (_ChildDied, TimeoutError, ValueError, struct.error):
+                pass
+            child.kill()
+            log.error("a decode process failed to start", attempt=attempt)
+        raise RuntimeError(f"decode process failed to start {START_ATTEMPTS} times")
+
+    def _serve(self, slot: int) -> None:
+        while not self.supervisor.stopping.is_set():
+            try:
+                job = self.jobs.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            if job.cancelled():
+                continue
+            job.done(self._run(slot, job))
+
+    def _replace(self, slot: int, reason: str) -> None:
+        child = self._children[slot]
+        if child is not None:
+            child.kill()
+        self.on_restart(reason)
+        self._children[slot] = self._spawn()
+
+    def _run(self, slot: int, job: DecodeJob) -> Prepared:
+        started = time.perf_counter()
+        for attempt in (1, 2):
+            child = self._children[slot]
+            assert child is not None
+            try:
+                child.send(job)
+                header, payload = child.receive(time.monotonic() + self.timeout_s)
+                return _prepared(header, payload, job)
+            except TimeoutError:
+                log.warning("decode over its deadline; process killed", seconds=self.timeout_s, pid=child.pid)
+                self._replace(slot, "timeout")
+                return _failed(DECODE_TIMEOUT, f"decoding took longer than {self.timeout_s:g} s", started)
+            except (_ChildDied, ValueError, struct.error) as exc:
+                log.error("a decode process died while decoding", pid=child.pid, attempt=attempt,
+                          exit_code=child.proc.poll(), error=type(exc).__name__)
+                self._replace(slot, "crash")
+        return _failed(DECODE_CRASHED, "the decoder process crashed on this image (twice)", started)
+
+
+def _failed(code: str, message: str, started: float) -> Prepared:
+    return Prepared(None, None, None, (code, message), (time.perf_counter() - started) * 1000)
+
+
+def _prepared(header: dict[str, Any], payload: bytes, job: DecodeJob) -> Prepared:
+    """Rebuild the child's answer, checking its shape instead of trusting it."""
+    error = header.get("error")
+    if error is not None:
+        return Prepared(None, None, None, (str(error[0]), str(error[1])), float(header["decode_ms"]))
+    shape = tuple(int(n) for n in header["shape"])
+    if shape != (job.crops, job.crop_size, job.crop_size, 3) or len(payload) != int(np.prod(shape)):
+        raise ValueError(f"decode process sent a malformed answer: shape {shape}, {len(payload)} bytes")
+    pixels = np.frombuffer(payload, dtype=np.uint8).reshape(shape)
+    pdq, quality = header.get("pdq"), header.get("pdq_quality")
+    return Prepared(pixels, str(pdq) if pdq is not None else None, int(quality) if quality is not None else None,
+                    None, float(header["decode_ms"]))

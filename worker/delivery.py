@@ -1,0 +1,333 @@
+"""Delivery, on the consumer thread: publish what completed, commit the acknowledged prefix.
+
+The one place where records leave the worker and offsets are committed. The loop:
+
+    poll -> parse (malformed: dead letter) -> pipeline.submit -> Completion into the Ledger
+         -> publish every resolved record -> collect broker acknowledgements
+         -> commit each partition's acknowledged prefix -> pause/resume for backpressure
+
+Rebalances (the transport calls the Listener methods from inside `poll`):
+- revoked: within DDA_REVOKE_TIMEOUT_S, let the partitions' in-flight work finish for
+  half of it, cancel the rest, wait for the acknowledgements of what was published, and
+  hand back the acknowledged prefix to commit. The partitions are then forgotten; their
+  cancelled work is redone by the next owner from that position.
+- lost: cancel and forget, commit nothing (someone else owns them already).
+- assigned: a partition this worker had just before resumes from its own acknowledged
+  prefix (the transport seeks there), because Kafka clients keep the read position of
+  partitions that come straight back, which would skip the work dropped at revocation.
+  Offsets past that prefix whose verdicts were already acknowledged are not redone.
+
+Shutdown, in order under one deadline: stop intake -> drain (DDA_DRAIN_TIMEOUT_S) -> stop
+the stages -> flush -> commit -> leave the group and close. Nothing past unfinished work
+is ever committed, so whatever is abandoned is redelivered.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Callable, Hashable, Iterable, Protocol
+
+import structlog
+
+from worker.completion import Completion
+from worker.ledger import Entry, Ledger
+from worker.messages import Malformed, Request, Source, dead_letter, encode_record, parse_request
+from worker.metrics import Metrics
+from worker.transport import CommitFailed, Message, Partition, Transport
+
+log = structlog.get_logger("dda.delivery")
+POLL_S = 0.1
+COMMIT_EVERY_S = 1.0
+COMMIT_TIMEOUT_S = 2.0
+DEAD_LETTER_ATTEMPTS = 5
+PUBLISH_BLOCKED_S = 1.0
+STEP_S = 0.005
+
+EXIT_OK = 0  # drained and committed everything
+EXIT_FATAL = 1  # a pipeline stage died; what was safe was committed
+EXIT_ABANDONED = 3  # stopped with work unfinished or uncommitted; it is redelivered
+
+
+class Processor(Protocol):
+    """What delivery needs from the pipeline."""
+
+    def submit(self, request: Request) -> Completion: ...
+
+    @property
+    def failure(self) -> str | None: ...
+
+    def set_partitions(self, lanes: Iterable[Hashable]) -> None: ...
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_in_flight: int
+    max_message_bytes: int
+    revoke_timeout_s: float
+    drain_timeout_s: float
+    post_drain_s: float = 8.0
+    retry_base_s: float = 0.2  # first retry of a refused record; doubles, capped at 10 s
+
+
+class Delivery:
+    def __init__(self, transport: Transport, processor: Processor, metrics: Metrics, limits: Limits) -> None:
+        self.transport = transport
+        self.processor = processor
+        self.metrics = metrics
+        self.limits = limits
+        self.ledger = Ledger()
+        self.heartbeat = time.monotonic()
+        self._ready: deque[Entry] = deque()  # appended by completion callbacks on stage threads
+        self._outstanding: list[Entry] = []
+        self._retry: list[Entry] = []
+        self._resume: dict[Partition, tuple[int, set[int]]] = {}
+        self._paused = False
+        self._draining = False
+        self._closing = False
+        self._publish_blocked_until = 0.0
+        self._next_commit = 0.0
+        self._lock = threading.Lock()  # listener (transport thread) vs. loop: never both, but be explicit
+
+    # --- the loop ----------------------------------------------------------------------------
+
+    def run(self, stop: threading.Event, stop_stages: Callable[[], None]) -> int:
+        """Consume until `stop` (or the input ends, or a stage dies); then shut down in order."""
+        self.transport.start(self)
+        fatal = None
+        while not stop.is_set():
+            self.heartbeat = time.monotonic()
+            fatal = self.processor.failure
+            if fatal is not None:
+                break
+            if self.transport.exhausted() and not self.ledger.unfinished():
+                break
+            for message in self.transport.poll(POLL_S):
+                self._accept(message)
+            with self._lock:
+                self._pump()
+                self._commit()
+                self._backpressure()
+        return self._shutdown(stop_stages, fatal)
+
+    def _accept(self, message: Message) -> None:
+        tp = message.tp
+        if self._draining or not self.ledger.accepts(tp, message.offset):
+            return  # not recorded, so not committed: it is read again
+        source = Source(message.topic, message.partition, message.offset)
+        if self.ledger.take_done(tp, message.offset):  # its verdict was acknowledged before the rebalance
+            done = Entry(tp, message.offset, "verdict", Completion(source.ref()), acked=True)
+            with self._lock:
+                self.ledger.append(done)
+            return
+        self.metrics.consumed.inc()
+        try:
+            request = parse_request(message.value, source, self.limits.max_message_bytes,
+                                    allow_paths=self.transport.allows_paths)
+        except Malformed as exc:
+            self.metrics.dead_letters.labels(exc.reason).inc()
+            completion = Completion(source.ref())
+            completion.resolve(dead_letter(message.value, source, exc, self.transport.max_record_bytes))
+            entry = Entry(tp, message.offset, "dead_letter", completion, source.ref().encode())
+        else:
+            entry = Entry(tp, message.offset, "verdict", self.processor.submit(request), request.id.encode())
+        with self._lock:
+            self.ledger.append(entry)
+        entry.completion.add_done_callback(lambda _c, e=entry: self._ready.append(e))
+
+    # --- publishing --------------------------------------------------------------------------
+
+    def _pump(self) -> None:
+        """Publish resolved records and due retries; collect acknowledgements."""
+        now = time.monotonic()
+        while self._ready:
+            self._send(self._ready.popleft(), now)
+        due = [e for e in self._retry if e.retry_at <= now]
+        if due:
+            self._retry = [e for e in self._retry if e.retry_at > now]
+            for entry in due:
+                self._send(entry, now)
+        self._collect(now)
+
+    def _send(self, entry: Entry, now: float) -> None:
+        record = entry.completion.record
+        if record is None or entry.acked or not self.ledger.owns(entry.tp):
+            return  # cancelled, done already, or its partition is gone
+        if now < self._publish_blocked_until:
+            entry.retry_at = self._publish_blocked_until
+            self._retry.append(entry)
+            return
+        value = encode_record(record, self.transport.max_record_bytes, compact=entry.compact)
+        entry.ack = self.transport.publish(entry.kind, entry.key, value)
+        entry.published = True
+        if entry.ack.done and entry.ack.error is not None:
+            self._publish_blocked_until = now + PUBLISH_BLOCKED_S  # e.g. no broker: do not block on every record
+        self._outstanding.append(entry)
+
+    def _collect(self, now: float) -> None:
+        pending = []
+        for entry in self._outstanding:
+            ack = entry.ack
+            assert ack is not None
+            if not ack.done:
+                pending.append(entry)
+            elif ack.error is None:
+                self._acked(entry)
+            elif self.ledger.owns(entry.tp):
+                self._refused(entry, ack.error, ack.too_large, now)
+        self._outstanding = pending
+
+    def _acked(self, entry: Entry) -> None:
+        entry.acked = True
+        record = entry.completion.record
+        if entry.kind == "verdict" and record is not None:
+            self.metrics.verdicts.labels(record["status"], record["label"] or "none").inc()
+            if record["error"]:
+                self.metrics.errors.labels(record["error"]["code"]).inc()
+
+    def _refused(self, entry: Entry, error: BaseException, too_large: bool, now: float) -> None:
+        entry.attempts += 1
+        self.metrics.publish_failures.labels(entry.kind).inc()
+        if too_large and not entry.compact:
+            entry.compact = True
+            entry.retry_at = now
+        elif entry.kind == "dead_letter" and (too_large or entry.attempts >= DEAD_LETTER_ATTEMPTS):
+            record = entry.completion.record or {}
+            log.error("dead letter given up after its retries; the message is skipped", source=f"{entry.tp}/{entry.offset}",
+                      reason=record.get("reason"), raw_size=record.get("raw_size"), raw_sha256=record.get("raw_sha256"),
+                      error=f"{type(error).__name__}: {error}")
+            self.metrics.dead_letters_dropped.inc()
+            entry.acked = True
+            return
+        else:
+            entry.retry_at = now + min(10.0, self.limits.retry_base_s * 2 ** min(entry.attempts, 6))
+        log.warning("broker refused a record; retrying it (nothing past it is committed)", kind=entry.kind,
+                    source=f"{entry.tp}/{entry.offset}", attempt=entry.attempts, error=f"{type(error).__name__}: {error}")
+        self._retry.append(entry)
+
+    # --- committing and backpressure ----------------------------------------------------------
+
+    def _commit(self, force: bool = False, timeout_s: float = COMMIT_TIMEOUT_S) -> bool:
+        """Commit every partition's acknowledged prefix that moved; True when nothing is left to commit."""
+        now = time.monotonic()
+        if not force and now < self._next_commit:
+            return False
+        self._next_commit = now + COMMIT_EVERY_S
+        positions = self.ledger.committable()
+        if not positions:
+            return True
+        try:
+            self.transport.commit(positions, timeout_s)
+        except CommitFailed as exc:
+            self.metrics.commit_failures.inc()
+            log.warning("commit failed; the next commit carries it", error=str(exc))
+            self._next_commit = now + COMMIT_TIMEOUT_S
+            return False
+        self.ledger.mark_committed(positions)
+        return True
+
+    def _backpressure(self) -> None:
+        unfinished = self.ledger.unfinished()
+        if not self._paused and unfinished >= self.limits.max_in_flight:
+            self._paused = True
+        elif self._paused and unfinished <= self.limits.max_in_flight // 2:
+            self._paused = False
+            self.transport.resume(self.transport.assignment())
+        if self._paused:
+            self.transport.pause(self.transport.assignment())  # also partitions assigned since
+        self.metrics.paused.set(1 if self._paused else 0)
+
+    # --- rebalance listener -----------------------------------------------------------------
+
+    def on_assigned(self, partitions: set[Partition]) -> dict[Partition, int]:
+        with self._lock:
+            seeks = {}
+            for tp in partitions:
+                position, done_ahead = self._resume.pop(tp, (None, set()))
+                self.ledger.add_partition(tp, position, done_ahead)
+                if position is not None:
+                    seeks[tp] = position
+            self._resume.clear()  # partitions revoked and not given back belong to others now
+            self.processor.set_partitions(self.ledger.partitions())
+            self.metrics.rebalances.labels("assigned").inc()
+            log.info("partitions assigned", partitions=sorted(f"{t}/{p}" for t, p in partitions),
+                     resume={f"{t}/{p}": o for (t, p), o in seeks.items()})
+            return seeks
+
+    def on_revoked(self, partitions: set[Partition]) -> dict[Partition, int]:
+        with self._lock:
+            owned = partitions & self.ledger.partitions()
+            self.metrics.rebalances.labels("revoked").inc()
+            if not self._closing:
+                self._settle(owned)
+            positions = self.ledger.committable(owned)
+            for tp in owned:
+                position = self.ledger.position(tp)
+                if position is not None:
+                    self._resume[tp] = (position, self.ledger.done_ahead(tp))
+            cancelled = self._forget(owned)
+            log.info("partitions revoked", partitions=sorted(f"{t}/{p}" for t, p in partitions), cancelled=cancelled,
+                     commit={f"{t}/{p}": o for (t, p), o in positions.items()})
+            return positions
+
+    def on_lost(self, partitions: set[Partition]) -> None:
+        with self._lock:
+            self.metrics.rebalances.labels("lost").inc()
+            for tp in partitions:
+                self._resume.pop(tp, None)
+            cancelled = self._forget(partitions)
+            log.warning("partitions lost; their work is dropped uncommitted", partitions=sorted(f"{t}/{p}" for t, p in partitions),
+                        cancelled=cancelled)
+
+    def _settle(self, owned: set[Partition]) -> None:
+        """Revocation's deadline: half to let work finish, the rest for the broker's acknowledgements."""
+        start = time.monotonic()
+        finish_by, acks_by = start + self.limits.revoke_timeout_s / 2, start + self.limits.revoke_timeout_s
+        while time.monotonic() < finish_by and any(not e.completion.done for e in self.ledger.entries(owned)):
+            self._pump()
+            time.sleep(STEP_S)
+        for entry in self.ledger.entries(owned):
+            entry.completion.cancel()
+        while time.monotonic() < acks_by and any(e.completion.record is not None and not e.acked
+                                                 for e in self.ledger.entries(owned)):
+            self._pump()
+            time.sleep(STEP_S)
+
+    def _forget(self, partitions: set[Partition]) -> int:
+        left = self.ledger.remove(partitions)
+        cancelled = sum(1 for e in left if e.completion.cancel())
+        self.processor.set_partitions(self.ledger.partitions())
+        return cancelled
+
+    # --- shutdown ---------------------------------------------------------------------------
+
+    def _shutdown(self, stop_stages: Callable[[], None], fatal: str | None) -> int:
+        self._draining = True
+        drain_until = time.monotonic() + (0.0 if fatal else self.limits.drain_timeout_s)
+        while self.ledger.unfinished() and time.monotonic() < drain_until:
+            self.heartbeat = time.monotonic()
+            self.transport.pause(self.transport.assignment())
+            self.transport.poll(min(POLL_S, max(0.0, drain_until - time.monotonic())))  # keeps the membership
+            with self._lock:
+                self._pump()
+                self._commit()
+        abandoned = self.ledger.unfinished()
+        end = time.monotonic() + self.limits.post_drain_s
+        stop_stages()
+        self.transport.flush(max(0.0, min(2.0, end - time.monotonic())))
+        with self._lock:
+            self._pump()
+            committed = self._commit(force=True, timeout_s=max(0.1, min(COMMIT_TIMEOUT_S, end - time.monotonic())))
+        self._closing = True
+        try:
+            self.transport.close(max(0.1, end - time.monotonic()))
+        except Exception as exc:  # noqa: BLE001 - closing is best effort; nothing uncommitted was lost
+            log.warning("transport close failed", error=f"{type(exc).__name__}: {exc}")
+        left = self.ledger.unfinished()
+        status = EXIT_FATAL if fatal else (EXIT_OK if not left and committed else EXIT_ABANDONED)
+        log.info("worker stopped", exit_status=status, abandoned=left, abandoned_at_drain_deadline=abandoned,
+                 committed=committed, failure=fatal,
+                 note="abandoned requests are redelivered: nothing past them was committed" if left else None)
+        return status

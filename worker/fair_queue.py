@@ -1,0 +1,121 @@
+"""Fetch slots shared fairly across partitions, and an in-flight byte budget.
+
+One slow origin must not starve the other partitions: each lane (a partition) has its
+own FIFO, free slots go to the lane with the fewest fetches running (round robin among
+equals), and a lane may take a slot beyond its fair share only while every other idle
+lane still has one left. Fetching also waits while the bodies already held reach the
+byte budget, so memory is bounded by the budget plus one body per fetch slot.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from typing import Generic, Hashable, TypeVar
+
+T = TypeVar("T")
+
+
+class FairQueue(Generic[T]):
+    def __init__(self, slots: int, max_bytes: int) -> None:
+        self.slots = slots
+        self.max_bytes = max_bytes
+        self._cond = threading.Condition()
+        self._queues: dict[Hashable, deque[T]] = {}
+        self._running: dict[Hashable, int] = {}
+        self._lanes: set[Hashable] = set()
+        self._turn = 0
+        self._held_bytes = 0
+        self._closed = False
+
+    # --- lanes and bytes -----------------------------------------------------------------------
+
+    def set_lanes(self, lanes: set[Hashable]) -> None:
+        """The lanes that may get work (assigned partitions); fair shares are computed over them."""
+        with self._cond:
+            self._lanes = set(lanes)
+            self._cond.notify_all()
+
+    def hold(self, size: int) -> None:
+        with self._cond:
+            self._held_bytes += size
+
+    def release(self, size: int) -> None:
+        with self._cond:
+            self._held_bytes -= size
+            self._cond.notify_all()
+
+    @property
+    def held_bytes(self) -> int:
+        with self._cond:
+            return self._held_bytes
+
+    def queued(self) -> int:
+        with self._cond:
+            return sum(len(q) for q in self._queues.values())
+
+    # --- work ----------------------------------------------------------------------------------
+
+    def put(self, lane: Hashable, item: T) -> None:
+        with self._cond:
+            self._queues.setdefault(lane, deque()).append(item)
+            self._cond.notify()
+
+    def get(self, timeout_s: float) -> tuple[Hashable, T] | None:
+        """The next (lane, item) a free slot should run, or None after `timeout_s` or close."""
+        deadline = time.monotonic() + timeout_s
+        with self._cond:
+            while True:
+                if self._closed:
+                    return None
+                lane = self._pick() if self._held_bytes < self.max_bytes else None
+                if lane is not None:
+                    item = self._queues[lane].popleft()
+                    if not self._queues[lane]:
+                        del self._queues[lane]
+                    self._running[lane] = self._running.get(lane, 0) + 1
+                    return lane, item
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None
+                self._cond.wait(left)
+
+    def done(self, lane: Hashable) -> None:
+        """A slot of `lane` is free again."""
+        with self._cond:
+            self._running[lane] -= 1
+            if not self._running[lane]:
+                del self._running[lane]
+            self._cond.notify_all()
+
+    def drop(self, lane: Hashable) -> list[T]:
+        """Remove and return the queued items of one lane (its partition was revoked)."""
+        with self._cond:
+            return list(self._queues.pop(lane, ()))
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    def _pick(self) -> Hashable | None:
+        running = sum(self._running.values())
+        if running >= self.slots:
+            return None
+        waiting = list(self._queues)
+        if not waiting:
+            return None
+        lanes = self._lanes | set(waiting) | set(self._running)
+        share = max(1, self.slots // max(1, len(lanes)))
+        free = self.slots - running
+        self._turn += 1
+        order = sorted(waiting, key=lambda lane: (self._running.get(lane, 0), hash((lane, self._turn)) & 0xFFFF))
+        for lane in order:
+            mine = self._running.get(lane, 0)
+            if mine < share:
+                return lane
+            idle_others = sum(1 for other in lanes if other != lane and not self._running.get(other))
+            if free - 1 >= idle_others:
+                return lane
+        return None

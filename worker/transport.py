@@ -1,0 +1,136 @@
+"""The contract between the delivery loop and a message transport (Kafka, stdin, test brokers).
+
+Written once here; `worker.kafka_io` and `worker.local_io` implement it, and the tests'
+in-process broker implements it too, so the delivery loop's guarantees are tested against
+the same interface the real brokers sit behind.
+
+Threading: every method is called from the delivery (consumer) thread. A transport calls
+its `Listener` only from inside `poll` (Kafka runs it on the client's IO thread while `poll`
+blocks), so listener and loop never run at the same time. `Ack` objects may be completed
+by a transport's own threads (the producer's callbacks).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+Partition = tuple[str, int]  # (topic, partition)
+Kind = Literal["verdict", "dead_letter"]
+
+
+@dataclass(frozen=True)
+class Message:
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+
+    @property
+    def tp(self) -> Partition:
+        return (self.topic, self.partition)
+
+
+class Ack(ABC):
+    """A publish under way: `done`, then `error` (None when the broker acknowledged it)."""
+
+    @property
+    @abstractmethod
+    def done(self) -> bool: ...
+
+    @property
+    @abstractmethod
+    def error(self) -> BaseException | None: ...
+
+    @property
+    def too_large(self) -> bool:
+        """The broker refused the record for its size: retrying it unchanged cannot succeed."""
+        return False
+
+
+class DoneAck(Ack):
+    """An Ack that is already complete (a local write, or a send refused before it left)."""
+
+    def __init__(self, error: BaseException | None = None, too_large: bool = False) -> None:
+        self._error = error
+        self._too_large = too_large
+
+    @property
+    def done(self) -> bool:
+        return True
+
+    @property
+    def error(self) -> BaseException | None:
+        return self._error
+
+    @property
+    def too_large(self) -> bool:
+        return self._too_large
+
+
+class CommitFailed(Exception):
+    """The commit did not happen (broker down, rebalance in progress); try again later."""
+
+
+class Listener(Protocol):
+    """Partition events, called from inside `Transport.poll`."""
+
+    def on_assigned(self, partitions: set[Partition]) -> dict[Partition, int]:
+        """Partitions added; returns positions the transport must seek to before fetching."""
+        ...
+
+    def on_revoked(self, partitions: set[Partition]) -> dict[Partition, int]:
+        """Partitions going away in an orderly rebalance; returns positions to commit before they go."""
+        ...
+
+    def on_lost(self, partitions: set[Partition]) -> None:
+        """Partitions already owned by someone else (membership lost): nothing may be committed."""
+        ...
+
+
+class Transport(ABC):
+    max_record_bytes: int  # the largest record `publish` can send
+    allows_paths: bool = False  # local file paths are requests (stdin mode only)
+
+    @abstractmethod
+    def start(self, listener: Listener) -> None:
+        """Subscribe; assignments arrive through `listener` during `poll`."""
+
+    @abstractmethod
+    def poll(self, timeout_s: float) -> list[Message]:
+        """Messages of unpaused assigned partitions, in offset order per partition."""
+
+    @abstractmethod
+    def publish(self, kind: Kind, key: bytes, value: bytes) -> Ack:
+        """Send a verdict or a dead letter; never blocks for long, never raises for a refusal."""
+
+    @abstractmethod
+    def commit(self, positions: dict[Partition, int], timeout_s: float) -> None:
+        """Commit next-offset positions, or raise CommitFailed."""
+
+    @abstractmethod
+    def pause(self, partitions: set[Partition]) -> None: ...
+
+    @abstractmethod
+    def resume(self, partitions: set[Partition]) -> None: ...
+
+    @abstractmethod
+    def assignment(self) -> set[Partition]: ...
+
+    @abstractmethod
+    def flush(self, timeout_s: float) -> None:
+        """Wait up to `timeout_s` for publishes under way to be acknowledged or fail."""
+
+    @abstractmethod
+    def connected(self) -> bool:
+        """The broker is reachable now (readiness)."""
+
+    def exhausted(self) -> bool:
+        """The input has ended for good (stdin at EOF); a broker's never does."""
+        return False
+
+    @abstractmethod
+    def close(self, timeout_s: float) -> None:
+        """Leave the group and release the clients within `timeout_s`."""
