@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable, Iterator
@@ -16,6 +17,7 @@ class Route:
     headers: tuple[tuple[str, str], ...] = ()
     hits: int = 0
     fail_first: int = 0  # answer 503 to this many requests before behaving
+    delay_s: float = 0.0  # wait this long before answering (a slow origin)
 
 
 class LocalServer:
@@ -27,6 +29,8 @@ class LocalServer:
             def do_GET(self) -> None:  # noqa: N802 - http.server's naming
                 route = routes.get(self.path, Route(status=404, body=b"not found"))
                 route.hits += 1
+                if route.delay_s:
+                    time.sleep(route.delay_s)
                 if route.hits <= route.fail_first:
                     self.send_response(503)
                     self.send_header("Content-Length", "0")

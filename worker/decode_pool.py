@@ -49,12 +49,15 @@ class _ChildDied(Exception):
     pass
 
 
+CHILD_MODULE = "worker.decode_child"
+
+
 class _Child:
     """One decode process and the pipe ends to it."""
 
-    def __init__(self) -> None:
+    def __init__(self, module: str) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "worker.decode_child", str(os.getpid())],
+            [sys.executable, "-m", module, str(os.getpid())],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True,
         )
         assert self.proc.stdin is not None and self.proc.stdout is not None
@@ -119,8 +122,9 @@ class _Child:
 
 class DecodePool:
     def __init__(self, workers: int, supervisor: Supervisor, timeout_s: float,
-                 on_restart: Callable[[str], None] = lambda _reason: None) -> None:
+                 on_restart: Callable[[str], None] = lambda _reason: None, child_module: str = CHILD_MODULE) -> None:
         self.workers = workers
+        self.child_module = child_module
         self.timeout_s = timeout_s
         self.supervisor = supervisor
         self.on_restart = on_restart
@@ -152,7 +156,7 @@ class DecodePool:
 
     def _spawn(self) -> _Child:
         for attempt in range(1, START_ATTEMPTS + 1):
-            child = _Child()
+            child = _Child(self.child_module)
             try:
                 header, _ = child.receive(time.monotonic() + START_TIMEOUT_S)
                 if header.get("ready"):

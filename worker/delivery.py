@@ -68,7 +68,7 @@ class Limits:
     max_message_bytes: int
     revoke_timeout_s: float
     drain_timeout_s: float
-    post_drain_s: float = 8.0
+    post_drain_s: float = 7.0  # stop stages, flush, commit, close: inside the 10 s after the drain
     retry_base_s: float = 0.2  # first retry of a refused record; doubles, capped at 10 s
 
 
@@ -320,12 +320,12 @@ class Delivery:
         with self._lock:
             self._pump()
             committed = self._commit(force=True, timeout_s=max(0.1, min(COMMIT_TIMEOUT_S, end - time.monotonic())))
-        self._closing = True
+        left = self.ledger.unfinished()
+        self._closing = True  # the close revokes the partitions: no more waiting, just forget them
         try:
             self.transport.close(max(0.1, end - time.monotonic()))
         except Exception as exc:  # noqa: BLE001 - closing is best effort; nothing uncommitted was lost
             log.warning("transport close failed", error=f"{type(exc).__name__}: {exc}")
-        left = self.ledger.unfinished()
         status = EXIT_FATAL if fatal else (EXIT_OK if not left and committed else EXIT_ABANDONED)
         log.info("worker stopped", exit_status=status, abandoned=left, abandoned_at_drain_deadline=abandoned,
                  committed=committed, failure=fatal,

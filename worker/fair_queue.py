@@ -2,8 +2,8 @@
 
 One slow origin must not starve the other partitions: each lane (a partition) has its
 own FIFO, free slots go to the lane with the fewest fetches running (round robin among
-equals), and a lane may take a slot beyond its fair share only while every other idle
-lane still has one left. Fetching also waits while the bodies already held reach the
+equals), and a lane may take a slot beyond its fair share only while one slot stays free
+for a lane that has none running, so work arriving in an idle partition starts at once. Fetching also waits while the bodies already held reach the
 byte budget, so memory is bounded by the budget plus one body per fetch slot.
 """
 
@@ -115,7 +115,7 @@ class FairQueue(Generic[T]):
             mine = self._running.get(lane, 0)
             if mine < share:
                 return lane
-            idle_others = sum(1 for other in lanes if other != lane and not self._running.get(other))
-            if free - 1 >= idle_others:
+            idle_others = any(other != lane and not self._running.get(other) for other in lanes)
+            if free - 1 >= int(idle_others):
                 return lane
         return None

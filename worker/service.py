@@ -15,6 +15,7 @@ import signal
 import sys
 import threading
 import time
+from typing import Callable
 
 import structlog
 
@@ -35,7 +36,7 @@ from worker.transport import Transport
 
 log = structlog.get_logger("dda.worker")
 STALL_AFTER_S = 60.0
-HARD_EXIT_AFTER_DRAIN_S = 9.5  # the process is gone within DDA_DRAIN_TIMEOUT_S + 10 s, whatever hangs
+HARD_EXIT_AFTER_DRAIN_S = 9.0  # the process is gone within DDA_DRAIN_TIMEOUT_S + 10 s, whatever hangs
 
 
 def configure_logging(level: str) -> None:
@@ -100,11 +101,8 @@ def worker_command(args: argparse.Namespace) -> int:
     started = threading.Event()
     endpoints = None
     if config.metrics_port:
-        endpoints = Endpoints(
-            config.metrics_host, config.metrics_port, metrics,
-            alive=lambda: pipeline.failure is None and time.monotonic() - delivery.heartbeat < STALL_AFTER_S,
-            ready=lambda: started.is_set() and not stop.is_set() and pipeline.failure is None and transport.connected(),
-        )
+        alive, ready = health_checks(pipeline, delivery, transport, started, stop)
+        endpoints = Endpoints(config.metrics_host, config.metrics_port, metrics, alive=alive, ready=ready)
         endpoints.start()
     try:
         try:
@@ -116,12 +114,26 @@ def worker_command(args: argparse.Namespace) -> int:
         log.info("worker started", model=loaded.manifest.version, mode="kafka" if config.kafka_bootstrap else "stdin",
                  input_topic=config.input_topic if config.kafka_bootstrap else None,
                  cache="redis" if config.redis_url else "memory")
-        return delivery.run(stop, stop_stages=lambda: pipeline.close(timeout_s=2.0))
+        return delivery.run(stop, stop_stages=lambda: pipeline.close(timeout_s=1.0))
     finally:
         pipeline.close(timeout_s=0.5)
         fetcher.close()
         if endpoints is not None:
             endpoints.stop()
+
+
+def health_checks(pipeline: Pipeline, delivery: Delivery, transport: Transport, started: threading.Event,
+                  stop: threading.Event) -> tuple[Callable[[], bool], Callable[[], bool]]:
+    """/healthz: every stage alive and the consume loop turning. /readyz: that, started, not
+    stopping, and the broker reachable now (checked continuously, not once at join)."""
+
+    def alive() -> bool:
+        return pipeline.failure is None and time.monotonic() - delivery.heartbeat < STALL_AFTER_S
+
+    def ready() -> bool:
+        return started.is_set() and not stop.is_set() and alive() and transport.connected()
+
+    return alive, ready
 
 
 def install_stop_signals(stop: threading.Event, hard_deadline_s: float) -> None:

@@ -1,12 +1,17 @@
-"""The pipeline in-process: a dead decode process costs the requests it held, not the worker."""
+"""The pipeline in-process: decode processes fail alone, a dead stage is seen, children die with the worker."""
 
 from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import threading
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
+
+import pytest
 
 from engine.model_dir import load_model_dir
 from engine.runner import TorchRunner
@@ -14,51 +19,149 @@ from tests.conftest import encode, scene
 from tests.services import wait_for
 from worker.cache import VerdictCache
 from worker.cache_store import MemoryStore
+from worker.completion import Completion
 from worker.fetch import Fetcher, FetchPolicy
 from worker.messages import Request, Source
 from worker.metrics import Metrics
 from worker.pipeline import Pipeline
 
 
-def test_a_killed_decode_process_is_replaced(tiny_model_dir: Path, tmp_path: Path) -> None:
-    loaded = load_model_dir(tiny_model_dir)
-    verdicts: dict[str, dict[str, Any]] = {}
-    lock = threading.Lock()
-
-    def emit(request: Request, record: dict[str, Any]) -> None:
-        with lock:
-            verdicts[request.id] = record
-
+def make_pipeline(model_dir: Path, runner: Any = None, **options: Any) -> tuple[Pipeline, Fetcher]:
+    loaded = load_model_dir(model_dir)
     fetcher = Fetcher(FetchPolicy())
-    pipeline = Pipeline(
-        manifest=loaded.manifest, runner=TorchRunner(loaded.network, loaded.manifest.preprocessing),
-        cache=VerdictCache(MemoryStore(), "t", 60), fetcher=fetcher, metrics=Metrics(), emit=emit,
-        max_batch=8, max_wait_ms=5, fetch_workers=4, decode_workers=1, max_pixels=10_000_000, allow_paths=True,
-    )
+    settings = {"max_batch": 8, "max_wait_ms": 5, "fetch_workers": 4, "decode_workers": 1, "max_pixels": 10_000_000,
+                "allow_paths": True, **options}
+    pipeline = Pipeline(manifest=loaded.manifest, runner=runner or TorchRunner(loaded.network, loaded.manifest.preprocessing),
+                        cache=VerdictCache(MemoryStore(), "t", 60), fetcher=fetcher, metrics=Metrics(), **settings)
+    return pipeline, fetcher
+
+
+@pytest.fixture()
+def files(tmp_path: Path) -> Iterator[Any]:
+    def write(name: str, data: bytes | None = None, seed: int = 0) -> str:
+        path = tmp_path / name
+        path.write_bytes(data if data is not None else encode(scene(300, 260, seed=seed), "PNG"))
+        return str(path)
+
+    yield write
+
+
+def submit(pipeline: Pipeline, path: str, rid: str) -> Completion:
+    return pipeline.submit(Request(id=rid, url=path, source=Source("t", 0, 0)))
+
+
+def test_a_crashing_decoder_fails_only_its_own_request(tiny_model_dir: Path, files: Any) -> None:
+    pipeline, fetcher = make_pipeline(tiny_model_dir)
+    pipeline.decoder.child_module = "tests.crashing_decoder"
     pipeline.start()
     try:
-        def submit(tag: str) -> None:
-            """Six images never seen before (a cache hit would skip the decode processes)."""
-            for i in range(6):
-                path = tmp_path / f"{tag}{i}.png"
-                path.write_bytes(encode(scene(300, 260, seed=hash((tag, i)) % 10_000), "PNG"))
-                pipeline.submit(Request(id=f"{tag}{i}", url=str(path), source=Source("t", 0, i)))
-
-        submit("before")
-        wait_for(lambda: len(verdicts) == 6, 60, "first verdicts")
-        pool = pipeline._decode_pool  # noqa: SLF001 - the test plays the OOM killer
-        for pid in list(pool._processes):  # noqa: SLF001
-            os.kill(pid, signal.SIGKILL)
-        wait_for(lambda: pool._broken, 10, "the pool to notice the dead process")  # noqa: SLF001
-        submit("after")
-        wait_for(lambda: len(verdicts) == 12 and pipeline.in_flight == 0, 60, "verdicts after the kill")
-        after = [verdicts[f"after{i}"] for i in range(6)]
-        # Every request got exactly one verdict, from a replacement pool.
-        assert all(v["status"] == "ok" for v in after), after
-        assert pipeline._decode_pool is not pool  # noqa: SLF001
-        submit("later")
-        wait_for(lambda: len(verdicts) == 18, 60, "verdicts from the new pool")
-        assert all(verdicts[f"later{i}"]["status"] == "ok" for i in range(6)), [verdicts[f"later{i}"] for i in range(6)]
+        good = [submit(pipeline, files(f"g{i}.png", seed=i), f"g{i}") for i in range(6)]
+        bad = submit(pipeline, files("crash.bin", b"CRASH" + b"\0" * 100), "bad")
+        good += [submit(pipeline, files(f"h{i}.png", seed=10 + i), f"h{i}") for i in range(6)]
+        wait_for(lambda: all(c.done for c in [*good, bad]), 60, "every verdict")
+        assert [c.record["status"] for c in good] == ["ok"] * 12  # type: ignore[index]
+        assert bad.record["error"]["code"] == "decode_crashed"  # type: ignore[index]
+        assert pipeline.metrics.decode_restarts.labels("crash")._value.get() == 2  # noqa: SLF001 - the try and its retry
+        assert pipeline.failure is None and pipeline.in_flight == 0
     finally:
         pipeline.close()
         fetcher.close()
+
+
+def test_a_decode_process_killed_mid_job_costs_nothing_and_a_slow_one_times_out(tiny_model_dir: Path, files: Any) -> None:
+    pipeline, fetcher = make_pipeline(tiny_model_dir, decode_timeout_s=2.0)
+    pipeline.decoder.child_module = "tests.crashing_decoder"
+    pipeline.start()
+    try:
+        slow = submit(pipeline, files("slow.bin", b"SLOW" + b"\0" * 100), "slow")
+        wait_for(lambda: slow.done, 20, "the slow decode to time out")
+        assert slow.record["error"]["code"] == "decode_timeout"  # type: ignore[index]
+        victim_pid = pipeline.decoder.pids()[0]
+        big = [submit(pipeline, files(f"k{i}.png", encode(scene(2400, 1800, seed=i), "PNG")), f"k{i}") for i in range(3)]
+        time.sleep(0)  # kill while the first one is being decoded (the OOM killer's timing)
+        os.kill(victim_pid, signal.SIGKILL)
+        wait_for(lambda: all(c.done for c in big), 60, "verdicts after the kill")
+        assert [c.record["status"] for c in big] == ["ok"] * 3, [c.record for c in big]  # type: ignore[index]
+        assert victim_pid not in pipeline.decoder.pids()
+    finally:
+        pipeline.close()
+        fetcher.close()
+
+
+class Boom(BaseException):
+    """Escapes every `except Exception`: the way a stage thread really dies."""
+
+
+class DyingRunner:
+    def logits(self, crops: Any) -> Any:
+        raise Boom("engine thread killed by the test")
+
+
+def test_a_dead_stage_makes_healthz_fail_within_5_s(tiny_model_dir: Path, files: Any) -> None:
+    from tests.services import free_port
+    from worker.endpoints import Endpoints
+    from worker.service import health_checks
+
+    pipeline, fetcher = make_pipeline(tiny_model_dir, runner=DyingRunner())
+    delivery = type("D", (), {"heartbeat": time.monotonic()})()
+    transport = type("T", (), {"connected": lambda self: True})()
+    started, stop = threading.Event(), threading.Event()
+    alive, ready = health_checks(pipeline, delivery, transport, started, stop)  # type: ignore[arg-type]
+    endpoints = Endpoints("127.0.0.1", free_port(), pipeline.metrics, alive=alive, ready=ready)
+    endpoints.start()
+    pipeline.start()
+    started.set()
+    try:
+        import urllib.error
+        import urllib.request
+
+        def status(path: str) -> int:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{endpoints.port}{path}", timeout=2) as r:
+                    return r.status
+            except urllib.error.HTTPError as exc:
+                return exc.code
+
+        assert status("/healthz") == 200 and status("/readyz") == 200
+        submit(pipeline, files("a.png"), "a")
+        killed = time.monotonic()
+        wait_for(lambda: status("/healthz") == 503, 5, "/healthz to report the dead engine stage")
+        assert time.monotonic() - killed < 5 and status("/readyz") == 503
+        assert "engine" in (pipeline.failure or "")
+    finally:
+        endpoints.stop()
+        pipeline.close()
+        fetcher.close()
+
+
+PARENT = """
+import sys, time
+from worker.supervision import Supervisor
+from worker.decode_pool import DecodePool
+pool = DecodePool(2, Supervisor(), 10.0)
+pool.start()
+print(" ".join(map(str, pool.pids())), flush=True)
+time.sleep(120)
+"""
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_decode_processes_die_with_a_sigkilled_worker() -> None:
+    parent = subprocess.Popen([sys.executable, "-c", PARENT], stdout=subprocess.PIPE, text=True)
+    try:
+        assert parent.stdout is not None
+        children = [int(p) for p in parent.stdout.readline().split()]
+        assert len(children) == 2 and all(alive(p) for p in children)
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(10)
+        wait_for(lambda: not any(alive(p) for p in children), 10, "the decode processes to exit")
+    finally:
+        parent.kill()
+        parent.wait()

@@ -1,0 +1,254 @@
+"""Delivery against a real broker (tansu): rebalances with work in flight, rolling restarts,
+SIGTERM with slow fetches (broker up and broker down), a decode process killed, poison.
+
+Every test accounts for every request id: answered, lost (committed past with no verdict),
+duplicates, and the workers' exit statuses. `account` prints one line per scenario.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from tests.conftest import encode, scene
+from tests.http_server import LocalServer, Route
+from tests.services import Broker, Worker, unique, wait_for
+
+pytestmark = pytest.mark.timeout(300)
+PARTITIONS = 4
+# Four fetch slots on a 0.25 s origin: about 16 requests/s, so a rebalance lands with work in flight.
+FAST = {"DDA_DRAIN_TIMEOUT_S": "5", "DDA_REVOKE_TIMEOUT_S": "2", "DDA_FETCH_WORKERS": "4"}
+
+
+@pytest.fixture(scope="module")
+def broker() -> Iterator[Broker]:
+    b = Broker()
+    b.start()
+    yield b
+    b.kill()
+
+
+@pytest.fixture()
+def topics(broker: Broker) -> dict[str, str]:
+    names = {"input": unique("requests"), "output": unique("verdicts"), "dlq": unique("dead")}
+    broker.create_topics({names["input"]: PARTITIONS, names["output"]: 2, names["dlq"]: 1})
+    return names
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[LocalServer]:
+    with LocalServer() as s:
+        for i in range(40):
+            s.routes[f"/img/{i}"] = Route(body=encode(scene(420 + 7 * i, 360, seed=500 + i), "JPEG", quality=90))
+            s.routes[f"/slow/{i}"] = Route(body=s.routes[f"/img/{i}"].body, delay_s=0.25)
+        yield s
+
+
+@pytest.fixture()
+def workers() -> Iterator[list[Worker]]:
+    started: list[Worker] = []
+    yield started
+    for w in started:
+        w.kill()
+
+
+def start(started: list[Worker], model: Path, broker: Broker, topics: dict[str, str], group: str, log: Path, **env: str) -> Worker:
+    worker = Worker(model, broker, topics, group, log, **{**FAST, **env})
+    started.append(worker)
+    worker.start()
+    worker.wait_ready()
+    return worker
+
+
+def send(broker: Broker, topic: str, ids: list[str], url: str) -> dict[str, tuple[int, int]]:
+    values = [json.dumps({"id": i, "url": url.format(n=n % 40)}).encode() for n, i in enumerate(ids)]
+    placed = broker.produce(topic, values, keys=[i.encode() for i in ids])
+    return dict(zip(ids, placed))
+
+
+def account(name: str, placed: dict[str, tuple[int, int]], verdicts: list[dict], committed: dict[int, int],
+            exits: list[int | None]) -> dict[str, int]:
+    counts = Counter(v["id"] for v in verdicts)
+    lost = [i for i, (p, o) in placed.items() if o < committed.get(p, 0) and not counts[i]]
+    row = {"sent": len(placed), "answered": sum(1 for i in placed if counts[i]), "lost": len(lost),
+           "duplicates": sum(n - 1 for i, n in counts.items() if i in placed and n > 1)}
+    print(f"\nSCENARIO {name}: {row} exits={exits}")
+    return row
+
+
+def committed_all(broker: Broker, group: str, topic: str, placed: dict[str, tuple[int, int]]) -> bool:
+    ends: dict[int, int] = {}
+    for p, o in placed.values():
+        ends[p] = max(ends.get(p, 0), o + 1)
+    return broker.committed(group, topic, PARTITIONS) == {p: ends.get(p, 0) for p in range(PARTITIONS)}
+
+
+def test_a_second_worker_joins_and_leaves_while_the_first_is_busy(
+    tiny_model_dir: Path, broker: Broker, topics: dict[str, str], server: LocalServer, workers: list[Worker], tmp_path: Path,
+) -> None:
+    group = unique("group")
+    first = start(workers, tiny_model_dir, broker, topics, group, tmp_path / "w1.log")
+    placed = send(broker, topics["input"], [f"j{n}" for n in range(240)], server.base + "/slow/{n}")
+    verdicts = broker.reader(topics["output"])
+    verdicts.read_until(lambda r: len(r) >= 30, 60)
+    second = start(workers, tiny_model_dir, broker, topics, group, tmp_path / "w2.log")
+    wait_for(lambda: second.metric("dda_messages_consumed_total") > 0, 60, "the second worker to take work")
+    assert second.terminate(30) == 0  # leaves while the first is busy: a second rebalance
+    verdicts.read_until(lambda r: {json.loads(x.value)["id"] for x in r} >= set(placed), 120)
+    wait_for(lambda: committed_all(broker, group, topics["input"], placed), 30, "every offset committed")
+    row = account("join-leave", placed, verdicts.values(), broker.committed(group, topics["input"], PARTITIONS),
+                  [first.proc.poll(), second.proc.returncode])  # type: ignore[union-attr]
+    assert row["answered"] == row["sent"] and row["lost"] == 0 and first.proc.poll() is None  # type: ignore[union-attr]
+    assert first.metric("dda_duplicate_resolutions_total") == 0
+    assert first.terminate(30) == 0
+
+
+def test_a_rolling_restart_of_two_workers(
+    tiny_model_dir: Path, broker: Broker, topics: dict[str, str], server: LocalServer, workers: list[Worker], tmp_path: Path,
+) -> None:
+    group = unique("group")
+    pair = [start(workers, tiny_model_dir, broker, topics, group, tmp_path / f"w{i}.log") for i in range(2)]
+    placed = send(broker, topics["input"], [f"r{n}" for n in range(240)], server.base + "/slow/{n}")
+    verdicts = broker.reader(topics["output"])
+    verdicts.read_until(lambda r: len(r) >= 30, 60)
+    exits = []
+    for i, old in enumerate(pair):  # one at a time, as a Deployment rolls
+        exits.append(old.terminate(30))
+        start(workers, tiny_model_dir, broker, topics, group, tmp_path / f"w{i}b.log")
+    verdicts.read_until(lambda r: {json.loads(x.value)["id"] for x in r} >= set(placed), 120)
+    wait_for(lambda: committed_all(broker, group, topics["input"], placed), 30, "every offset committed")
+    row = account("rolling-restart", placed, verdicts.values(), broker.committed(group, topics["input"], PARTITIONS), exits)
+    assert row["answered"] == row["sent"] and row["lost"] == 0 and exits == [0, 0]
+    assert all(w.proc.poll() is None for w in workers[2:])  # type: ignore[union-attr]
+
+
+def test_sigterm_with_slow_fetches_commits_nothing_past_them_and_exits_in_time(
+    tiny_model_dir: Path, broker: Broker, topics: dict[str, str], server: LocalServer, workers: list[Worker], tmp_path: Path,
+) -> None:
+    server.routes["/stuck"] = Route(body=server.routes["/img/0"].body, delay_s=9)  # under the fetcher's 10 s read timeout
+    group = unique("group")
+    worker = start(workers, tiny_model_dir, broker, topics, group, tmp_path / "w.log", DDA_DRAIN_TIMEOUT_S="1",
+                   DDA_FETCH_TIMEOUT_S="30")
+    ids = [f"s{n}" for n in range(40)]
+    stuck = {"s10", "s21"}
+    values = [json.dumps({"id": i, "url": f"{server.base}/stuck" if i in stuck else f"{server.base}/img/{n}"}).encode()
+              for n, i in enumerate(ids)]
+    placed = dict(zip(ids, broker.produce(topics["input"], values, keys=[b"k"] * len(ids))))  # one partition, in order
+    verdicts = broker.reader(topics["output"])
+    verdicts.read_until(lambda r: len(r) >= len(ids) - len(stuck), 60)
+    wait_for(lambda: broker.committed(group, topics["input"], PARTITIONS)[placed["s10"][0]] == placed["s10"][1], 30,
+             "the commit to reach the first stuck request")
+    began = time.monotonic()
+    status = worker.terminate(30)
+    took = time.monotonic() - began
+    committed = broker.committed(group, topics["input"], PARTITIONS)
+    assert status == 3 and took < 1 + 10, (status, took)
+    assert committed[placed["s10"][0]] == placed["s10"][1]  # not past the unfinished request
+    last = [json.loads(line) for line in (tmp_path / "w.log").read_text().splitlines() if '"worker stopped"' in line][-1]
+    assert last["abandoned"] == len(stuck) and last["exit_status"] == 3
+    # Redelivery: the origin recovers, a new worker answers what was abandoned.
+    server.routes["/stuck"].delay_s = 0
+    again = start(workers, tiny_model_dir, broker, topics, group, tmp_path / "w2.log")
+    verdicts.read_until(lambda r: {json.loads(x.value)["id"] for x in r} >= set(ids), 60)
+    wait_for(lambda: committed_all(broker, group, topics["input"], placed), 30, "every offset committed")
+    row = account("sigterm-slow-fetch", placed, verdicts.values(), broker.committed(group, topics["input"], PARTITIONS),
+                  [status, again.proc.poll()])  # type: ignore[union-attr]
+    assert row["answered"] == row["sent"] and row["lost"] == 0
+    assert row["duplicates"] <= len(ids) - placed["s10"][1] - len(stuck)  # only work after the first abandoned one
+
+
+def test_sigterm_with_the_broker_down_exits_within_the_drain_deadline(
+    tiny_model_dir: Path, server: LocalServer, workers: list[Worker], tmp_path: Path,
+) -> None:
+    own = Broker()
+    own.start()
+    try:
+        names = {"input": unique("requests"), "output": unique("verdicts"), "dlq": unique("dead")}
+        own.create_topics({names["input"]: 2, names["output"]: 1, names["dlq"]: 1})
+        server.routes["/stuck2"] = Route(body=server.routes["/img/1"].body, delay_s=20)
+        worker = start(workers, tiny_model_dir, own, names, unique("group"), tmp_path / "w.log", DDA_DRAIN_TIMEOUT_S="3")
+        send(own, names["input"], [f"d{n}" for n in range(6)], server.base + "/stuck2")
+        wait_for(lambda: worker.metric("dda_in_flight") >= 1, 30, "fetches in flight")
+        own.kill()
+        wait_for(lambda: worker.get("/readyz")[0] == 503, 10, "/readyz to notice the broker is gone")
+        began = time.monotonic()
+        status = worker.terminate(30)
+        took = time.monotonic() - began
+        assert took < 3 + 10 and status == 3, (status, took)
+        print(f"\nSCENARIO sigterm-broker-down: exit {status} after {took:.1f} s (drain 3 s)")
+    finally:
+        own.kill()
+
+
+def decode_children(pid: int) -> list[int]:
+    out = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/children") as f:
+            out.extend(int(c) for c in f.read().split())
+    return [c for c in out if b"worker.decode_child" in Path(f"/proc/{c}/cmdline").read_bytes()]
+
+
+def test_a_decode_process_killed_while_it_holds_requests(
+    tiny_model_dir: Path, broker: Broker, topics: dict[str, str], server: LocalServer, workers: list[Worker], tmp_path: Path,
+) -> None:
+    for i in range(60):
+        server.routes[f"/big/{i}"] = Route(body=encode(scene(1600, 1200, seed=900 + i), "PNG"))
+    group = unique("group")
+    worker = start(workers, tiny_model_dir, broker, topics, group, tmp_path / "w.log", DDA_DECODE_WORKERS="1")
+    values = [json.dumps({"id": f"k{n}", "url": f"{server.base}/big/{n}"}).encode() for n in range(60)]
+    placed = dict(zip([f"k{n}" for n in range(60)], broker.produce(topics["input"], values)))
+    verdicts = broker.reader(topics["output"])
+    verdicts.read_until(lambda r: len(r) >= 5, 60)
+    victims = decode_children(worker.proc.pid)  # type: ignore[union-attr]
+    assert len(victims) == 1
+    os.kill(victims[0], signal.SIGKILL)
+    verdicts.read_until(lambda r: {json.loads(x.value)["id"] for x in r} >= set(placed), 120)
+    wait_for(lambda: committed_all(broker, group, topics["input"], placed), 30, "every offset committed")
+    row = account("decode-killed", placed, verdicts.values(), broker.committed(group, topics["input"], PARTITIONS),
+                  [worker.proc.poll()])  # type: ignore[union-attr]
+    assert row["answered"] == row["sent"] and row["lost"] == 0 and row["duplicates"] == 0
+    assert {v["status"] for v in verdicts.values()} == {"ok"}  # valid images: no error verdict from the kill
+    assert worker.metric("dda_decode_restarts_total", 'reason="crash"') >= 1
+    assert decode_children(worker.proc.pid) and worker.get("/healthz")[0] == 200  # type: ignore[union-attr]
+    assert worker.terminate(30) == 0
+
+
+def test_every_poison_class_is_dead_lettered_and_the_worker_carries_on(
+    tiny_model_dir: Path, broker: Broker, topics: dict[str, str], server: LocalServer, workers: list[Worker], tmp_path: Path,
+) -> None:
+    poison = {
+        "oversized": b'{"id": "big", "url": "http://a/b", "pad": "' + b"x" * 900_000 + b'"}',  # its dead letter must be cut
+        "not_json": b'{"id": "n", "url": "http://a/b", "metadata": ' + b"9" * 5000 + b"}",  # ValueError, not JSONDecodeError
+        "too_deep": b"[" * 30_000 + b"]" * 30_000,  # RecursionError
+        "invalid_unicode": b'{"id": "\\ud800", "url": "http://a/b"}',  # a lone surrogate as the id
+        "not_json_nan": b'{"id": "nan", "url": "http://a/b", "metadata": {"x": NaN}}',
+        "not_utf8": b"\xff\xfe\xfd",
+    }
+    group = unique("group")
+    worker = start(workers, tiny_model_dir, broker, topics, group, tmp_path / "w.log")
+    good = [json.dumps({"id": f"g{n}", "url": f"{server.base}/img/{n}"}).encode() for n in range(12)]
+    values = [v for pair in zip(good, [*poison.values(), *poison.values()]) for v in pair]
+    placed_all = broker.produce(topics["input"], values, keys=[b"one"] * len(values))
+    placed = {f"g{n}": placed_all[2 * n] for n in range(12)}
+    verdicts = broker.reader(topics["output"])
+    verdicts.read_until(lambda r: len(r) >= 12, 60)
+    dead = broker.reader(topics["dlq"])
+    dead.read_until(lambda r: len(r) >= 12, 60)
+    wait_for(lambda: broker.committed(group, topics["input"], PARTITIONS)[placed_all[0][0]] == len(values), 30, "all committed")
+    letters = dead.values()
+    assert Counter(d["reason"] for d in letters) == Counter(
+        {"oversized": 2, "not_json": 4, "too_deep": 2, "invalid_unicode": 2, "not_utf8": 2})
+    assert all(len(r.value) <= 1 << 20 for r in dead.records)
+    big = [d for d in letters if d["reason"] == "oversized"]
+    assert all(d["raw_truncated"] and d["raw_size"] == len(poison["oversized"]) for d in big)
+    row = account("poison", placed, verdicts.values(), broker.committed(group, topics["input"], PARTITIONS), [worker.proc.poll()])  # type: ignore[union-attr]
+    assert row["answered"] == 12 and row["duplicates"] == 0 and worker.get("/healthz")[0] == 200
+    for record in verdicts.records:  # strict JSON: no NaN, valid UTF-8
+        json.loads(record.value.decode("utf-8"), parse_constant=lambda c: pytest.fail(c))
