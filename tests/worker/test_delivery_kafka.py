@@ -20,26 +20,12 @@ import pytest
 from tests.conftest import encode, scene
 from tests.http_server import LocalServer, Route
 from tests.services import Broker, Worker, unique, wait_for
+from tests.worker.conftest import INPUT_PARTITIONS
 
 pytestmark = pytest.mark.timeout(300)
-PARTITIONS = 4
+PARTITIONS = INPUT_PARTITIONS
 # Four fetch slots on a 0.25 s origin: about 16 requests/s, so a rebalance lands with work in flight.
 FAST = {"DDA_DRAIN_TIMEOUT_S": "5", "DDA_REVOKE_TIMEOUT_S": "2", "DDA_FETCH_WORKERS": "4"}
-
-
-@pytest.fixture(scope="module")
-def broker() -> Iterator[Broker]:
-    b = Broker()
-    b.start()
-    yield b
-    b.kill()
-
-
-@pytest.fixture()
-def topics(broker: Broker) -> dict[str, str]:
-    names = {"input": unique("requests"), "output": unique("verdicts"), "dlq": unique("dead")}
-    broker.create_topics({names["input"]: PARTITIONS, names["output"]: 2, names["dlq"]: 1})
-    return names
 
 
 @pytest.fixture(scope="module")

@@ -29,29 +29,6 @@ pytestmark = pytest.mark.timeout(300)
 
 
 @pytest.fixture(scope="module")
-def broker() -> Iterator[Broker]:
-    b = Broker()
-    b.start()
-    yield b
-    b.kill()
-
-
-@pytest.fixture()
-def redis_server() -> Iterator[RedisServer]:
-    r = RedisServer()
-    r.start()
-    yield r
-    r.stop()
-
-
-@pytest.fixture()
-def topics(broker: Broker) -> dict[str, str]:
-    names = {"input": unique("requests"), "output": unique("verdicts"), "dlq": unique("dead")}
-    broker.create_topics({names["input"]: 4, names["output"]: 2, names["dlq"]: 1})
-    return names
-
-
-@pytest.fixture(scope="module")
 def images() -> list[bytes]:
     return [encode(scene(480 + 13 * i, 400, seed=i), "JPEG" if i % 2 else "PNG", **({"quality": 90} if i % 2 else {}))
             for i in range(24)]
