@@ -68,7 +68,7 @@ class Limits:
     max_message_bytes: int
     revoke_timeout_s: float
     drain_timeout_s: float
-    post_drain_s: float = 7.0  # stop stages, flush, commit, close: inside the 10 s after the drain
+    post_drain_s: float = 6.0  # stop stages, flush, commit, close: well inside the 10 s after the drain
     retry_base_s: float = 0.2  # first retry of a refused record; doubles, capped at 10 s
 
 

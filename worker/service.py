@@ -36,7 +36,7 @@ from worker.transport import Transport
 
 log = structlog.get_logger("dda.worker")
 STALL_AFTER_S = 60.0
-HARD_EXIT_AFTER_DRAIN_S = 9.0  # the process is gone within DDA_DRAIN_TIMEOUT_S + 10 s, whatever hangs
+HARD_EXIT_AFTER_DRAIN_S = 8.0  # the process is gone within DDA_DRAIN_TIMEOUT_S + 10 s, whatever hangs
 
 
 def configure_logging(level: str) -> None:

@@ -24,8 +24,9 @@ from tests.worker.conftest import INPUT_PARTITIONS
 
 pytestmark = pytest.mark.timeout(300)
 PARTITIONS = INPUT_PARTITIONS
-# Four fetch slots on a 0.25 s origin: about 16 requests/s, so a rebalance lands with work in flight.
-FAST = {"DDA_DRAIN_TIMEOUT_S": "5", "DDA_REVOKE_TIMEOUT_S": "2", "DDA_FETCH_WORKERS": "4"}
+# Four fetch slots on a 0.25 s origin: about 16 requests/s, so a rebalance lands with work in flight;
+# 32 in flight drain in about 2 s, well inside the 8 s drain, so an orderly stop exits 0.
+FAST = {"DDA_DRAIN_TIMEOUT_S": "8", "DDA_REVOKE_TIMEOUT_S": "2", "DDA_FETCH_WORKERS": "4", "DDA_MAX_IN_FLIGHT": "32"}
 
 
 @pytest.fixture(scope="module")
