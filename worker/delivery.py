@@ -161,7 +161,6 @@ class Delivery:
             return
         value = encode_record(record, self.transport.max_record_bytes, compact=entry.compact)
         entry.ack = self.transport.publish(entry.kind, entry.key, value)
-        entry.published = True
         if entry.ack.done and entry.ack.error is not None:
             self._publish_blocked_until = now + PUBLISH_BLOCKED_S  # e.g. no broker: do not block on every record
         self._outstanding.append(entry)

@@ -51,10 +51,6 @@ class FairQueue(Generic[T]):
         with self._cond:
             return self._held_bytes
 
-    def queued(self) -> int:
-        with self._cond:
-            return sum(len(q) for q in self._queues.values())
-
     # --- work ----------------------------------------------------------------------------------
 
     def put(self, lane: Hashable, item: T) -> None:
@@ -88,11 +84,6 @@ class FairQueue(Generic[T]):
             if not self._running[lane]:
                 del self._running[lane]
             self._cond.notify_all()
-
-    def drop(self, lane: Hashable) -> list[T]:
-        """Remove and return the queued items of one lane (its partition was revoked)."""
-        with self._cond:
-            return list(self._queues.pop(lane, ()))
 
     def close(self) -> None:
         with self._cond:

@@ -29,7 +29,6 @@ class Entry:
     retry_at: float = 0.0
     compact: bool = False  # re-encode without metadata (the broker refused the full record's size)
     acked: bool = False
-    published: bool = False  # a publish was attempted (a replay may duplicate it)
 
 
 @dataclass

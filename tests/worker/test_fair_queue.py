@@ -31,9 +31,3 @@ def test_the_byte_budget_holds_fetching_back_until_bodies_are_released() -> None
     q.release(600)
     assert q.get(0) == ("p", "b")
 
-
-def test_dropping_a_revoked_lane_returns_its_queued_work() -> None:
-    q: FairQueue[str] = FairQueue(slots=1, max_bytes=1 << 30)
-    q.put("a", "x")
-    q.put("a", "y")
-    assert q.drop("a") == ["x", "y"] and q.queued() == 0
