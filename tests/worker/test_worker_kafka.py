@@ -28,6 +28,14 @@ from worker.hashing import hamming, pdq_from_pixels, pdq_pixels
 pytestmark = pytest.mark.timeout(300)
 
 
+@pytest.fixture()
+def redis_server() -> Iterator[RedisServer]:
+    r = RedisServer()
+    r.start()
+    yield r
+    r.stop()
+
+
 @pytest.fixture(scope="module")
 def images() -> list[bytes]:
     return [encode(scene(480 + 13 * i, 400, seed=i), "JPEG" if i % 2 else "PNG", **({"quality": 90} if i % 2 else {}))
