@@ -20,19 +20,22 @@ import functools
 import io
 import warnings
 from pathlib import Path
-from struct import error as struct_error  # Pillow plugins raise it on malformed headers
 from typing import Callable, Iterator
 
 import numpy as np
 from PIL import Image
 
 from engine.preprocess import CROP_SIZE, center_crop, plan_center_crop
-from worker.errors import DECODE_FAILED, IMAGE_TOO_LARGE, IMAGE_TRUNCATED, UNSUPPORTED_FORMAT, InputError
+from worker.errors import (
+    DECODE_FAILED,
+    IMAGE_TOO_COMPLEX,
+    IMAGE_TOO_LARGE,
+    IMAGE_TRUNCATED,
+    UNSUPPORTED_FORMAT,
+    InputError,
+)
 
-try:
-    from worker._jpegregion import decode_region
-except ImportError:  # built without libjpeg headers: every JPEG takes the full decode
-    decode_region = None
+from worker import _jpeg
 
 DEFAULT_MAX_PIXELS = 64_000_000  # a 48 MP phone photo fits; a decompression bomb does not
 # Rows and columns decoded beyond the crop on each side: one 4:2:0 MCU, so chroma upsampling at
@@ -104,11 +107,13 @@ def _is_truncation(exc: BaseException) -> bool:
     return isinstance(exc, EOFError) or any(k in text for k in ("truncated", "broken data stream", "end of file", "premature"))
 
 
-def _open_checked(data: bytes, max_pixels: int) -> Image.Image:
+def open_checked(data: bytes, max_pixels: int) -> Image.Image:
     """Pillow image with only its header read, after the format and pixel-count checks."""
     if not data:
         raise InputError(UNSUPPORTED_FORMAT, "empty file")
     fmt = sniff_format(data)
+    if fmt == "JPEG":
+        check_jpeg_coding(data)
     image = Image.open(io.BytesIO(data), formats=[fmt])
     width, height = image.size
     if width * height > max_pixels:
@@ -118,72 +123,120 @@ def _open_checked(data: bytes, max_pixels: int) -> Image.Image:
     return image
 
 
+def as_input_error(exc: BaseException, fmt: str = "image") -> InputError:
+    """The one mapping from whatever a decoder raised to the input's error code.
+
+    Decoders are third-party C and Python code fed hostile bytes: any exception they raise is
+    about this input, so none may escape the per-input boundary as a crash."""
+    if isinstance(exc, InputError):
+        return exc
+    if isinstance(exc, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
+        return InputError(IMAGE_TOO_LARGE, str(exc))
+    if isinstance(exc, MemoryError):
+        return InputError(IMAGE_TOO_LARGE, f"{fmt} needs more memory to decode than this process may use")
+    if _is_truncation(exc):
+        return InputError(IMAGE_TRUNCATED, f"{fmt} data ends early: {exc}")
+    return InputError(DECODE_FAILED, f"{fmt} could not be decoded: {type(exc).__name__}: {exc}")
+
+
 def decode_rgb(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """HxWx3 uint8 pixels of the first frame, or InputError with a specific code."""
     fmt = "image"
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = _open_checked(data, max_pixels)
+            image = open_checked(data, max_pixels)
             fmt = image.format or fmt
+            if fmt == "JPEG":
+                return decode_jpeg(data)
             image.load()
             return to_rgb(image)
-    except InputError:
-        raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise InputError(IMAGE_TOO_LARGE, str(exc)) from exc
-    except (OSError, EOFError, SyntaxError, ValueError, MemoryError, IndexError, struct_error) as exc:
-        if _is_truncation(exc):
-            raise InputError(IMAGE_TRUNCATED, f"{fmt} data ends early: {exc}") from exc
-        raise InputError(DECODE_FAILED, f"{fmt} could not be decoded: {exc or type(exc).__name__}") from exc
+    except Exception as exc:  # noqa: BLE001 - see as_input_error
+        raise as_input_error(exc, fmt) from exc
 
 
-def jpeg_scan_is_complete(data: bytes) -> bool:
-    """True when an EOI marker follows the first scan's header.
+# SOFn markers. Baseline, extended and progressive Huffman coding at 8 bits is what cameras,
+# phones and browsers produce and what every decode path here handles alike; the rest
+# (arithmetic coding, lossless, hierarchical, 12/16-bit) no browser displays, Pillow decodes
+# only some of it (arithmetic files fail past its 64 KB buffer), and libjpeg-turbo builds
+# differ, so it is refused from the header, identically for the crop, the full decode and PDQ.
+_JPEG_SOF = {0xC0: "baseline", 0xC1: "extended sequential", 0xC2: "progressive"}
+_JPEG_SOF_REFUSED = {0xC3: "lossless", 0xC5: "hierarchical", 0xC6: "hierarchical progressive",
+                     0xC7: "hierarchical lossless", 0xC9: "arithmetic-coded", 0xCA: "arithmetic-coded progressive",
+                     0xCB: "arithmetic-coded lossless", 0xCD: "arithmetic-coded hierarchical",
+                     0xCE: "arithmetic-coded hierarchical progressive", 0xCF: "arithmetic-coded hierarchical lossless"}
+MAX_JPEG_SCANS = 100  # typical progressive files have 6-12; each scan re-reads the coefficient buffer
+_JPEG_ERROR_CODES = {"truncated": IMAGE_TRUNCATED, "corrupt": DECODE_FAILED, "too_complex": IMAGE_TOO_COMPLEX,
+                     "unsupported": UNSUPPORTED_FORMAT}
 
-    A region decode never reads the file's tail, so it would not notice a truncation that
-    the full decode reports. Marker segments are walked rather than searched, because an EXIF
-    thumbnail carries its own EOI; inside entropy-coded data, byte stuffing means FF D9 can
-    only be the real EOI. Bytes after it (camera trailers) are fine.
-    """
+
+class _NoRegion(Exception):
+    """The file needs a full decode (progressive, multi-scan, CMYK) for its crop."""
+
+
+def check_jpeg_coding(data: bytes) -> None:
+    """Refuse JPEG codings outside baseline/extended/progressive 8-bit, from the frame header."""
     i = 2
     while i + 4 <= len(data) and data[i] == 0xFF:
         marker = data[i + 1]
         if marker == 0xFF:  # fill byte
             i += 1
-        elif marker == 0xDA:  # start of scan
-            return data.rfind(b"\xff\xd9") > i  # searched from the end, where the EOI is
-        else:
-            i += 2 + int.from_bytes(data[i + 2 : i + 4], "big")
-    return False
+            continue
+        if marker in _JPEG_SOF or marker in _JPEG_SOF_REFUSED:
+            precision = data[i + 4] if i + 4 < len(data) else 0
+            if marker in _JPEG_SOF_REFUSED:
+                raise InputError(UNSUPPORTED_FORMAT, f"{_JPEG_SOF_REFUSED[marker]} JPEG is not supported")
+            if precision != 8:
+                raise InputError(UNSUPPORTED_FORMAT, f"{precision}-bit JPEG is not supported (8-bit only)")
+            return
+        if marker == 0xDA:
+            break
+        i += 2 + int.from_bytes(data[i + 2 : i + 4], "big")
+    raise InputError(DECODE_FAILED, "JPEG has no frame header before its first scan")
+
+
+def decode_jpeg(data: bytes, scale: int = 1, region: tuple[int, int, int, int] | None = None) -> np.ndarray:
+    """RGB pixels by worker._jpeg: the whole image (DCT-scaled by 1/scale) or (top, left, height, width).
+
+    CMYK files come back as libjpeg's raw CMYK and are converted the way Pillow converts them
+    (Adobe's inverted convention), so pixels stay identical to the reference's."""
+    top, left, height, width = region or (0, 0, 0, 0)
+    try:
+        raw, height, width, channels = _jpeg.decode(data, scale, top, left, height, width, MAX_JPEG_SCANS)
+    except _jpeg.Error as exc:
+        kind, message = exc.args
+        if kind == "no_region":
+            raise _NoRegion from None
+        raise InputError(_JPEG_ERROR_CODES.get(kind, DECODE_FAILED), f"JPEG: {message}") from None
+    if channels == 4:
+        return np.asarray(Image.frombuffer("CMYK", (width, height), raw, "raw", "CMYK;I", 0, 1).convert("RGB"))
+    return np.frombuffer(raw, np.uint8).reshape(height, width, 3)
 
 
 def decode_center_crop(data: bytes, size: int = CROP_SIZE, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """The model's [size, size, 3] centre crop, bit-identical to `center_crop(decode_rgb(data))`.
 
-    Baseline JPEGs at least `size` on both sides decode only the crop plus a margin; any
-    file the region decoder declines (progressive, CMYK, corrupt, truncated) takes the full
-    decode, which also produces the specific error codes.
-    """
-    if decode_region is not None and data[:3] == b"\xff\xd8\xff" and jpeg_scan_is_complete(data):
-        try:
-            image = _open_checked(data, max_pixels)
-        except (InputError, OSError, SyntaxError, ValueError, struct_error):
-            image = None  # let the full decode report it
-        if image is not None and image.width >= size and image.height >= size and image.mode in ("RGB", "L"):
+    Single-scan JPEGs at least `size` on both sides colour-convert only the crop plus a margin
+    (the rest is entropy-decoded to check its integrity); other files take the full decode."""
+    if not data.startswith(b"\xff\xd8\xff"):
+        return center_crop(decode_rgb(data, max_pixels), size)
+    try:
+        image = open_checked(data, max_pixels)
+        if image.width >= size and image.height >= size:
             plan = plan_center_crop(image.height, image.width, size)
             top, left = max(plan.top - REGION_MARGIN, 0), max(plan.left - REGION_MARGIN, 0)
             bottom = min(plan.top + size + REGION_MARGIN, image.height)
             right = min(plan.left + size + REGION_MARGIN, image.width)
             try:
-                region = decode_region(data, top, left, bottom - top, right - left)
-            except ValueError:
+                pixels = decode_jpeg(data, region=(top, left, bottom - top, right - left))
+            except _NoRegion:
                 pass
             else:
-                pixels = np.frombuffer(region, np.uint8).reshape(bottom - top, right - left, 3)
                 y, x = plan.top - top, plan.left - left
                 return pixels[y : y + size, x : x + size].copy()
-    return center_crop(decode_rgb(data, max_pixels), size)
+        return center_crop(decode_jpeg(data), size)
+    except Exception as exc:  # noqa: BLE001 - see as_input_error
+        raise as_input_error(exc, "JPEG") from exc
 
 
 def image_files(folder: Path) -> list[Path]:

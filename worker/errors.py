@@ -16,6 +16,7 @@ FILE_NOT_FOUND = "file_not_found"
 UNSUPPORTED_FORMAT = "unsupported_format"
 IMAGE_TOO_LARGE = "image_too_large"
 IMAGE_TRUNCATED = "image_truncated"
+IMAGE_TOO_COMPLEX = "image_too_complex"  # structure that costs far more to decode than its pixels (scans, shared tiles, RLE)
 DECODE_FAILED = "decode_failed"
 INFERENCE_FAILED = "inference_failed"  # the model raised on a batch (worker only)
 DECODE_CRASHED = "decode_crashed"  # the decode process died on this image, twice (worker only)

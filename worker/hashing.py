@@ -1,8 +1,8 @@
 """Content hashes for the verdict cache: SHA-256 of the bytes, PDQ of the pixels.
 
 PDQ looks at a 64x64 luminance summary of the whole image, so decoding a 12 MP JPEG at
-full resolution to hash it is wasted work: JPEGs are decoded DCT-scaled (Pillow's draft
-mode: 1/2, 1/4 or 1/8 in the IDCT itself) to the smallest size whose short side is still
+full resolution to hash it is wasted work: JPEGs are decoded DCT-scaled (1/2, 1/4 or 1/8
+in libjpeg's IDCT itself, as Pillow's draft mode does) to the smallest size whose short side is still
 at least PDQ_MIN_SIDE. `benchmarks/decode_crop.py` measures the time and the Hamming
 distance this costs against a full decode.
 """
@@ -10,13 +10,10 @@ distance this costs against a full decode.
 from __future__ import annotations
 
 import hashlib
-import io
-import warnings
 
 import numpy as np
-from PIL import Image
 
-from worker.decode import DEFAULT_MAX_PIXELS, to_rgb
+from worker.decode import DEFAULT_MAX_PIXELS, decode_jpeg, decode_rgb, open_checked
 
 PDQ_MIN_SIDE = 256
 
@@ -36,18 +33,13 @@ def pdq_from_pixels(rgb: np.ndarray) -> tuple[str, int]:
 def pdq_pixels(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, draft: bool = True) -> np.ndarray:
     """Pixels to hash: a DCT-scaled decode for JPEGs (when `draft`), a full decode otherwise.
 
-    Call after `decode_rgb` or `decode_center_crop` accepted the bytes; errors here are Pillow's.
-    """
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        image = Image.open(io.BytesIO(data))
-        if image.width * image.height > max_pixels:
-            raise ValueError("image over the pixel cap")
-        if draft and image.format == "JPEG":
-            scale = max(1, min(8, min(image.width, image.height) // PDQ_MIN_SIDE))
-            image.draft("RGB", (image.width // scale, image.height // scale))
-        image.load()
-        return to_rgb(image)
+    Call after `decode_rgb` or `decode_center_crop` accepted the bytes."""
+    if not (draft and data.startswith(b"\xff\xd8\xff")):
+        return decode_rgb(data, max_pixels)
+    with open_checked(data, max_pixels) as image:
+        short_side = min(image.size)
+    scale = next(s for s in (8, 4, 2, 1) if s == 1 or short_side // s >= PDQ_MIN_SIDE)
+    return decode_jpeg(data, scale)
 
 
 def hamming(a: str, b: str) -> int:

@@ -1,8 +1,9 @@
-"""The region decoder must give exactly the pixels of a full decode + the reference crop."""
+"""worker._jpeg must give exactly Pillow's pixels (the reference's decoder), whole, scaled or cropped,
+and refuse what Pillow would silently turn grey."""
 
 from __future__ import annotations
 
-import os
+import io
 
 import numpy as np
 import pytest
@@ -10,26 +11,35 @@ import pytest
 import worker.decode as decode
 from engine.preprocess import center_crop
 from tests.conftest import SHARED_DATA, encode, photo
+from PIL import Image
+
 from worker.errors import InputError
 from worker.hashing import hamming, pdq_from_pixels, pdq_pixels
 
-if decode.decode_region is None and os.environ.get("DDA_REQUIRE_NATIVE"):
-    raise RuntimeError("worker._jpegregion was not built (libjpeg headers missing when installing?)")
-pytestmark = pytest.mark.skipif(decode.decode_region is None, reason="worker._jpegregion not built")
+
+def pillow_rgb(data: bytes) -> np.ndarray:
+    """The reference's decode: Pillow, then convert("RGB")."""
+    with Image.open(io.BytesIO(data)) as image:
+        return np.asarray(image.convert("RGB"))
+
+
+def reference_crop(data: bytes) -> np.ndarray:
+    return center_crop(pillow_rgb(data))
 
 
 @pytest.fixture()
 def region_calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, ...]]:
-    """Records each successful use of the region decoder (instrumentation, not a fake)."""
+    """Records each successful region decode (instrumentation, not a fake)."""
     calls: list[tuple[int, ...]] = []
-    real = decode.decode_region
+    real = decode.decode_jpeg
 
-    def counting(data: bytes, *box: int) -> bytes:
-        out = real(data, *box)
-        calls.append(box)
+    def counting(data: bytes, scale: int = 1, region: tuple[int, int, int, int] | None = None) -> np.ndarray:
+        out = real(data, scale, region)
+        if region is not None:
+            calls.append(region)
         return out
 
-    monkeypatch.setattr(decode, "decode_region", counting)
+    monkeypatch.setattr(decode, "decode_jpeg", counting)
     return calls
 
 
@@ -47,21 +57,17 @@ def region_calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, ...]]:
 )
 def test_region_decode_is_bit_identical(size: tuple[int, int], subsampling: int, mode: str, region_calls: list) -> None:
     data = encode(photo(*size, seed=size[0]).convert(mode), "JPEG", quality=90, subsampling=subsampling)
-    assert np.array_equal(decode.decode_center_crop(data), center_crop(decode.decode_rgb(data)))
+    assert np.array_equal(decode.decode_center_crop(data), reference_crop(data))
     assert len(region_calls) == 1
 
 
 def test_restart_markers_are_handled(region_calls: list) -> None:
-    from PIL import Image
-
     image = photo(1200, 900, seed=8)
-    import io
-
     buf = io.BytesIO()
     image.save(buf, "JPEG", quality=85, restart_marker_blocks=4)
     data = buf.getvalue()
     assert b"\xff\xdd" in data  # DRI present
-    assert np.array_equal(decode.decode_center_crop(data), center_crop(decode.decode_rgb(data)))
+    assert np.array_equal(decode.decode_center_crop(data), reference_crop(data))
     assert len(region_calls) == 1
     assert Image.open(io.BytesIO(data)).mode == "RGB"
 
@@ -76,7 +82,8 @@ def test_restart_markers_are_handled(region_calls: list) -> None:
     ids=["progressive", "cmyk", "small"],
 )
 def test_unhandled_jpegs_fall_back_to_the_full_decode(data: bytes, region_calls: list) -> None:
-    assert np.array_equal(decode.decode_center_crop(data), center_crop(decode.decode_rgb(data)))
+    assert np.array_equal(decode.decode_center_crop(data), reference_crop(data))
+    assert np.array_equal(decode.decode_rgb(data), pillow_rgb(data))
     assert region_calls == []
 
 
@@ -92,11 +99,112 @@ def test_truncated_and_corrupt_jpegs_keep_their_error_codes() -> None:
 
 
 def test_truncated_file_whose_centre_survives_is_still_an_error(region_calls: list) -> None:
-    """The region decoder would never reach the missing tail; the file is refused all the same."""
+    """The crop is decoded, the tail is missing: refused all the same, as the full decode refuses it."""
     data = encode(photo(1600, 1200, seed=5), "JPEG", quality=90)
     with pytest.raises(InputError) as info:
         decode.decode_center_crop(data[: len(data) * 9 // 10])
     assert info.value.code == "image_truncated" and region_calls == []
+
+
+def jpeg_cut_with_end_marker(data: bytes, fraction: float) -> bytes:
+    return data[: int(len(data) * fraction)] + b"\xff\xd9"
+
+
+def jpeg_without_scan_data(width: int, height: int) -> bytes:
+    """Headers of a real JPEG up to and including its scan header, then the end marker."""
+    real = encode(photo(64, 64, seed=1), "JPEG", quality=80)
+    sos = real.index(b"\xff\xda")
+    header = bytearray(real[: sos + 2 + int.from_bytes(real[sos + 2 : sos + 4], "big")])
+    sof = header.index(b"\xff\xc0")
+    header[sof + 5 : sof + 9] = height.to_bytes(2, "big") + width.to_bytes(2, "big")
+    return bytes(header) + b"\xff\xd9"
+
+
+def corrupt_entropy_data(data: bytes) -> bytes:
+    """2 KB of the scan replaced with stuffed FF bytes: runs of 1-bits, never a valid Huffman code."""
+    start = data.index(b"\xff\xda") + 400
+    return data[:start] + b"\xff\x00" * 1000 + data[start + 2000 :]
+
+
+def restart_markers_out_of_order(_data: bytes) -> bytes:
+    """Restart markers must count RST0..RST7 in turn; one that skips ahead is corrupt data."""
+    buf = io.BytesIO()
+    photo(1600, 1200, seed=9).save(buf, "JPEG", quality=90, restart_marker_blocks=8)
+    data = bytearray(buf.getvalue())
+    first = data.index(b"\xff\xd0", data.index(b"\xff\xda"))
+    data[first + 1] = 0xD5
+    return bytes(data)
+
+
+TRUNCATIONS = [
+    ("half", lambda d: jpeg_cut_with_end_marker(d, 0.5)),
+    ("tail", lambda d: jpeg_cut_with_end_marker(d, 0.95)),  # centre intact, tail missing
+    ("head", lambda d: jpeg_cut_with_end_marker(d, 0.05)),  # cut before the centre
+    ("no-scan-8000", lambda _d: jpeg_without_scan_data(8000, 8000)),
+    ("no-scan-small", lambda _d: jpeg_without_scan_data(640, 480)),
+]
+DAMAGE = [(name, make, "image_truncated", progressive) for name, make in TRUNCATIONS for progressive in (False, True)] + [
+    # libjpeg-turbo reports a bad Huffman code in progressive scans; its fast sequential path decodes one as zero
+    ("bad-codes", corrupt_entropy_data, "decode_failed", True),
+    ("bad-restart", restart_markers_out_of_order, "decode_failed", False),
+]
+
+
+@pytest.mark.parametrize(("make", "code", "progressive"), [d[1:] for d in DAMAGE],
+                         ids=[f"{d[0]}-{'progressive' if d[3] else 'sequential'}" for d in DAMAGE])
+def test_missing_or_corrupt_data_is_an_error_on_every_path(make, code: str, progressive: bool) -> None:
+    """Pillow returns these as grey images; every path here (crop, full, PDQ) refuses them alike."""
+    data = make(encode(photo(1600, 1200, seed=9), "JPEG", quality=90, progressive=progressive))
+    assert pillow_rgb(data).shape[2] == 3  # Pillow: no error at all
+    for path in (decode.decode_center_crop, decode.decode_rgb, pdq_pixels):
+        with pytest.raises(InputError) as info:
+            path(data)
+        assert info.value.code == code, (path.__name__, info.value.message)
+
+
+def with_frame_marker(data: bytes, marker: int, precision: int = 8) -> bytes:
+    body = bytearray(data)
+    sof = body.index(b"\xff\xc0")
+    body[sof + 1] = marker
+    body[sof + 4] = precision
+    return bytes(body)
+
+
+@pytest.mark.parametrize(
+    ("marker", "precision", "what"),
+    [(0xC9, 8, "arithmetic-coded"), (0xCA, 8, "arithmetic-coded progressive"), (0xC3, 8, "lossless"),
+     (0xC5, 8, "hierarchical"), (0xC1, 12, "12-bit"), (0xC0, 16, "16-bit")],
+)
+def test_codings_outside_8_bit_huffman_are_refused_alike_on_every_path(marker: int, precision: int, what: str) -> None:
+    data = with_frame_marker(encode(photo(900, 700, seed=3), "JPEG", quality=90), marker, precision)
+    for path in (decode.decode_center_crop, decode.decode_rgb, pdq_pixels):
+        with pytest.raises(InputError) as info:
+            path(data)
+        assert info.value.code == "unsupported_format" and what in info.value.message
+
+
+def progressive_with_repeated_scans(scans: int) -> bytes:
+    """A valid progressive JPEG whose last refinement-free scan is repeated: each copy is decoded again."""
+    data = encode(photo(400, 300, seed=2), "JPEG", quality=90, progressive=True)
+    first_sos = data.index(b"\xff\xda")
+    second_sos = data.index(b"\xff\xda", first_sos + 2)
+    dc_scan = data[first_sos:second_sos]  # the DC first scan of every component
+    return data[:second_sos] + dc_scan * scans + data[second_sos:]
+
+
+def test_too_many_scans_are_refused_before_they_cost_time() -> None:
+    assert decode.decode_rgb(progressive_with_repeated_scans(10)).shape == (300, 400, 3)
+    with pytest.raises(InputError) as info:
+        decode.decode_rgb(progressive_with_repeated_scans(decode.MAX_JPEG_SCANS + 5))
+    assert info.value.code == "image_too_complex"
+
+
+def test_pdq_scaled_decode_matches_pillow_draft() -> None:
+    data = encode(photo(2400, 1800, seed=12), "JPEG", quality=90)
+    with Image.open(io.BytesIO(data)) as image:
+        image.draft("RGB", (image.width // 4, image.height // 4))
+        expected = np.asarray(image.convert("RGB"))
+    assert np.array_equal(pdq_pixels(data), expected)
 
 
 @pytest.mark.skipif(not (SHARED_DATA / "pdq").is_dir(), reason="../shared/data not present")
@@ -104,7 +212,7 @@ def test_every_shared_jpeg_is_bit_identical(region_calls: list) -> None:
     jpegs = [p for p in sorted(SHARED_DATA.rglob("*")) if p.suffix.lower() in (".jpg", ".jpeg")]
     for path in jpegs:
         data = path.read_bytes()
-        assert np.array_equal(decode.decode_center_crop(data), center_crop(decode.decode_rgb(data))), path
+        assert np.array_equal(decode.decode_center_crop(data), reference_crop(data)), path
     assert len(region_calls) >= len(jpegs) // 2  # most of them really took the region path
 
 
