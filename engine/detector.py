@@ -45,9 +45,12 @@ class Detector:
         self.crops = crops
 
     def predict(self, images: Sequence[np.ndarray]) -> list[Prediction]:
-        if not images:
-            return []
         size = self.manifest.preprocessing.crop_size
-        batch = np.concatenate([views(img, self.crops, size) for img in images])
-        logits = self.runner.logits(batch).astype(np.float64).reshape(len(images), self.crops).mean(axis=1)
+        return self.predict_views([views(img, self.crops, size) for img in images])
+
+    def predict_views(self, stacks: Sequence[np.ndarray]) -> list[Prediction]:
+        """Predictions for images already cut into their [crops, S, S, 3] views (by decode processes)."""
+        if not stacks:
+            return []
+        logits = self.runner.logits(np.concatenate(stacks)).astype(np.float64).reshape(len(stacks), self.crops).mean(axis=1)
         return [Prediction(float(v), sigmoid(float(v)), label_for(float(v), self.manifest)) for v in logits]

@@ -101,6 +101,9 @@ class WorkerConfig:
     metrics_port: int = setting("DDA_METRICS_PORT", "9400", _non_negative_int, "port of /metrics, /healthz, /readyz (0: off)")
     max_in_flight_bytes: int = setting("DDA_MAX_IN_FLIGHT_BYTES", str(1024 * 1024 * 1024), positive_int, "fetched image bytes held before fetching waits")
     decode_timeout_s: float = setting("DDA_DECODE_TIMEOUT_S", "30", positive_float, "one image's decode + hash; over it the decode process is killed")
+    decode_cpu_s: int = setting("DDA_DECODE_CPU_S", "8", positive_int, "CPU seconds one decode may use; over it its process ends (decode_limit)")
+    decode_memory_mb: int = setting("DDA_DECODE_MEMORY_MB", "1536", positive_int,
+                                    "memory one decode process may add to what it maps at start; raise with DDA_MAX_PIXELS")
     kafka_max_request_bytes: int = setting("DDA_KAFKA_MAX_REQUEST_BYTES", "1048576", positive_int, "largest record the producer sends (keep <= the topics' max.message.bytes)")
     revoke_timeout_s: float = setting("DDA_REVOKE_TIMEOUT_S", "2", positive_float, "on a rebalance, how long revoked partitions' work may finish and be acknowledged")
     drain_timeout_s: float = setting("DDA_DRAIN_TIMEOUT_S", "25", positive_float, "on SIGTERM, how long in-flight work may finish")

@@ -28,6 +28,7 @@ from PIL import Image
 from engine.preprocess import CROP_SIZE, center_crop, plan_center_crop
 from worker.errors import (
     DECODE_FAILED,
+    DECODE_LIMIT,
     IMAGE_TOO_COMPLEX,
     IMAGE_TOO_LARGE,
     IMAGE_TRUNCATED,
@@ -82,8 +83,33 @@ def sniff_format(data: bytes) -> str:
     raise InputError(UNSUPPORTED_FORMAT, f"not a supported image format (leading bytes {data[:12].hex()})")
 
 
-def _grey_to_rgb(grey: np.ndarray) -> np.ndarray:
-    return np.repeat(grey[:, :, None], 3, axis=2)
+BAND_PIXELS = 1 << 20  # wide modes are converted a band of rows at a time: temporaries stay ~10 MB
+
+
+def _bands(image: Image.Image) -> Iterator[tuple[int, np.ndarray]]:
+    """(first row, values) for bands of ~BAND_PIXELS, cut from Pillow's storage without a full copy."""
+    rows = max(1, BAND_PIXELS // image.width)
+    for top in range(0, image.height, rows):
+        yield top, np.asarray(image.crop((0, top, image.width, min(top + rows, image.height))))
+
+
+def _wide_grey_to_rgb(image: Image.Image) -> np.ndarray:
+    """16/32-bit integer or float greyscale to RGB by the module docstring's rules, band by band."""
+    out = np.empty((image.height, image.width, 3), np.uint8)
+    if image.mode == "F":
+        lo, hi = np.inf, -np.inf
+        for _, band in _bands(image):
+            finite = np.nan_to_num(band.astype(np.float32), nan=0.0, posinf=255.0, neginf=0.0)
+            lo, hi = min(lo, float(finite.min())), max(hi, float(finite.max()))
+        gain = 255.0 if 0.0 <= lo and hi <= 1.0 else 1.0
+    for top, band in _bands(image):
+        if image.mode == "F":
+            values = np.nan_to_num(band.astype(np.float64), nan=0.0, posinf=255.0, neginf=0.0) * gain
+            grey = np.rint(np.clip(values, 0, 255)).astype(np.uint8)
+        else:
+            grey = np.rint(np.clip(band.astype(np.float64), 0, 65535) / 257.0).astype(np.uint8)
+        out[top : top + len(grey)] = grey[:, :, None]
+    return out
 
 
 def to_rgb(image: Image.Image) -> np.ndarray:
@@ -91,14 +117,8 @@ def to_rgb(image: Image.Image) -> np.ndarray:
     mode = image.mode
     if mode == "RGB":
         return np.asarray(image)
-    if mode == "I" or mode.startswith("I;16"):
-        wide = np.clip(np.asarray(image).astype(np.float64), 0, 65535)
-        return _grey_to_rgb(np.rint(wide / 257.0).astype(np.uint8))
-    if mode == "F":
-        values = np.nan_to_num(np.asarray(image, dtype=np.float64), nan=0.0, posinf=255.0, neginf=0.0)
-        if values.size and values.min() >= 0.0 and values.max() <= 1.0:
-            values = values * 255.0
-        return _grey_to_rgb(np.rint(np.clip(values, 0, 255)).astype(np.uint8))
+    if mode in ("I", "F") or mode.startswith("I;16"):
+        return _wide_grey_to_rgb(image)
     return np.asarray(image.convert("RGB"))
 
 
@@ -120,7 +140,52 @@ def open_checked(data: bytes, max_pixels: int) -> Image.Image:
         raise InputError(IMAGE_TOO_LARGE, f"{width}x{height} is {width * height} pixels, over the cap of {max_pixels}")
     if width == 0 or height == 0:
         raise InputError(DECODE_FAILED, f"image has no pixels ({width}x{height})")
+    check_decode_cost(image, max_pixels)
     return image
+
+
+# Bytes per pixel in Pillow's own storage, by mode (everything else: 4).
+_STORAGE_BYTES = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16L": 2, "I;16B": 2, "I;16N": 2}
+_TIFF_BITS, _TIFF_SAMPLES, _TIFF_ROWS_PER_STRIP, _TIFF_STRIP_OFFSETS = 258, 277, 278, 273
+_TIFF_TILE_WIDTH, _TIFF_TILE_LENGTH, _TIFF_TILE_OFFSETS = 322, 323, 324
+_BMP_RLE = (1, 2)  # BI_RLE8, BI_RLE4
+# Pillow decodes RLE BMPs in Python, pixel by pixel at line ends: ~0.35 us a pixel here.
+MAX_RLE_BMP_PIXELS = 4_000_000
+
+
+def check_decode_cost(image: Image.Image, max_pixels: int) -> None:
+    """Refuse, from the header alone, files whose decode costs more than the pixel cap implies.
+
+    The cap's memory is what the largest legal image takes in Pillow (max_pixels x 4 bytes);
+    a file can ask for more with a wide mode, a tile much larger than the image, or a strip
+    of millions of rows, and for more CPU with tiles that share one compressed blob or with
+    run-length coding that Pillow expands in Python."""
+    width, height = image.size
+    budget = max_pixels * 4
+    need = width * height * _STORAGE_BYTES.get(image.mode, 4)
+    if image.format == "TIFF":
+        tags = image.tag_v2
+        bits = tags.get(_TIFF_BITS, 8)
+        sample_bytes = -(-max(bits if isinstance(bits, int) else max(bits, default=8), 1) // 8)
+        pixel_bytes = sample_bytes * int(tags.get(_TIFF_SAMPLES, 1) or 1)
+        tile_w, tile_h = int(tags.get(_TIFF_TILE_WIDTH, 0) or 0), int(tags.get(_TIFF_TILE_LENGTH, 0) or 0)
+        if tile_w and tile_h:
+            padded = -(-width // tile_w) * tile_w * -(-height // tile_h) * tile_h
+            if padded > max_pixels:
+                raise InputError(IMAGE_TOO_LARGE, f"TIFF tiles of {tile_w}x{tile_h} pad a {width}x{height} image to "
+                                                  f"{padded} pixels, over the cap of {max_pixels}")
+            need += tile_w * tile_h * pixel_bytes
+        else:
+            need += width * min(int(tags.get(_TIFF_ROWS_PER_STRIP, height) or height), height) * pixel_bytes
+        offsets = [o for o in (tags.get(_TIFF_TILE_OFFSETS) or tags.get(_TIFF_STRIP_OFFSETS) or ()) if o]
+        if len(set(offsets)) < len(offsets):
+            raise InputError(IMAGE_TOO_COMPLEX, "TIFF tiles or strips share compressed data (each would be decoded again)")
+    if image.format == "BMP" and image.info.get("compression") in _BMP_RLE and width * height > MAX_RLE_BMP_PIXELS:
+        raise InputError(IMAGE_TOO_COMPLEX, f"run-length coded BMP of {width * height} pixels (limit {MAX_RLE_BMP_PIXELS}: "
+                                            "its decoder is slow per pixel)")
+    if need > budget:
+        raise InputError(IMAGE_TOO_LARGE, f"{image.format} {image.mode} {width}x{height} needs about {need >> 20} MB "
+                                          f"to decode, over the {budget >> 20} MB the pixel cap allows")
 
 
 def as_input_error(exc: BaseException, fmt: str = "image") -> InputError:
@@ -133,7 +198,7 @@ def as_input_error(exc: BaseException, fmt: str = "image") -> InputError:
     if isinstance(exc, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
         return InputError(IMAGE_TOO_LARGE, str(exc))
     if isinstance(exc, MemoryError):
-        return InputError(IMAGE_TOO_LARGE, f"{fmt} needs more memory to decode than this process may use")
+        return InputError(DECODE_LIMIT, f"{fmt} needed more memory to decode than a decode process may use")
     if _is_truncation(exc):
         return InputError(IMAGE_TRUNCATED, f"{fmt} data ends early: {exc}")
     return InputError(DECODE_FAILED, f"{fmt} could not be decoded: {type(exc).__name__}: {exc}")

@@ -1,7 +1,12 @@
 """The decode process: reads jobs on stdin, answers on stdout, dies with its parent.
 
-Started as `python -m worker.decode_child PARENT_PID` by `worker.decode_pool`; it imports
-only the decoding code (no torch, no CLI). The wire format is length-prefixed JSON plus
+Started as `python -m worker.decode_child PARENT_PID CPU_S MEMORY_MB` by `worker.decode_pool`;
+it imports only the decoding code (no torch, no CLI). Each job runs under kernel limits, the
+backstop behind the header checks in `worker.decode`: CPU_S seconds of CPU (RLIMIT_CPU, moved
+before each job; SIGXCPU ends the process) and MEMORY_MB of address space beyond what the
+process had when ready (RLIMIT_AS; an allocation past it fails, the job's answer says
+`decode_limit` and asks the pool to replace this process, whose libraries may be left in
+any state). The wire format is length-prefixed JSON plus
 raw bytes in both directions, never pickle: a process that parses hostile images must not
 be able to make its parent run code by what it sends back.
 """
@@ -71,23 +76,49 @@ def die_with_parent(parent_pid: int) -> None:
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
-def serve(jobs: BinaryIO, answers: BinaryIO) -> None:
+def limit_memory(memory_mb: int) -> None:
+    """Address space: what the process maps now (Python, numpy, Pillow) plus the budget."""
+    import resource
+
+    with open("/proc/self/statm") as statm:
+        mapped = int(statm.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    cap = mapped + memory_mb * (1 << 20)
+    resource.setrlimit(resource.RLIMIT_AS, (cap, resource.getrlimit(resource.RLIMIT_AS)[1]))
+
+
+def limit_cpu_for_next_job(cpu_s: int) -> None:
+    import resource
+
+    used = resource.getrusage(resource.RUSAGE_SELF)
+    soft = int(used.ru_utime + used.ru_stime) + 1 + cpu_s
+    resource.setrlimit(resource.RLIMIT_CPU, (soft, resource.getrlimit(resource.RLIMIT_CPU)[1]))
+
+
+def serve(jobs: BinaryIO, answers: BinaryIO, cpu_s: int, memory_mb: int) -> None:
+    import resource
+
     import numpy as np
 
+    from worker.errors import DECODE_LIMIT
     from worker.prepare import prepare
 
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # SIGXCPU would otherwise dump core
+    limit_memory(memory_mb)
     write_frame(answers, {"ready": True})
     while True:
         frame = read_frame(jobs)
         if frame is None:  # the parent closed the pipe: shut down
             return
         header, data = frame
-        prepared = prepare(data, int(header["crop_size"]), int(header["crops"]), int(header["max_pixels"]))
+        limit_cpu_for_next_job(cpu_s)
+        prepared = prepare(data, int(header["crop_size"]), int(header["crops"]), int(header["max_pixels"]),
+                           bool(header.get("pdq", True)))
         pixels = prepared.crops
         write_frame(answers, {
             "shape": list(pixels.shape) if pixels is not None else None,
-            "pdq": prepared.pdq, "pdq_quality": prepared.pdq_quality,
+            "pdq": prepared.pdq, "pdq_quality": prepared.pdq_quality, "pdq_error": prepared.pdq_error,
             "error": list(prepared.error) if prepared.error else None, "decode_ms": prepared.decode_ms,
+            "restart": bool(prepared.error and prepared.error[0] == DECODE_LIMIT),
         }, np.ascontiguousarray(pixels).tobytes() if pixels is not None else b"")
 
 
@@ -96,7 +127,7 @@ def main() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the parent decides
     answers = sys.stdout.buffer
     sys.stdout = sys.stderr  # a stray print must not corrupt the protocol
-    serve(sys.stdin.buffer, answers)
+    serve(sys.stdin.buffer, answers, int(sys.argv[2]), int(sys.argv[3]))
 
 
 if __name__ == "__main__":

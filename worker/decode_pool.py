@@ -5,7 +5,8 @@ the whole pool must be replaced, so a crafted file that crashes a decoder takes 
 images down with it; and its processes import the parent's main module (torch) and
 outlive a SIGKILLed parent. Here each slot thread owns one child process and knows the one
 job it holds: a crash costs only that job (retried once in a fresh process, then
-`decode_crashed`), a job over the deadline kills its process (`decode_timeout`), and
+`decode_crashed`), a job over the deadline kills its process (`decode_timeout`), a job past
+its CPU or memory limit ends or replaces its process (`decode_limit`, not retried), and
 children die with the worker (see `worker.decode_child`).
 """
 
@@ -15,6 +16,7 @@ import json
 import os
 import queue
 import select
+import signal
 import struct
 import subprocess
 import sys
@@ -26,13 +28,22 @@ import numpy as np
 import structlog
 
 from worker.decode_child import FRAME, write_frame
-from worker.errors import DECODE_CRASHED, DECODE_TIMEOUT
+from worker.errors import DECODE_CRASHED, DECODE_LIMIT, DECODE_TIMEOUT
 from worker.prepare import Prepared
 from worker.supervision import Supervisor
 
 log = structlog.get_logger("dda.decode")
 START_TIMEOUT_S = 60.0
 START_ATTEMPTS = 3
+
+
+@dataclass(frozen=True)
+class DecodeLimits:
+    """Per job: wall-clock deadline (the parent kills), CPU seconds and memory (the kernel enforces)."""
+
+    timeout_s: float = 30.0
+    cpu_s: int = 8
+    memory_mb: int = 1536
 
 
 @dataclass
@@ -43,6 +54,7 @@ class DecodeJob:
     max_pixels: int
     done: Callable[[Prepared], None]
     cancelled: Callable[[], bool] = lambda: False
+    hash_pdq: bool = True
 
 
 class _ChildDied(Exception):
@@ -55,9 +67,9 @@ CHILD_MODULE = "worker.decode_child"
 class _Child:
     """One decode process and the pipe ends to it."""
 
-    def __init__(self, module: str) -> None:
+    def __init__(self, module: str, limits: DecodeLimits) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", module, str(os.getpid())],
+            [sys.executable, "-m", module, str(os.getpid()), str(limits.cpu_s), str(limits.memory_mb)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True,
         )
         assert self.proc.stdin is not None and self.proc.stdout is not None
@@ -93,7 +105,8 @@ class _Child:
 
     def send(self, job: DecodeJob) -> None:
         try:
-            write_frame(self.jobs, {"crop_size": job.crop_size, "crops": job.crops, "max_pixels": job.max_pixels}, job.data)
+            write_frame(self.jobs, {"crop_size": job.crop_size, "crops": job.crops, "max_pixels": job.max_pixels,
+                                    "pdq": job.hash_pdq}, job.data)
         except (BrokenPipeError, OSError, ValueError) as exc:
             raise _ChildDied from exc
 
@@ -121,11 +134,11 @@ class _Child:
 
 
 class DecodePool:
-    def __init__(self, workers: int, supervisor: Supervisor, timeout_s: float,
+    def __init__(self, workers: int, supervisor: Supervisor, limits: DecodeLimits,
                  on_restart: Callable[[str], None] = lambda _reason: None, child_module: str = CHILD_MODULE) -> None:
         self.workers = workers
         self.child_module = child_module
-        self.timeout_s = timeout_s
+        self.limits = limits
         self.supervisor = supervisor
         self.on_restart = on_restart
         self.jobs: queue.Queue[DecodeJob] = queue.Queue()
@@ -156,7 +169,7 @@ class DecodePool:
 
     def _spawn(self) -> _Child:
         for attempt in range(1, START_ATTEMPTS + 1):
-            child = _Child(self.child_module)
+            child = _Child(self.child_module, self.limits)
             try:
                 header, _ = child.receive(time.monotonic() + START_TIMEOUT_S)
                 if header.get("ready"):
@@ -186,22 +199,39 @@ class DecodePool:
 
     def _run(self, slot: int, job: DecodeJob) -> Prepared:
         started = time.perf_counter()
+        timeout_s = self.limits.timeout_s
         for attempt in (1, 2):
             child = self._children[slot]
             assert child is not None
             try:
                 child.send(job)
-                header, payload = child.receive(time.monotonic() + self.timeout_s)
-                return _prepared(header, payload, job)
+                header, payload = child.receive(time.monotonic() + timeout_s)
+                prepared = _prepared(header, payload, job)
+                if header.get("restart"):
+                    self._replace(slot, "limit")
+                return prepared
             except TimeoutError:
-                log.warning("decode over its deadline; process killed", seconds=self.timeout_s, pid=child.pid)
+                log.warning("decode over its deadline; process killed", seconds=timeout_s, pid=child.pid)
                 self._replace(slot, "timeout")
-                return _failed(DECODE_TIMEOUT, f"decoding took longer than {self.timeout_s:g} s", started)
+                return _failed(DECODE_TIMEOUT, f"decoding took longer than {timeout_s:g} s", started)
             except (_ChildDied, ValueError, struct.error) as exc:
+                exit_code = _exit_code(child)
+                if exit_code == -signal.SIGXCPU:
+                    log.warning("decode over its CPU limit; process replaced", cpu_s=self.limits.cpu_s, pid=child.pid)
+                    self._replace(slot, "limit")
+                    return _failed(DECODE_LIMIT, f"decoding used more than {self.limits.cpu_s} s of CPU", started)
                 log.error("a decode process died while decoding", pid=child.pid, attempt=attempt,
-                          exit_code=child.proc.poll(), error=type(exc).__name__)
+                          exit_code=exit_code, error=type(exc).__name__)
                 self._replace(slot, "crash")
         return _failed(DECODE_CRASHED, "the decoder process crashed on this image (twice)", started)
+
+
+def _exit_code(child: _Child) -> int | None:
+    """The exit status of a child whose pipe closed (it is dying: wait briefly for it)."""
+    try:
+        return child.proc.wait(1.0)
+    except subprocess.TimeoutExpired:
+        return None
 
 
 def _failed(code: str, message: str, started: float) -> Prepared:
@@ -213,10 +243,11 @@ def _prepared(header: dict[str, Any], payload: bytes, job: DecodeJob) -> Prepare
     error = header.get("error")
     if error is not None:
         return Prepared(None, None, None, (str(error[0]), str(error[1])), float(header["decode_ms"]))
+    pdq_error = header.get("pdq_error")
     shape = tuple(int(n) for n in header["shape"])
     if shape != (job.crops, job.crop_size, job.crop_size, 3) or len(payload) != int(np.prod(shape)):
         raise ValueError(f"decode process sent a malformed answer: shape {shape}, {len(payload)} bytes")
     pixels = np.frombuffer(payload, dtype=np.uint8).reshape(shape)
     pdq, quality = header.get("pdq"), header.get("pdq_quality")
     return Prepared(pixels, str(pdq) if pdq is not None else None, int(quality) if quality is not None else None,
-                    None, float(header["decode_ms"]))
+                    None, float(header["decode_ms"]), str(pdq_error) if pdq_error is not None else None)

@@ -20,6 +20,7 @@ IMAGE_TOO_COMPLEX = "image_too_complex"  # structure that costs far more to deco
 DECODE_FAILED = "decode_failed"
 INFERENCE_FAILED = "inference_failed"  # the model raised on a batch (worker only)
 DECODE_CRASHED = "decode_crashed"  # the decode process died on this image, twice (worker only)
+DECODE_LIMIT = "decode_limit"  # decoding passed its CPU or memory limit; its process was replaced
 DECODE_TIMEOUT = "decode_timeout"  # decoding ran past DDA_DECODE_TIMEOUT_S; its process was killed (worker only)
 INTERNAL_ERROR = "internal_error"  # a bug (worker only)
 

@@ -31,7 +31,7 @@ from engine.model_dir import Manifest
 from engine.runner import Runner
 from worker.cache import CachedVerdict, Key, Lookup, VerdictCache
 from worker.completion import Completion, Record
-from worker.decode_pool import DecodeJob, DecodePool
+from worker.decode_pool import DecodeJob, DecodeLimits, DecodePool
 from worker.errors import FILE_NOT_FOUND, INFERENCE_FAILED, INTERNAL_ERROR, URL_INVALID, InputError
 from worker.fair_queue import FairQueue
 from worker.fetch import Fetcher
@@ -86,7 +86,7 @@ class Pipeline:
         decode_workers: int,
         max_pixels: int,
         max_in_flight_bytes: int = 1 << 30,
-        decode_timeout_s: float = 30.0,
+        decode_limits: DecodeLimits = DecodeLimits(),
         crops: int = 1,
         allow_paths: bool = False,
     ) -> None:
@@ -104,7 +104,7 @@ class Pipeline:
         self.model_info = {"name": manifest.name, "version": manifest.version}
         self.supervisor = Supervisor()
         self._fetch_q: FairQueue[_Work] = FairQueue(fetch_workers, max_in_flight_bytes)
-        self.decoder = DecodePool(decode_workers, self.supervisor, decode_timeout_s,
+        self.decoder = DecodePool(decode_workers, self.supervisor, decode_limits,
                                   on_restart=lambda reason: metrics.decode_restarts.labels(reason).inc())
         self._exact_q: queue.Queue[_Work] = queue.Queue()
         self._near_q: queue.Queue[_Work] = queue.Queue()

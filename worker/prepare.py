@@ -1,8 +1,6 @@
-"""CPU work per image, run in worker processes: decode the model's crop, PDQ-hash the pixels.
-
-Top-level functions only: they are pickled into a ProcessPoolExecutor. The GIL would
-serialise decoding and hashing in threads; processes let each core decode.
-"""
+"""CPU work per image, run in the decode processes (`worker.decode_child`): decode the
+model's crop, PDQ-hash the pixels. Processes, not threads: the GIL would serialise decoding,
+and a hostile file's crash or resource use stays in its own process."""
 
 from __future__ import annotations
 
@@ -11,9 +9,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from worker.decode import decode_center_crop, decode_rgb
-from worker.errors import DECODE_FAILED, InputError
-from worker.hashing import pdq_from_pixels, pdq_pixels
+from worker.decode import as_input_error, decode_center_crop, decode_rgb
+from worker.hashing import box_reduce, pdq_from_pixels, pdq_pixels
 
 
 @dataclass(frozen=True)
@@ -23,9 +20,10 @@ class Prepared:
     pdq_quality: int | None
     error: tuple[str, str] | None  # (code, message)
     decode_ms: float
+    pdq_error: str | None = None  # why a decoded image has no PDQ hash
 
 
-def prepare(data: bytes, crop_size: int, crops: int, max_pixels: int) -> Prepared:
+def prepare(data: bytes, crop_size: int, crops: int, max_pixels: int, hash_pdq: bool = True) -> Prepared:
     """Never raises for bad input: an error is returned, so one image cannot stop the pool."""
     from engine.preprocess import views
 
@@ -40,12 +38,13 @@ def prepare(data: bytes, crop_size: int, crops: int, max_pixels: int) -> Prepare
         else:
             full = decode_rgb(data, max_pixels)
             pixels = views(full, crops, crop_size)
+    except Exception as exc:  # noqa: BLE001 - see as_input_error: one image cannot stop the pool
+        error = as_input_error(exc)
+        return Prepared(None, None, None, (error.code, error.message), (time.perf_counter() - started) * 1000)
+    pdq = quality = pdq_error = None
+    if hash_pdq:
         try:
-            pdq, quality = pdq_from_pixels(pdq_pixels(data, max_pixels) if is_jpeg else full)
-        except Exception:  # noqa: BLE001 - an unhashable image is still scored, just not indexed
-            pdq, quality = None, None
-        return Prepared(pixels, pdq, quality, None, (time.perf_counter() - started) * 1000)
-    except InputError as exc:
-        return Prepared(None, None, None, (exc.code, exc.message), (time.perf_counter() - started) * 1000)
-    except Exception as exc:  # noqa: BLE001 - a decoder bug must not kill the worker process
-        return Prepared(None, None, None, (DECODE_FAILED, f"{type(exc).__name__}: {exc}"), (time.perf_counter() - started) * 1000)
+            pdq, quality = pdq_from_pixels(pdq_pixels(data, max_pixels) if full is None else box_reduce(full))
+        except Exception as exc:  # noqa: BLE001 - an unhashable image is still scored, with the reason stated
+            pdq_error = as_input_error(exc).message
+    return Prepared(pixels, pdq, quality, None, (time.perf_counter() - started) * 1000, pdq_error)

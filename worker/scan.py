@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -16,9 +18,12 @@ from engine.detector import Detector
 from engine.hub import resolve_model
 from engine.model_dir import ModelDirError, load_model_dir
 from worker.config import positive_float, positive_int
-from worker.decode import DEFAULT_MAX_PIXELS, decode_center_crop, decode_rgb
-from worker.errors import FILE_NOT_FOUND, InputError
+from worker.decode import DEFAULT_MAX_PIXELS
+from worker.decode_pool import DecodeJob, DecodeLimits, DecodePool
+from worker.errors import FILE_NOT_FOUND, INFERENCE_FAILED, INTERNAL_ERROR, InputError
 from worker.fetch import Fetcher, FetchPolicy, parse_networks
+from worker.prepare import Prepared
+from worker.supervision import Supervisor
 
 PROGRESS_EVERY_S = 2.0
 
@@ -38,18 +43,42 @@ def _chunks(items: Sequence[str], size: int) -> Iterator[Sequence[str]]:
         yield items[start : start + size]
 
 
-def scan(detector: Detector, inputs: Sequence[str], batch_size: int, policy: FetchPolicy, max_pixels: int) -> Iterator[dict[str, Any]]:
+class _Decoder:
+    """The worker's decode processes, for scan: a hostile file's crash, CPU or memory use stays in
+    its process and costs only its own line (same limits and codes as `dda worker`)."""
+
+    def __init__(self, workers: int, limits: DecodeLimits) -> None:
+        self.supervisor = Supervisor()
+        self.pool = DecodePool(workers, self.supervisor, limits)
+        self.pool.start()
+
+    def crops(self, payloads: dict[int, bytes], size: int, crops: int, max_pixels: int) -> dict[int, Prepared]:
+        results: dict[int, Prepared] = {}
+        finished = threading.Condition()
+
+        def done(i: int, prepared: Prepared) -> None:
+            with finished:
+                results[i] = prepared
+                finished.notify()
+
+        for i, data in payloads.items():
+            self.pool.submit(DecodeJob(data, size, crops, max_pixels, done=lambda p, i=i: done(i, p), hash_pdq=False))
+        with finished:
+            finished.wait_for(lambda: len(results) == len(payloads))
+        return results
+
+    def close(self) -> None:
+        self.supervisor.stop(5.0)
+        self.pool.close()
+
+
+def scan(detector: Detector, inputs: Sequence[str], batch_size: int, policy: FetchPolicy, max_pixels: int,
+         decode_limits: DecodeLimits = DecodeLimits()) -> Iterator[dict[str, Any]]:
     """Results in input order; a bad input yields an error record and never stops the run.
 
     In the reference's single-crop mode only the centre crop is decoded where the format
     allows (bit-identical); five crops need the whole image."""
     size = detector.manifest.preprocessing.crop_size
-
-    def pixels(data: bytes) -> np.ndarray:
-        if detector.crops == 1:
-            return decode_center_crop(data, size, max_pixels)
-        return decode_rgb(data, max_pixels)
-
     shared: list[Fetcher] = []
 
     def fetcher() -> Fetcher:
@@ -58,16 +87,28 @@ def scan(detector: Detector, inputs: Sequence[str], batch_size: int, policy: Fet
         return shared[0]
 
     version = detector.manifest.version
+    decoder = _Decoder(max(1, min(batch_size, os.cpu_count() or 1)), decode_limits)
     try:
         for chunk in _chunks(inputs, batch_size):
-            images: dict[int, np.ndarray] = {}
             errors: dict[int, InputError] = {}
+            payloads: dict[int, bytes] = {}
             for i, spec in enumerate(chunk):
                 try:
-                    images[i] = pixels(read_input(spec, fetcher))
-                except InputError as exc:
-                    errors[i] = exc
-            predictions = dict(zip(images, detector.predict(list(images.values()))))
+                    payloads[i] = read_input(spec, fetcher)
+                except Exception as exc:  # noqa: BLE001 - one input's failure is its own line
+                    errors[i] = exc if isinstance(exc, InputError) else InputError(INTERNAL_ERROR, f"{type(exc).__name__}: {exc}")
+            images: dict[int, np.ndarray] = {}
+            for i, prepared in sorted(decoder.crops(payloads, size, detector.crops, max_pixels).items()):
+                if prepared.error is not None:
+                    errors[i] = InputError(*prepared.error)
+                else:
+                    assert prepared.crops is not None
+                    images[i] = prepared.crops
+            try:
+                predictions = dict(zip(images, detector.predict_views(list(images.values()))))
+            except Exception as exc:  # noqa: BLE001 - the batch's inputs get the error, the run goes on
+                failure = InputError(INFERENCE_FAILED, f"{type(exc).__name__}: {exc}")
+                predictions, errors = {}, {**errors, **dict.fromkeys(images, failure)}
             for i, spec in enumerate(chunk):
                 if i in predictions:
                     p = predictions[i]
@@ -77,6 +118,7 @@ def scan(detector: Detector, inputs: Sequence[str], batch_size: int, policy: Fet
                     yield {"input": spec, "status": "error", "logit": None, "score": None, "label": None,
                            "model": version, "error": errors[i].to_json()}
     finally:
+        decoder.close()
         for f in shared:
             f.close()
 

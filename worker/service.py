@@ -28,6 +28,7 @@ from worker.cache import VerdictCache
 from worker.cache_store import MemoryStore, RedisStore, Store
 from worker.endpoints import Endpoints
 from worker.fetch import Fetcher, FetchPolicy
+from worker.decode_pool import DecodeLimits
 from worker.delivery import EXIT_ABANDONED, EXIT_FATAL, Delivery, Limits
 from worker.local_io import StdinTransport
 from worker.metrics import Metrics
@@ -91,7 +92,7 @@ def worker_command(args: argparse.Namespace) -> int:
         manifest=loaded.manifest, runner=runner, cache=cache, fetcher=fetcher, metrics=metrics,
         max_batch=config.max_batch, max_wait_ms=config.max_wait_ms, fetch_workers=config.fetch_workers,
         decode_workers=config.decode_workers, max_pixels=config.max_pixels, max_in_flight_bytes=config.max_in_flight_bytes,
-        decode_timeout_s=config.decode_timeout_s, allow_paths=transport.allows_paths,
+        decode_limits=DecodeLimits(config.decode_timeout_s, config.decode_cpu_s, config.decode_memory_mb), allow_paths=transport.allows_paths,
     )
     delivery = Delivery(transport, pipeline, metrics, Limits(
         max_in_flight=config.max_in_flight, max_message_bytes=config.max_message_bytes,

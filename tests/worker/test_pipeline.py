@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
+from PIL import Image
 
 from engine.model_dir import load_model_dir
 from engine.runner import TorchRunner
@@ -20,6 +21,7 @@ from tests.services import wait_for
 from worker.cache import VerdictCache
 from worker.cache_store import MemoryStore
 from worker.completion import Completion
+from worker.decode_pool import DecodeLimits
 from worker.fetch import Fetcher, FetchPolicy
 from worker.messages import Request, Source
 from worker.metrics import Metrics
@@ -69,7 +71,7 @@ def test_a_crashing_decoder_fails_only_its_own_request(tiny_model_dir: Path, fil
 
 
 def test_a_decode_process_killed_mid_job_costs_nothing_and_a_slow_one_times_out(tiny_model_dir: Path, files: Any) -> None:
-    pipeline, fetcher = make_pipeline(tiny_model_dir, decode_timeout_s=2.0)
+    pipeline, fetcher = make_pipeline(tiny_model_dir, decode_limits=DecodeLimits(timeout_s=2.0))
     pipeline.decoder.child_module = "tests.crashing_decoder"
     pipeline.start()
     try:
@@ -134,11 +136,36 @@ def test_a_dead_stage_makes_healthz_fail_within_5_s(tiny_model_dir: Path, files:
         fetcher.close()
 
 
+def test_decodes_past_their_cpu_or_memory_limit_fail_alone_with_decode_limit(tiny_model_dir: Path, files: Any) -> None:
+    """The kernel enforces both: SIGXCPU ends a spinning decode; an allocation past RLIMIT_AS fails
+    (a 16 MP RGBA PNG needs ~180 MB, the budget here is 64 MB). Each costs only its own request."""
+    big = encode(Image.new("RGBA", (4000, 4000), (10, 200, 30, 128)), "PNG")
+    pipeline, fetcher = make_pipeline(tiny_model_dir, max_pixels=20_000_000,
+                                      decode_limits=DecodeLimits(timeout_s=30.0, cpu_s=1, memory_mb=64))
+    pipeline.decoder.child_module = "tests.crashing_decoder"
+    pipeline.start()
+    try:
+        spin = submit(pipeline, files("spin.bin", b"SPIN" + b"\0" * 100), "spin")
+        hog = submit(pipeline, files("big.png", big), "hog")
+        good = [submit(pipeline, files(f"g{i}.png", seed=i), f"g{i}") for i in range(4)]
+        wait_for(lambda: all(c.done for c in [spin, hog, *good]), 60, "every verdict")
+        assert spin.record["error"]["code"] == "decode_limit", spin.record  # type: ignore[index]
+        assert "CPU" in spin.record["error"]["message"]  # type: ignore[index]
+        assert hog.record["error"]["code"] == "decode_limit", hog.record  # type: ignore[index]
+        assert "memory" in hog.record["error"]["message"]  # type: ignore[index]
+        assert [c.record["status"] for c in good] == ["ok"] * 4  # type: ignore[index]
+        assert pipeline.metrics.decode_restarts.labels("limit")._value.get() == 2  # noqa: SLF001 - both processes replaced
+        assert pipeline.failure is None and pipeline.in_flight == 0
+    finally:
+        pipeline.close()
+        fetcher.close()
+
+
 PARENT = """
 import sys, time
 from worker.supervision import Supervisor
-from worker.decode_pool import DecodePool
-pool = DecodePool(2, Supervisor(), 10.0)
+from worker.decode_pool import DecodeLimits, DecodePool
+pool = DecodePool(2, Supervisor(), DecodeLimits(timeout_s=10.0))
 pool.start()
 print(" ".join(map(str, pool.pids())), flush=True)
 time.sleep(120)
