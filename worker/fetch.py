@@ -22,6 +22,7 @@ from typing import Any, Callable, Iterable, Sequence
 import httpcore
 import httpx
 
+from worker.addresses import is_public
 from worker.errors import (
     FETCH_FAILED,
     FETCH_HTTP_STATUS,
@@ -36,8 +37,6 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Resolver = Callable[[str, int], list[str]]
 
-_NAT64 = (ipaddress.ip_network("64:ff9b::/96"),)
-_NON_PUBLIC_EXTRA = (ipaddress.ip_network("64:ff9b:1::/48"),)  # local-use NAT64 (RFC 8215)
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 
 
@@ -72,34 +71,35 @@ def parse_networks(spec: str | Sequence[str]) -> tuple[IPNetwork, ...]:
     return tuple(networks)
 
 
-def _embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
-    """The IPv4 address an IPv6 form tunnels to: mapped, 6to4, Teredo or NAT64."""
-    if address.ipv4_mapped is not None:
-        return address.ipv4_mapped
-    if address.sixtofour is not None:
-        return address.sixtofour
-    if address.teredo is not None:
-        return address.teredo[1]
-    if any(address in net for net in _NAT64):
-        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
-    return None
+def resolve_within(resolver: Resolver, host: str, port: int, deadline: float) -> list[str]:
+    """`resolver(host, port)` bounded by `deadline`. getaddrinfo cannot be interrupted, so it runs
+    on a daemon thread that is abandoned (left to finish on its own) when time is up; a daemon,
+    so that a hung resolver never delays the process's exit."""
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise InputError(FETCH_TIMEOUT, f"whole-request deadline passed before resolving {host!r}")
+    outcome: list[list[str] | BaseException] = []
+    finished = threading.Event()
+
+    def run() -> None:
+        try:
+            outcome.append(resolver(host, port))
+        except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread
+            outcome.append(exc)
+        finished.set()
+
+    threading.Thread(target=run, name="resolve", daemon=True).start()
+    if not finished.wait(left):
+        raise InputError(FETCH_TIMEOUT, f"resolving {host!r} took longer than the request's deadline")
+    if isinstance(outcome[0], BaseException):
+        raise outcome[0]
+    return outcome[0]
 
 
-def is_public(address: IPAddress) -> bool:
-    """Globally routable unicast only; tunnelled IPv6 forms are judged by the IPv4 inside."""
-    if isinstance(address, ipaddress.IPv6Address):
-        if any(address in net for net in _NON_PUBLIC_EXTRA):
-            return False
-        embedded = _embedded_ipv4(address)
-        if embedded is not None:
-            return is_public(embedded)
-    return address.is_global and not address.is_multicast
-
-
-def checked_addresses(host: str, port: int, policy: FetchPolicy) -> list[str]:
+def checked_addresses(host: str, port: int, policy: FetchPolicy, deadline: float = float("inf")) -> list[str]:
     """Resolve `host` and return its addresses, refusing it if any is neither public nor allowed."""
     try:
-        resolved = policy.resolver(host, port)
+        resolved = resolve_within(policy.resolver, host, port, min(deadline, time.monotonic() + policy.total_timeout_s))
     except (OSError, UnicodeError) as exc:
         raise InputError(FETCH_FAILED, f"cannot resolve host {host!r}: {exc}") from exc
     if not resolved:
@@ -157,7 +157,7 @@ class GuardedBackend(httpcore.NetworkBackend):
 
     def connect_tcp(self, host: str, port: int, timeout: float | None = None, local_address: str | None = None,
                     socket_options: Iterable[Any] | None = None) -> httpcore.NetworkStream:
-        addresses = checked_addresses(host, port, self.policy)
+        addresses = checked_addresses(host, port, self.policy, self.deadline())
         left = self.deadline() - time.monotonic()
         if left <= 0:
             raise httpcore.ConnectTimeout("whole-request deadline passed")
@@ -213,6 +213,10 @@ class Fetcher:
                     if attempt > self.policy.retries or time.monotonic() + wait >= deadline:
                         raise exc.error from None
                     time.sleep(wait)
+        except InputError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the HTTP stack fed a hostile server's bytes: its failure is this URL's
+            raise InputError(FETCH_FAILED, f"fetch failed: {type(exc).__name__}: {exc}") from exc
         finally:
             self.backend.set_deadline(None)
 
@@ -220,17 +224,23 @@ class Fetcher:
         url = checked_url(raw_url)
         for _hop in range(self.policy.max_redirects + 1):
             if self.policy.proxy:
-                checked_addresses(url.host, url.port or (443 if url.scheme == "https" else 80), self.policy)
+                checked_addresses(url.host, url.port or (443 if url.scheme == "https" else 80), self.policy, deadline)
             try:
                 with self.client.stream("GET", url) as response:
                     if response.is_redirect:
-                        url = checked_url(url.join(response.headers.get("location", "")))
+                        url = _redirect_target(url, response)
                         continue
                     if response.status_code in RETRY_STATUSES:
                         raise _Transient(InputError(FETCH_HTTP_STATUS, f"HTTP {response.status_code} from {url.host}"))
                     if response.status_code != 200:
                         raise InputError(FETCH_HTTP_STATUS, f"HTTP {response.status_code} from {url.host}")
                     return self._read_capped(response, deadline)
+            except httpx.InvalidURL as exc:  # httpx builds the next request of a redirect even when not following it
+                raise InputError(URL_INVALID, f"redirect from {url.host} to an invalid URL: {exc}") from exc
+            except httpx.RemoteProtocolError as exc:
+                if "location header" in str(exc).lower():  # the same, reported by httpx as a protocol error
+                    raise InputError(URL_INVALID, f"redirect from {url.host} to an invalid URL: {exc}") from exc
+                raise InputError(FETCH_FAILED, f"fetch from {url.host} failed: {exc}") from exc
             except httpx.TimeoutException as exc:
                 raise InputError(FETCH_TIMEOUT, f"timed out fetching from {url.host}: {exc or type(exc).__name__}") from exc
             except httpx.ConnectError as exc:
@@ -262,13 +272,26 @@ class _Transient(Exception):
         self.error = error
 
 
+def _redirect_target(url: httpx.URL, response: httpx.Response) -> httpx.URL:
+    location = response.headers.get("location")
+    if not location:
+        raise InputError(FETCH_HTTP_STATUS, f"HTTP {response.status_code} from {url.host} without a Location header")
+    try:
+        target = url.join(location)
+    except (httpx.InvalidURL, ValueError, UnicodeError) as exc:
+        raise InputError(URL_INVALID, f"redirect to an invalid URL: {exc}") from exc
+    return checked_url(target)
+
+
 def checked_url(raw: str | httpx.URL) -> httpx.URL:
     try:
         url = httpx.URL(raw)
-    except (httpx.InvalidURL, TypeError) as exc:
+    except (httpx.InvalidURL, TypeError, ValueError, UnicodeError) as exc:
         raise InputError(URL_INVALID, f"not a valid URL: {exc}") from exc
     if url.scheme not in ("http", "https"):
         raise InputError(URL_INVALID, f"scheme {url.scheme!r} is not allowed (http and https only)")
     if not url.host:
         raise InputError(URL_INVALID, "URL has no host")
+    if url.port is not None and not 0 < url.port < 65536:
+        raise InputError(URL_INVALID, f"port {url.port} is out of range")
     return url
