@@ -1,10 +1,21 @@
 """The verdict cache, and the rule that keeps it from laundering AI images.
 
 Exact hits are keyed by the SHA-256 of the image bytes and may return any verdict.
-Near-duplicates are found by PDQ hash, and only ever return "ai_generated": an image and
-its VAE-reconstructed twin have nearly the same PDQ hash, and that twin is exactly the
+Near-duplicates are found by PDQ hash, and only ever match "ai_generated" entries: an image
+and its VAE-reconstructed twin have nearly the same PDQ hash, and that twin is exactly the
 fake DDA exists to catch, so a perceptual match must never hand out "real". Hashes with
 PDQ quality below 50 are neither indexed nor searched (Meta's guidance).
+
+A match is evidence, not a verdict: anyone can upload a heavily noised copy of another
+user's photo, have the model call the copy "ai_generated" and so plant an entry within a few
+bits of the original. So a match carries whether its entry is trusted (an operator confirmed
+it: `dda trust-verdicts`), and only the pipeline's policy decides whether a trusted match may
+answer without scoring; model-scored entries never do.
+
+Lookups are bounded whatever the index holds: a slot set takes at most MAX_SLOT_MEMBERS
+hashes (more are not indexed there, counted), and a lookup reads at most MAX_READ_PER_KEY
+members of each of its 272 keys (counted when a key had more), so flooding one slot with
+hashes costs an attacker their uploads and the worker a bounded amount of work.
 
 Radius search without a vector database: the 256-bit hash is cut into 16 slots of 16
 bits. Two hashes within Hamming distance 31 share at least one slot within distance 1
@@ -21,7 +32,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Callable, Sequence
 
 import structlog
@@ -35,6 +46,8 @@ SLOT_HEX = 4  # 16 bits
 MATCH_DISTANCE = 31
 MIN_QUALITY = 50
 RETRY_AFTER_S = 2.0
+MAX_SLOT_MEMBERS = 256  # ~15 per slot value at a million cached AI hashes
+MAX_READ_PER_KEY = 32
 
 log = structlog.get_logger("dda.cache")
 
@@ -47,6 +60,7 @@ class CachedVerdict:
     sha256: str
     pdq: str | None
     pdq_quality: int | None
+    trusted: bool = False  # confirmed by an operator; only such entries may answer near-duplicates unscored
 
 
 @dataclass(frozen=True)
@@ -69,16 +83,23 @@ class Key:
         return self.pdq is not None and (self.pdq_quality or 0) >= MIN_QUALITY
 
 
+def namespace_for(version: str, threshold: float) -> str:
+    """Keys per model version and threshold: cached labels must not outlive a recalibration."""
+    return f"{version}-t{threshold!r}"
+
+
 def slot_values(pdq: str) -> list[int]:
     return [int(pdq[i * SLOT_HEX : (i + 1) * SLOT_HEX], 16) for i in range(SLOTS)]
 
 
 class VerdictCache:
-    def __init__(self, store: Store, namespace: str, ttl_s: int, on_error: Callable[[Exception], None] = lambda e: None) -> None:
+    def __init__(self, store: Store, namespace: str, ttl_s: int, on_error: Callable[[Exception], None] = lambda e: None,
+                 on_capped: Callable[[str, int], None] = lambda _where, _n: None) -> None:
         self.store = store
         self.prefix = f"dda:{namespace}:"
         self.ttl_s = ttl_s
         self.on_error = on_error
+        self.on_capped = on_capped  # ("read" | "write", how many) when a bound left hashes out
         self._down_until = 0.0
 
     def _slot_key(self, slot: int, value: int) -> str:
@@ -126,9 +147,11 @@ class VerdictCache:
         searching = [i for i, k in enumerate(keys) if k.searchable]
         if not searching:
             return results
-        candidates = self.store.union_many([self._neighbourhood(keys[i].pdq) for i in searching])  # type: ignore[arg-type]
+        groups = self.store.sample_many([self._neighbourhood(keys[i].pdq) for i in searching], MAX_READ_PER_KEY)  # type: ignore[arg-type]
         best: dict[int, tuple[int, str]] = {}
-        for i, members in zip(searching, candidates):
+        for i, (members, capped) in zip(searching, groups):
+            if capped:
+                self.on_capped("read", capped)
             scored = [(hamming(keys[i].pdq, m), m) for m in members]  # type: ignore[arg-type]
             close = [s for s in scored if s[0] <= MATCH_DISTANCE]
             if close:
@@ -141,19 +164,44 @@ class VerdictCache:
                     results[i] = Lookup("near_duplicate", cached, distance)
         return results
 
+    def _index(self, items: Sequence[tuple[Key, CachedVerdict]]) -> None:
+        """Write verdicts by SHA-256 and index the AI ones by PDQ slot, within MAX_SLOT_MEMBERS."""
+        blobs = [(f"{self.prefix}sha:{k.sha256}", _encode(v)) for k, v in items]
+        indexed = [(k, v) for k, v in items if v.label == AI_GENERATED and k.searchable]
+        blobs += [(f"{self.prefix}pdqv:{k.pdq}", _encode(v)) for k, v in indexed]
+        self.store.set_many(blobs, self.ttl_s)
+        members = [(self._slot_key(slot, value), k.pdq) for k, _ in indexed for slot, value in enumerate(slot_values(k.pdq))]  # type: ignore[arg-type]
+        if members:
+            refused = self.store.add_members(members, self.ttl_s, MAX_SLOT_MEMBERS)
+            if refused:
+                self.on_capped("write", refused)
+
     def store_many(self, items: Sequence[tuple[Key, CachedVerdict]]) -> None:
         if not items or not self.available:
             return
         try:
-            blobs = [(f"{self.prefix}sha:{k.sha256}", _encode(v)) for k, v in items]
-            indexed = [(k, v) for k, v in items if v.label == AI_GENERATED and k.searchable]
-            blobs += [(f"{self.prefix}pdqv:{k.pdq}", _encode(v)) for k, v in indexed]
-            self.store.set_many(blobs, self.ttl_s)
-            members = [(self._slot_key(slot, value), k.pdq) for k, _ in indexed for slot, value in enumerate(slot_values(k.pdq))]  # type: ignore[arg-type]
-            if members:
-                self.store.add_members(members, self.ttl_s)
+            self._index(items)
         except Exception as exc:  # noqa: BLE001
             self._failed(exc)
+
+    def trust(self, shas: Sequence[str]) -> dict[str, str]:
+        """Mark cached "ai_generated" verdicts (by SHA-256) as operator-confirmed; raises if the store fails.
+
+        Returns, per SHA-256, what happened: "trusted", "not_cached", "not_ai" or "no_hash"."""
+        outcome: dict[str, str] = {}
+        confirmed: list[tuple[Key, CachedVerdict]] = []
+        for sha, blob in zip(shas, self.store.get_many([f"{self.prefix}sha:{sha}" for sha in shas])):
+            cached = _decode(blob) if blob is not None else None
+            if cached is None:
+                outcome[sha] = "not_cached"
+            elif cached.label != AI_GENERATED:
+                outcome[sha] = "not_ai"
+            else:
+                key = Key(sha, cached.pdq, cached.pdq_quality)
+                outcome[sha] = "trusted" if key.searchable else "no_hash"
+                confirmed.append((key, replace(cached, trusted=True)))
+        self._index(confirmed)
+        return outcome
 
 
 def _encode(v: CachedVerdict) -> bytes:

@@ -1,12 +1,14 @@
 """Key-value storage behind the verdict cache: Redis in production, memory for local runs.
 
-The cache needs four operations (get many, set many with TTL, add to sets with TTL,
-union of many sets); both stores offer exactly those, so the cache logic is written once.
+The cache needs four operations (get many, set many with TTL, add to size-capped sets with
+TTL, a bounded sample of many sets); both stores offer exactly those, so the cache logic is
+written once.
 Redis calls are pipelined: one round trip per batch of requests.
 """
 
 from __future__ import annotations
 
+import random
 import threading
 import time
 from typing import Callable, Iterable, Protocol, Sequence
@@ -17,9 +19,13 @@ class Store(Protocol):
 
     def set_many(self, items: Iterable[tuple[str, bytes]], ttl_s: int) -> None: ...
 
-    def add_members(self, items: Iterable[tuple[str, str]], ttl_s: int) -> None: ...
+    def add_members(self, items: Iterable[tuple[str, str]], ttl_s: int, cap: int) -> int:
+        """Add each member to its set unless the set already holds `cap`; returns how many were refused."""
+        ...
 
-    def union_many(self, key_groups: Sequence[Sequence[str]]) -> list[set[str]]: ...
+    def sample_many(self, key_groups: Sequence[Sequence[str]], per_key: int) -> list[tuple[set[str], int]]:
+        """Per group: the union of at most `per_key` members of each set, and how many sets had more."""
+        ...
 
 
 class MemoryStore:
@@ -57,7 +63,8 @@ class MemoryStore:
                 self._make_room(self._values)
                 self._values[key] = (expiry, value)
 
-    def add_members(self, items: Iterable[tuple[str, str]], ttl_s: int) -> None:
+    def add_members(self, items: Iterable[tuple[str, str]], ttl_s: int, cap: int) -> int:
+        refused = 0
         with self._lock:
             expiry = self._clock() + ttl_s
             for key, member in items:
@@ -65,17 +72,26 @@ class MemoryStore:
                 if members is None:
                     self._make_room(self._sets)
                     members = set()
+                if len(members) >= cap and member not in members:
+                    refused += 1
+                    continue
                 members.add(member)
                 self._sets[key] = (expiry, members)
+        return refused
 
-    def union_many(self, key_groups: Sequence[Sequence[str]]) -> list[set[str]]:
+    def sample_many(self, key_groups: Sequence[Sequence[str]], per_key: int) -> list[tuple[set[str], int]]:
         with self._lock:
             out = []
             for keys in key_groups:
                 found: set[str] = set()
+                capped = 0
                 for key in keys:
-                    found |= self._live(self._sets, key) or set()
-                out.append(found)
+                    members = self._live(self._sets, key) or set()
+                    if len(members) > per_key:
+                        capped += 1
+                        members = set(random.sample(sorted(members), per_key))
+                    found |= members
+                out.append((found, capped))
             return out
 
 
@@ -94,15 +110,36 @@ class RedisStore:
             pipe.set(key, value, ex=ttl_s)
         pipe.execute()
 
-    def add_members(self, items: Iterable[tuple[str, str]], ttl_s: int) -> None:
+    def add_members(self, items: Iterable[tuple[str, str]], ttl_s: int, cap: int) -> int:
+        items = list(items)
         pipe = self.client.pipeline(transaction=False)
-        for key, member in items:
+        for key, _ in items:
+            pipe.scard(key)
+        sizes = pipe.execute()
+        refused = 0
+        for (key, member), size in zip(items, sizes):
+            if size >= cap:
+                refused += 1
+                continue
             pipe.sadd(key, member)
             pipe.expire(key, ttl_s)
         pipe.execute()
+        return refused
 
-    def union_many(self, key_groups: Sequence[Sequence[str]]) -> list[set[str]]:
+    def sample_many(self, key_groups: Sequence[Sequence[str]], per_key: int) -> list[tuple[set[str], int]]:
         pipe = self.client.pipeline(transaction=False)
         for keys in key_groups:
-            pipe.sunion(list(keys))
-        return [{m.decode() for m in members} for members in pipe.execute()]
+            for key in keys:
+                pipe.scard(key)
+                pipe.srandmember(key, per_key)
+        replies = iter(pipe.execute())
+        out = []
+        for keys in key_groups:
+            found: set[str] = set()
+            capped = 0
+            for _ in keys:
+                size, members = next(replies), next(replies)
+                capped += size > per_key
+                found |= {m.decode() for m in members}
+            out.append((found, capped))
+        return out

@@ -9,7 +9,7 @@ from typing import Sequence
 from engine import cli as engine_cli
 from engine import compile_cli
 from training import cli as training_cli
-from worker import scan, service
+from worker import scan, service, trust_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -19,6 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
     compile_cli.register(commands)
     scan.register(commands)
     service.register(commands)
+    trust_cli.register(commands)
     training_cli.register(commands)
     return parser
 

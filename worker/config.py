@@ -101,6 +101,8 @@ class WorkerConfig:
     metrics_port: int = setting("DDA_METRICS_PORT", "9400", _non_negative_int, "port of /metrics, /healthz, /readyz (0: off)")
     max_in_flight_bytes: int = setting("DDA_MAX_IN_FLIGHT_BYTES", str(1024 * 1024 * 1024), positive_int, "fetched image bytes held before fetching waits")
     decode_timeout_s: float = setting("DDA_DECODE_TIMEOUT_S", "30", positive_float, "one image's decode + hash; over it the decode process is killed")
+    near_duplicates: str = setting("DDA_NEAR_DUPLICATES", "report", _choice("report", "trusted"),
+                                   "report: a PDQ match is reported and the image still scored; trusted: operator-confirmed matches answer unscored")
     decode_cpu_s: int = setting("DDA_DECODE_CPU_S", "8", positive_int, "CPU seconds one decode may use; over it its process ends (decode_limit)")
     decode_memory_mb: int = setting("DDA_DECODE_MEMORY_MB", "1536", positive_int,
                                     "memory one decode process may add to what it maps at start; raise with DDA_MAX_PIXELS")

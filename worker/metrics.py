@@ -15,6 +15,7 @@ class Metrics:
         self.errors = Counter("dda_request_errors", "Requests that ended with an error verdict", ["code"], registry=r)
         self.cache_hits = Counter("dda_cache_lookups", "Cache lookups by result", ["kind"], registry=r)
         self.engine_images = Counter("dda_engine_images", "Images scored by the model (cache misses)", registry=r)
+        self.cache_index_capped = Counter("dda_cache_index_capped", "PDQ index bounds applied: hashes not indexed (write) or slot sets sampled (read)", ["where"], registry=r)
         self.redis_errors = Counter("dda_cache_errors", "Cache store failures (the worker continues uncached)", registry=r)
         self.batch_size = Histogram("dda_batch_size", "Images per inference batch", buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256), registry=r)
         self.stage_seconds = Histogram("dda_stage_seconds", "Time per request in each stage", ["stage"],

@@ -58,6 +58,7 @@ class _Work:
     queued_at: float = 0.0
     held: int = 0
     release: Callable[[], None] = field(default=lambda: None)
+    match: dict[str, Any] | None = None  # a near-duplicate reported beside the model's own verdict
 
     @property
     def key(self) -> Key:
@@ -67,8 +68,11 @@ class _Work:
     @property
     def hashes(self) -> dict[str, Any]:
         prepared = self.prepared
-        return {"sha256": self.sha256 or None, "pdq": prepared.pdq if prepared else None,
-                "pdq_quality": prepared.pdq_quality if prepared else None}
+        out: dict[str, Any] = {"sha256": self.sha256 or None, "pdq": prepared.pdq if prepared else None,
+                               "pdq_quality": prepared.pdq_quality if prepared else None}
+        if prepared is not None and prepared.pdq_error is not None:
+            out["pdq_error"] = prepared.pdq_error
+        return out
 
 
 class Pipeline:
@@ -89,6 +93,7 @@ class Pipeline:
         decode_limits: DecodeLimits = DecodeLimits(),
         crops: int = 1,
         allow_paths: bool = False,
+        trust_near_duplicates: bool = False,
     ) -> None:
         self.manifest = manifest
         self.runner = runner
@@ -100,6 +105,7 @@ class Pipeline:
         self.max_pixels = max_pixels
         self.crops = crops
         self.allow_paths = allow_paths
+        self.trust_near_duplicates = trust_near_duplicates
         self.fetch_workers = fetch_workers
         self.model_info = {"name": manifest.name, "version": manifest.version}
         self.supervisor = Supervisor()
@@ -324,12 +330,14 @@ class Pipeline:
     def _on_near(self, work: _Work, found: Lookup, spent_ms: float) -> None:
         work.request.timings_ms["cache"] = work.request.timings_ms.get("cache", 0.0) + spent_ms
         self.metrics.cache_hits.labels(found.kind).inc()
-        if found.verdict is None:
-            work.queued_at = time.monotonic()
-            self._put(self._batch_q, "batch", work)
-            return
-        match = {"sha256": found.verdict.sha256, "pdq_distance": found.distance}
-        self._hit(work, found.verdict, work.hashes, "near_duplicate", match)
+        if found.verdict is not None:
+            match = {"sha256": found.verdict.sha256, "pdq_distance": found.distance, "trusted": found.verdict.trusted}
+            if found.verdict.trusted and self.trust_near_duplicates:
+                self._hit(work, found.verdict, work.hashes, "near_duplicate", match)
+                return
+            work.match = match  # reported, never answered from: see worker.cache on planted entries
+        work.queued_at = time.monotonic()
+        self._put(self._batch_q, "batch", work)
 
     def _hit(self, work: _Work, hit: CachedVerdict, hashes: dict[str, Any], kind: str, match: dict[str, Any] | None) -> None:
         self._finish(work, verdict(
@@ -371,7 +379,7 @@ class Pipeline:
         for work, v in scored:
             self._finish(work, verdict(
                 work.request, model=self.model_info, threshold=self.manifest.threshold, status="ok", logit=v.logit,
-                score=v.score, label=v.label, hashes=work.hashes, cache="miss"))
+                score=v.score, label=v.label, hashes=work.hashes, cache="miss", cache_match=work.match))
 
 
 def _lane(request: Request) -> Hashable:

@@ -24,7 +24,7 @@ from engine.console import say
 from engine.hub import resolve_model
 from engine.model_dir import ModelDirError, load_model_dir
 from worker import config as worker_config
-from worker.cache import VerdictCache
+from worker.cache import VerdictCache, namespace_for
 from worker.cache_store import MemoryStore, RedisStore, Store
 from worker.endpoints import Endpoints
 from worker.fetch import Fetcher, FetchPolicy
@@ -75,9 +75,9 @@ def worker_command(args: argparse.Namespace) -> int:
 
     metrics = Metrics()
     store: Store = RedisStore(config.redis_url) if config.redis_url else MemoryStore()
-    # The threshold is part of the namespace: cached labels must not outlive a recalibration.
-    namespace = f"{loaded.manifest.version}-t{loaded.manifest.threshold!r}"
-    cache = VerdictCache(store, namespace, config.cache_ttl_s, on_error=lambda _e: metrics.redis_errors.inc())
+    cache = VerdictCache(store, namespace_for(loaded.manifest.version, loaded.manifest.threshold), config.cache_ttl_s,
+                         on_error=lambda _e: metrics.redis_errors.inc(),
+                         on_capped=lambda where, n: metrics.cache_index_capped.labels(where).inc(n))
     fetcher = Fetcher(FetchPolicy(
         max_bytes=config.fetch_max_bytes, total_timeout_s=config.fetch_timeout_s, retries=config.fetch_retries,
         allow_networks=config.fetch_allow_networks,
@@ -93,6 +93,7 @@ def worker_command(args: argparse.Namespace) -> int:
         max_batch=config.max_batch, max_wait_ms=config.max_wait_ms, fetch_workers=config.fetch_workers,
         decode_workers=config.decode_workers, max_pixels=config.max_pixels, max_in_flight_bytes=config.max_in_flight_bytes,
         decode_limits=DecodeLimits(config.decode_timeout_s, config.decode_cpu_s, config.decode_memory_mb), allow_paths=transport.allows_paths,
+        trust_near_duplicates=config.near_duplicates == "trusted",
     )
     delivery = Delivery(transport, pipeline, metrics, Limits(
         max_in_flight=config.max_in_flight, max_message_bytes=config.max_message_bytes,

@@ -83,3 +83,43 @@ def test_store_failure_degrades_to_misses_then_recovers(monkeypatch: pytest.Monk
         assert cache.lookup_exact_many(["s-b"])[0].kind == "exact"
     finally:
         server.stop()
+
+
+def test_model_scored_matches_are_untrusted_until_an_operator_confirms_them(store: Store) -> None:
+    cache = VerdictCache(store, "m1", 60)
+    cache.store_many([(Key("s-ai", A, 100), cached("ai_generated", "s-ai")), (Key("s-real", flip(A, [200]), 100), cached("real", "s-real"))])
+    [found] = cache.lookup_near_many([Key("victim", flip(A, [1, 2, 3]), 100)])
+    assert found.kind == "near_duplicate" and found.verdict.trusted is False
+    assert cache.trust(["s-ai", "s-real", "s-unknown"]) == {"s-ai": "trusted", "s-real": "not_ai", "s-unknown": "not_cached"}
+    [found] = cache.lookup_near_many([Key("victim", flip(A, [1, 2, 3]), 100)])
+    assert found.verdict.trusted is True and found.verdict.sha256 == "s-ai"
+    assert cache.lookup_exact_many(["s-ai"])[0].verdict.trusted is True
+
+
+def test_a_flooded_slot_is_capped_on_write_and_sampled_on_read(store: Store) -> None:
+    """5,000 AI hashes share slot 0's value: the slot set stops at MAX_SLOT_MEMBERS, a lookup reads
+    at most MAX_READ_PER_KEY of it, and a real near-duplicate is still found through its other slots."""
+    import random
+
+    from worker.cache import MAX_READ_PER_KEY, MAX_SLOT_MEMBERS
+
+    capped: list[tuple[str, int]] = []
+    cache = VerdictCache(store, "m1", 60, on_capped=lambda where, n: capped.append((where, n)))
+    rng = random.Random(1)
+    flood = [A[:4] + "".join(rng.choice("0123456789abcdef") for _ in range(60)) for _ in range(5000)]
+    for start in range(0, len(flood), 1000):
+        cache.store_many([(Key(f"f{start + i}", h, 100), cached("ai_generated", f"f{start + i}", h))
+                          for i, h in enumerate(flood[start : start + 1000])])
+    written = sum(n for where, n in capped if where == "write")
+    assert written >= len(flood) - MAX_SLOT_MEMBERS - 1000  # per batch, Redis checks sizes before adding
+    slot_key = cache._slot_key(0, int(A[:4], 16))  # noqa: SLF001 - the one flooded set
+    [(members, _)] = store.sample_many([[slot_key]], 10_000)
+    assert MAX_SLOT_MEMBERS <= len(members) <= MAX_SLOT_MEMBERS + 1000
+
+    cache.store_many([(Key("s-ai", A, 100), cached("ai_generated", "s-ai"))])
+    capped.clear()
+    [found] = cache.lookup_near_many([Key("victim", flip(A, [0, 1]), 100)])  # slot 15 differs, slot 0 is the flooded one
+    assert found.kind == "near_duplicate" and found.verdict.sha256 == "s-ai"
+    assert ("read", 1) in capped
+    [(sampled, _)] = store.sample_many([cache._neighbourhood(A)], MAX_READ_PER_KEY)  # noqa: SLF001
+    assert len(sampled) <= 272 * MAX_READ_PER_KEY

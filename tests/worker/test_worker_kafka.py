@@ -9,6 +9,8 @@ from __future__ import annotations
 import base64
 import json
 import signal
+import subprocess
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -163,25 +165,31 @@ def labelled(model_dir: Path, candidates: list[bytes]) -> dict[str, bytes]:
     return found
 
 
-def twin(data: bytes) -> bytes:
+def twin(data: bytes, pixel: int = 0) -> bytes:
     """Different bytes, same picture: one pixel nudged, re-encoded losslessly."""
     pixels = decode_rgb(data).copy()
-    pixels[0, 0, 0] ^= 1
+    pixels[0, pixel, 0] ^= 1
     from PIL import Image
 
     return encode(Image.fromarray(pixels), "PNG")
 
 
-def test_perceptual_match_never_launders_real_but_propagates_ai(
-    tiny_model_dir: Path, broker: Broker, topics: dict[str, str], server: LocalServer, workers: list[Worker], tmp_path: Path,
+def test_perceptual_matches_are_reported_and_only_trusted_ones_answer_unscored(
+    tiny_model_dir: Path, broker: Broker, topics: dict[str, str], server: LocalServer, redis_server: RedisServer,
+    workers: list[Worker], tmp_path: Path,
 ) -> None:
+    """The pre-poisoning attack: B is a planted copy the model called AI; B2, a near-twin of it
+    (the victim's photo), must be scored by the model, not answered from B. Once an operator
+    confirms B (`dda trust-verdicts`), a worker in `trusted` mode answers twins of B unscored."""
     candidates = [encode(scene(500, 420, seed=100 + i), "PNG") for i in range(16)]
     chosen = labelled(tiny_model_dir, candidates)
     for label, data in chosen.items():
         server.routes[f"/orig/{label}"] = Route(body=data)
         server.routes[f"/twin/{label}"] = Route(body=twin(data))
+        server.routes[f"/twin2/{label}"] = Route(body=twin(data, 1))
         assert hamming(pdq_from_pixels(pdq_pixels(data))[0], pdq_from_pixels(pdq_pixels(twin(data)))[0]) <= 2
-    start_worker(workers, tiny_model_dir, broker, topics, unique("group"), tmp_path / "w.log")
+    worker = start_worker(workers, tiny_model_dir, broker, topics, unique("group"), tmp_path / "w.log",
+                          DDA_REDIS_URL=redis_server.url, DDA_NEAR_DUPLICATES="trusted")
     verdicts = broker.reader(topics["output"])
     broker.produce(topics["input"], [request("A", f"{server.base}/orig/real"), request("B", f"{server.base}/orig/ai_generated")])
     verdicts.read_until(lambda r: len(r) >= 2, 60)
@@ -189,10 +197,22 @@ def test_perceptual_match_never_launders_real_but_propagates_ai(
     verdicts.read_until(lambda r: len(r) >= 4, 60)
     got = {v["id"]: v for v in verdicts.values()}
     assert got["A"]["label"] == "real" and got["B"]["label"] == "ai_generated"
-    assert got["A2"]["cache"] == "miss"  # a fresh model verdict, never A's cached "real"
-    assert got["A2"]["hashes"]["sha256"] != got["A"]["hashes"]["sha256"]
-    assert got["B2"]["cache"] == "near_duplicate" and got["B2"]["label"] == "ai_generated"
-    assert got["B2"]["cache_match"]["sha256"] == got["B"]["hashes"]["sha256"]
+    assert got["A2"]["cache"] == "miss" and "cache_match" not in got["A2"]  # a near-twin of "real" matches nothing
+    assert got["B2"]["cache"] == "miss"  # scored by the model: the match is only reported
+    assert got["B2"]["cache_match"] == {"sha256": got["B"]["hashes"]["sha256"], "pdq_distance": got["B2"]["cache_match"]["pdq_distance"],
+                                        "trusted": False}
+    assert worker.metric("dda_engine_images_total") == 4
+
+    trusted = subprocess.run([sys.executable, "-m", "worker.cli", "trust-verdicts", "-", "--model", str(tiny_model_dir),
+                              "--redis-url", redis_server.url], input=got["B"]["hashes"]["sha256"] + "\n",
+                             capture_output=True, text=True, timeout=120)
+    assert trusted.returncode == 0, trusted.stderr
+    assert json.loads(trusted.stdout) == {"sha256": got["B"]["hashes"]["sha256"], "result": "trusted"}
+    broker.produce(topics["input"], [request("B3", f"{server.base}/twin2/ai_generated")])
+    verdicts.read_until(lambda r: len(r) >= 5, 60)
+    b3 = next(v for v in verdicts.values() if v["id"] == "B3")
+    assert b3["cache"] == "near_duplicate" and b3["label"] == "ai_generated" and b3["cache_match"]["trusted"] is True
+    assert worker.metric("dda_engine_images_total") == 4  # answered without scoring
 
 
 def test_sigkill_mid_batch_then_restart_loses_nothing(
