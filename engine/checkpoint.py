@@ -40,19 +40,24 @@ def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
     return digest.hexdigest()
 
 
-def _load_state_dict(path: Path) -> Mapping[str, torch.Tensor]:
-    """Read the pickle without executing code; memory-map it so import stays near 1x its size."""
+def safe_torch_load(path: Path, map_location: str = "cpu") -> object:
+    """A torch file read without executing code (tensors and plain containers only; a pickle that
+    would run code is refused); memory-mapped where the format allows, so memory stays near 1x."""
     try:
         try:
-            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            return torch.load(path, map_location=map_location, weights_only=True, mmap=True)
         except RuntimeError as exc:
             if "mmap" not in str(exc):  # legacy non-zip pickles cannot be mapped
                 raise
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+            return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
         raise CheckpointError(f"{path}: refused to unpickle (only tensors and plain containers are allowed): {exc}") from exc
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError) as exc:
         raise CheckpointError(f"{path}: not a readable torch checkpoint (truncated or corrupt?): {exc}") from exc
+
+
+def _load_state_dict(path: Path) -> Mapping[str, torch.Tensor]:
+    obj = safe_torch_load(path)
     if isinstance(obj, Mapping) and isinstance(obj.get("model"), Mapping):
         obj = obj["model"]
     if not isinstance(obj, Mapping) or not any(isinstance(k, str) and k.startswith(BACKBONE) for k in obj):

@@ -6,6 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
+from engine.checkpoint import CheckpointError
 from engine.console import say
 from engine.model_dir import load_model_dir
 
@@ -24,14 +25,22 @@ def train_command(args: argparse.Namespace) -> int:
     cfg = TrainConfig(init=args.init, pairs=args.pairs, output=args.output, steps=args.steps, pairs_per_step=args.pairs_per_step,
                       accumulation=args.accumulation, lr=args.lr, seed=args.seed, device=args.device,
                       checkpoint_every=args.checkpoint_every)
-    say(f"wrote {train(cfg, log=say)}")
+    try:
+        say(f"wrote {train(cfg, log=say)}")
+    except CheckpointError as exc:
+        say(f"error: {exc}")
+        return 2
     return 0
 
 
 def export_command(args: argparse.Namespace) -> int:
     from training.export import export
 
-    manifest = export(Path(args.checkpoint), Path(args.output))
+    try:
+        manifest = export(Path(args.checkpoint), Path(args.output))
+    except CheckpointError as exc:
+        say(f"error: {exc}")
+        return 2
     say(f"wrote {args.output} (model {manifest.version})")
     return 0
 

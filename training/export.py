@@ -6,16 +6,16 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-import torch
 
 from engine.checkpoint import DEFAULT_THRESHOLD
 from engine.model_dir import Manifest, write_model_dir
 from engine.preprocess import Preprocessing
 from training.model import TrainableDDA, load_initial
+from training.train import load_training_state
 
 
 def export(checkpoint: Path, dest: Path, threshold: float = DEFAULT_THRESHOLD) -> Manifest:
-    state = torch.load(checkpoint, map_location="cpu", weights_only=False)  # written by `dda train`
+    state = load_training_state(checkpoint)
     cfg = state["config"]
     network, source = load_initial(cfg["init"])
     model = TrainableDDA(network, cfg["lora_rank"], cfg["lora_alpha"])

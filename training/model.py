@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from engine.arch import LORA_TARGETS, expected_shapes, infer_architecture
-from engine.checkpoint import merge_lora
+from engine.checkpoint import merge_lora, safe_torch_load
 from engine.model_dir import load_model_dir
 from engine.preprocess import CROP_SIZE
 from engine.vit import DdaViT, build_network
@@ -96,7 +96,7 @@ def load_initial(spec: str) -> tuple[DdaViT, str]:
     if path.is_dir():
         loaded = load_model_dir(path)
         return loaded.network, loaded.manifest.version
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = safe_torch_load(path)
     if isinstance(state, Mapping) and isinstance(state.get("model"), Mapping):
         state = state["model"]
     return _network_from_backbone(state), f"dinov2:{path.name}"

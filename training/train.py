@@ -28,6 +28,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from engine.checkpoint import CheckpointError, safe_torch_load
 from engine.preprocess import CROP_SIZE, Preprocessing, normalize
 from training import augment
 from training.alignment import AlignmentConfig, align_pair
@@ -54,6 +55,15 @@ class TrainConfig:
     seed: int = 0
     device: str = "cpu"
     checkpoint_every: int = 100
+
+
+def load_training_state(path: Path, map_location: str = "cpu") -> dict[str, Any]:
+    """A `dda train` checkpoint, read without running code: a crafted file passed to `dda export`
+    or left in an output directory must not execute anything (CheckpointError instead)."""
+    state = safe_torch_load(path, map_location)
+    if not isinstance(state, dict) or not {"trainable", "step", "config"} <= state.keys():
+        raise CheckpointError(f"{path}: not a `dda train` checkpoint (no trainable/step/config entries)")
+    return state
 
 
 def contrastive_loss(features: Tensor, labels: Tensor, pos_margin: float = 0.0, neg_margin: float = 1.0) -> Tensor:
@@ -119,7 +129,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = lambda _m: None) -> Pat
     start = 0
     checkpoint = out / CHECKPOINT
     if checkpoint.is_file():
-        state = torch.load(checkpoint, map_location=cfg.device, weights_only=False)  # our own file
+        state = load_training_state(checkpoint, cfg.device)
         model.load_state_dict(state["trainable"], strict=False)
         optimizer.load_state_dict(state["optimizer"])
         rng.setstate(state["rng"])
