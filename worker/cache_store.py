@@ -130,16 +130,15 @@ class RedisStore:
         pipe = self.client.pipeline(transaction=False)
         for keys in key_groups:
             for key in keys:
-                pipe.scard(key)
-                pipe.srandmember(key, per_key)
+                pipe.srandmember(key, per_key + 1)  # one more than kept: tells a capped set apart
         replies = iter(pipe.execute())
         out = []
         for keys in key_groups:
             found: set[str] = set()
             capped = 0
             for _ in keys:
-                size, members = next(replies), next(replies)
-                capped += size > per_key
-                found |= {m.decode() for m in members}
+                members = next(replies)
+                capped += len(members) > per_key
+                found |= {m.decode() for m in members[:per_key]}
             out.append((found, capped))
         return out
