@@ -40,12 +40,13 @@ def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
     return digest.hexdigest()
 
 
-def safe_torch_load(path: Path, map_location: str = "cpu") -> object:
+def safe_torch_load(path: Path, map_location: str = "cpu", mmap: bool = True) -> object:
     """A torch file read without executing code (tensors and plain containers only; a pickle that
-    would run code is refused); memory-mapped where the format allows, so memory stays near 1x."""
+    would run code is refused). Memory-mapped where the format allows, so memory stays near 1x;
+    pass mmap=False for a file that will be overwritten while its tensors are in use."""
     try:
         try:
-            return torch.load(path, map_location=map_location, weights_only=True, mmap=True)
+            return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
         except RuntimeError as exc:
             if "mmap" not in str(exc):  # legacy non-zip pickles cannot be mapped
                 raise

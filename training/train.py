@@ -60,7 +60,7 @@ class TrainConfig:
 def load_training_state(path: Path, map_location: str = "cpu") -> dict[str, Any]:
     """A `dda train` checkpoint, read without running code: a crafted file passed to `dda export`
     or left in an output directory must not execute anything (CheckpointError instead)."""
-    state = safe_torch_load(path, map_location)
+    state = safe_torch_load(path, map_location, mmap=False)  # resuming overwrites this very file
     if not isinstance(state, dict) or not {"trainable", "step", "config"} <= state.keys():
         raise CheckpointError(f"{path}: not a `dda train` checkpoint (no trainable/step/config entries)")
     return state
