@@ -44,6 +44,10 @@ def safe_torch_load(path: Path, map_location: str = "cpu", mmap: bool = True) ->
     """A torch file read without executing code (tensors and plain containers only; a pickle that
     would run code is refused). Memory-mapped where the format allows, so memory stays near 1x;
     pass mmap=False for a file that will be overwritten while its tensors are in use."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):  # torch's zip format, or a legacy pickle
+        raise CheckpointError(f"{path}: not a PyTorch checkpoint (it starts with {head!r}, not a zip archive or a pickle)")
     try:
         try:
             return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)

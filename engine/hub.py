@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import os
 import re
+import socket
+import threading
+import urllib.parse
 from pathlib import Path
 from typing import Callable
 
@@ -27,14 +30,60 @@ def is_hf_uri(spec: str) -> bool:
     return spec.startswith("hf://")
 
 
+HUB_PROBE_S = 3.0  # a hub that does not answer a TCP connect in this long is unreachable
+
+
+class ModelUnavailable(RuntimeError):
+    """The model must come from the hub and cannot; the message says how to go on without it."""
+
+    def __init__(self, uri: str, reason: str) -> None:
+        super().__init__(
+            f"the model {uri} is not in {cache_dir() / 'models'} and cannot be downloaded from the Hugging Face hub "
+            f"({reason}). To run without the hub: import a copy of the checkpoint once with "
+            f"`dda import-checkpoint DDA_ckpt.pth DIR`, then pass `--model DIR` (or DDA_MODEL=DIR); a model imported "
+            f"before is reused from the cache without the network. Set HF_HUB_OFFLINE=1 to never try the hub; "
+            f"set HF_ENDPOINT to use a mirror.")
+
+
+def _hub_reachable(timeout_s: float = HUB_PROBE_S) -> str | None:
+    """None when the hub's host accepts a TCP connection within `timeout_s`, else why not.
+
+    huggingface_hub retries an unreachable host for about 30 s; this answers in seconds. The
+    probe runs on a daemon thread so that a resolver that hangs cannot hold it either."""
+    endpoint = urllib.parse.urlsplit(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    host, port = endpoint.hostname or "huggingface.co", endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    outcome: list[str | None] = []
+
+    def probe() -> None:
+        try:
+            socket.create_connection((host, port), timeout=timeout_s).close()
+            outcome.append(None)
+        except OSError as exc:
+            outcome.append(f"{host}:{port} unreachable: {exc.strerror or exc}")
+
+    thread = threading.Thread(target=probe, name="hub-probe", daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    return outcome[0] if outcome else f"{host}:{port} did not answer within {timeout_s:g} s"
+
+
 def download_hf(uri: str) -> Path:
-    """Fetch one file from the hub (huggingface_hub shows its own progress bar)."""
+    """Fetch one file from the hub (huggingface_hub shows its own progress bar), or ModelUnavailable."""
     match = _HF_URI.match(uri)
     if not match:
         raise ValueError(f"{uri!r} is not of the form hf://OWNER/REPO/PATH[@REVISION]")
     from huggingface_hub import hf_hub_download
 
-    return Path(hf_hub_download(repo_id=match["repo"], filename=match["path"], revision=match["rev"]))
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+    if not offline:
+        unreachable = _hub_reachable()
+        if unreachable:
+            raise ModelUnavailable(uri, unreachable)
+    try:
+        return Path(hf_hub_download(repo_id=match["repo"], filename=match["path"], revision=match["rev"]))
+    except Exception as exc:  # noqa: BLE001 - offline misses, HTTP errors, timeouts: one actionable message
+        reason = "HF_HUB_OFFLINE is set and the file is not in the hub's cache" if offline else f"{type(exc).__name__}: {exc}"
+        raise ModelUnavailable(uri, reason.splitlines()[0]) from exc
 
 
 def resolve_checkpoint(src: str) -> Path:

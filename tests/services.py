@@ -121,6 +121,38 @@ class Broker(Process):
             consumer.close()
 
 
+class NoidaBroker(Broker):
+    """noida-db's Kafka service alone, in a temporary data directory: it persists across restarts
+    and reports true end offsets (tansu's are wrong), but never expires a SIGKILLed member, so
+    tests on it stop their workers with SIGTERM and use a fresh group."""
+
+    def __init__(self) -> None:
+        import noida_db
+
+        binary = Path(noida_db.__file__).parent / "noida-db"
+        binary.chmod(0o755)
+        self.port = free_port()
+        self.dir = tempfile.mkdtemp(prefix="dda-noida-")
+        Process.__init__(self, [str(binary), "start", "--data-dir", self.dir, "--host", "127.0.0.1", "--only", "kafka",
+                                "--kafka-port", str(self.port)])
+
+    def start(self) -> None:
+        Process.start(self)
+        wait_for(lambda: _port_open(self.port), 10, "noida-db to listen")
+
+    def stop(self) -> None:
+        self.kill()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def end_offsets(self, topic: str, partitions: int) -> dict[int, int]:
+        consumer = KafkaConsumer(bootstrap_servers=self.bootstrap)
+        try:
+            ends = consumer.end_offsets([TopicPartition(topic, p) for p in range(partitions)])
+            return {tp.partition: offset for tp, offset in ends.items()}
+        finally:
+            consumer.close()
+
+
 class TopicReader:
     """Reads a whole topic from the start, without a group (tansu's end offsets are not trusted)."""
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Sequence
+from typing import Any, Sequence
 
 from engine import cli as engine_cli
 from engine import compile_cli
@@ -12,9 +12,29 @@ from training import cli as training_cli
 from worker import scan, service, trust_cli
 
 
+class DefaultsFormatter(argparse.HelpFormatter):
+    """Appends an option's default to its help unless the help already states one."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if (not action.option_strings or "default" in text or action.default in (None, False, argparse.SUPPRESS)
+                or text == argparse.SUPPRESS):
+            return action.help
+        return f"{text} (default: {action.default})"
+
+
+class HelpfulParser(argparse.ArgumentParser):
+    """Every sub-command's --help shows defaults (and argparse shows choices)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", DefaultsFormatter)
+        super().__init__(*args, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dda", description="DDA AI-generated image detector")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                     parser_class=HelpfulParser)
     engine_cli.register(commands)
     compile_cli.register(commands)
     scan.register(commands)
@@ -26,7 +46,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return int(args.handler(args))
+    try:
+        return int(args.handler(args))
+    except KeyboardInterrupt:  # the worker handles SIGINT itself (drain); everything else stops here
+        print("dda: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

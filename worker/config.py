@@ -19,24 +19,41 @@ class ConfigError(ValueError):
 
 
 # Parsers raise ArgumentTypeError so argparse shows their reason; `load` reports it too.
+def _whole(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+
+
 def positive_int(text: str) -> int:
-    value = int(text)
+    value = _whole(text)
     if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
 
 
 def positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError("must be positive")
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}")
     return value
 
 
 def _non_negative_int(text: str) -> int:
-    value = int(text)
+    value = _whole(text)
     if value < 0:
-        raise argparse.ArgumentTypeError("must be 0 or more")
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def port(text: str) -> int:
+    value = _whole(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"not a TCP port (0-65535): {value}")
     return value
 
 
@@ -98,7 +115,7 @@ class WorkerConfig:
     max_pixels: int = setting("DDA_MAX_PIXELS", "64000000", positive_int, "largest image decoded, in pixels")
     max_message_bytes: int = setting("DDA_MAX_MESSAGE_BYTES", "65536", positive_int, "larger input messages go to the dead-letter topic")
     metrics_host: str = setting("DDA_METRICS_HOST", "0.0.0.0", str, "address the endpoints listen on")
-    metrics_port: int = setting("DDA_METRICS_PORT", "9400", _non_negative_int, "port of /metrics, /healthz, /readyz (0: off)")
+    metrics_port: int = setting("DDA_METRICS_PORT", "9400", port, "port of /metrics, /healthz, /readyz (0: off)")
     max_in_flight_bytes: int = setting("DDA_MAX_IN_FLIGHT_BYTES", str(1024 * 1024 * 1024), positive_int, "fetched image bytes held before fetching waits")
     decode_timeout_s: float = setting("DDA_DECODE_TIMEOUT_S", "30", positive_float, "one image's decode + hash; over it the decode process is killed")
     near_duplicates: str = setting("DDA_NEAR_DUPLICATES", "report", _choice("report", "trusted"),
@@ -108,6 +125,7 @@ class WorkerConfig:
                                     "memory one decode process may add to what it maps at start; raise with DDA_MAX_PIXELS")
     kafka_max_request_bytes: int = setting("DDA_KAFKA_MAX_REQUEST_BYTES", "1048576", positive_int, "largest record the producer sends (keep <= the topics' max.message.bytes)")
     revoke_timeout_s: float = setting("DDA_REVOKE_TIMEOUT_S", "2", positive_float, "on a rebalance, how long revoked partitions' work may finish and be acknowledged")
+    lag_every_s: float = setting("DDA_LAG_EVERY_S", "10", positive_float, "how often dda_consumer_lag is refreshed from the broker's offsets")
     drain_timeout_s: float = setting("DDA_DRAIN_TIMEOUT_S", "25", positive_float, "on SIGTERM, how long in-flight work may finish")
     log_level: str = setting("DDA_LOG_LEVEL", "info", _choice("debug", "info", "warning", "error"), "log level")
 

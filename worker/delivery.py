@@ -69,6 +69,7 @@ class Limits:
     revoke_timeout_s: float
     drain_timeout_s: float
     post_drain_s: float = 6.0  # stop stages, flush, commit, close: well inside the 10 s after the drain
+    lag_every_s: float = 10.0  # how often consumer lag is asked of the broker
     retry_base_s: float = 0.2  # first retry of a refused record; doubles, capped at 10 s
 
 
@@ -89,6 +90,8 @@ class Delivery:
         self._closing = False
         self._publish_blocked_until = 0.0
         self._next_commit = 0.0
+        self._next_lag = 0.0
+        self._lag_labels: set[Partition] = set()
         self._lock = threading.Lock()  # listener (transport thread) vs. loop: never both, but be explicit
 
     # --- the loop ----------------------------------------------------------------------------
@@ -110,7 +113,25 @@ class Delivery:
                 self._pump()
                 self._commit()
                 self._backpressure()
+            self._report_lag()
         return self._shutdown(stop_stages, fatal)
+
+    def _report_lag(self) -> None:
+        """Refresh `dda_consumer_lag` from the broker every lag_every_s; a failure only skips a refresh."""
+        now = time.monotonic()
+        if now < self._next_lag:
+            return
+        self._next_lag = now + self.limits.lag_every_s
+        try:
+            lag = self.transport.lag()
+        except Exception as exc:  # noqa: BLE001 - a metric must never stop consumption
+            log.info("consumer lag not available this time", error=f"{type(exc).__name__}: {exc}")
+            return
+        for topic, partition in self._lag_labels - set(lag):
+            self.metrics.consumer_lag.remove(topic, str(partition))
+        for (topic, partition), value in lag.items():
+            self.metrics.consumer_lag.labels(topic, str(partition)).set(value)
+        self._lag_labels = set(lag)
 
     def _accept(self, message: Message) -> None:
         tp = message.tp

@@ -41,5 +41,6 @@ class Endpoints:
         self.thread.start()
 
     def stop(self) -> None:
-        self.server.shutdown()
+        if self.thread.is_alive():  # shutdown() would wait forever for a loop that never ran
+            self.server.shutdown()
         self.server.server_close()

@@ -137,6 +137,21 @@ class KafkaTransport(Transport):
     def assignment(self) -> set[Partition]:
         return {_tp(p) for p in self.consumer.assignment()}
 
+    def lag(self) -> dict[Partition, int]:
+        mine = list(self.consumer.assignment())
+        if not mine:
+            return {}
+        end = self.consumer.end_offsets(mine)
+        beginning: dict[TopicPartition, int] | None = None
+        out = {}
+        for tp in mine:
+            committed = self.consumer.committed(tp)
+            if committed is None:  # nothing committed yet: the group starts from the earliest offset
+                beginning = beginning or self.consumer.beginning_offsets(mine)
+                committed = beginning[tp]
+            out[_tp(tp)] = max(0, end[tp] - committed)
+        return out
+
     def flush(self, timeout_s: float) -> None:
         try:
             self.producer.flush(timeout=timeout_s)

@@ -30,6 +30,8 @@ class Metrics:
         self.dead_letters_dropped = Counter("dda_dead_letters_dropped", "Dead letters given up after their retries (logged with source, size and SHA-256)", registry=r)
         self.rebalances = Counter("dda_rebalances", "Partition events, by kind (assigned, revoked, lost)", ["kind"], registry=r)
         self.commit_failures = Counter("dda_commit_failures", "Offset commits that failed (retried on the next commit)", registry=r)
+        self.consumer_lag = Gauge("dda_consumer_lag", "Input messages not yet committed: the partition's end offset minus the group's committed offset (refreshed every DDA_LAG_EVERY_S)",
+                                  ["topic", "partition"], registry=r)
         self.paused = Gauge("dda_partitions_paused", "1 while input partitions are paused for backpressure", registry=r)
 
     def render(self) -> bytes:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import threading
 import time
 from pathlib import Path
@@ -73,7 +74,8 @@ class _Decoder:
 
 
 def scan(detector: Detector, inputs: Sequence[str], batch_size: int, policy: FetchPolicy, max_pixels: int,
-         decode_limits: DecodeLimits = DecodeLimits()) -> Iterator[dict[str, Any]]:
+         decode_limits: DecodeLimits = DecodeLimits(), on_stage: Callable[[str], None] = lambda _s: None,
+         ) -> Iterator[dict[str, Any]]:
     """Results in input order; a bad input yields an error record and never stops the run.
 
     In the reference's single-crop mode only the centre crop is decoded where the format
@@ -93,17 +95,20 @@ def scan(detector: Detector, inputs: Sequence[str], batch_size: int, policy: Fet
             errors: dict[int, InputError] = {}
             payloads: dict[int, bytes] = {}
             for i, spec in enumerate(chunk):
+                on_stage(f"reading {i + 1}/{len(chunk)} of this batch")
                 try:
                     payloads[i] = read_input(spec, fetcher)
                 except Exception as exc:  # noqa: BLE001 - one input's failure is its own line
                     errors[i] = exc if isinstance(exc, InputError) else InputError(INTERNAL_ERROR, f"{type(exc).__name__}: {exc}")
             images: dict[int, np.ndarray] = {}
+            on_stage(f"decoding {len(payloads)} images")
             for i, prepared in sorted(decoder.crops(payloads, size, detector.crops, max_pixels).items()):
                 if prepared.error is not None:
                     errors[i] = InputError(*prepared.error)
                 else:
                     assert prepared.crops is not None
                     images[i] = prepared.crops
+            on_stage(f"scoring {len(images)} images")
             try:
                 predictions = dict(zip(images, detector.predict_views(list(images.values()))))
             except Exception as exc:  # noqa: BLE001 - the batch's inputs get the error, the run goes on
@@ -135,12 +140,21 @@ def scan_command(args: argparse.Namespace) -> int:
         say(f"error: {exc}")
         return 2
     detector = Detector(loaded.manifest, runner, crops=args.crops)
-    started = last_report = time.monotonic()
+    total = len(args.inputs)
+    if sys.stderr.isatty():  # a person watching: a bar per image with rate and ETA, and what is running now
+        from tqdm import tqdm
+
+        with tqdm(total=total, unit="image", file=sys.stderr, dynamic_ncols=True) as bar:
+            for record in scan(detector, args.inputs, args.batch_size, policy, args.max_pixels, on_stage=bar.set_postfix_str):
+                bar.write(json.dumps(record), file=sys.stdout)
+                bar.update(1)
+        return 0
+    started = last_report = time.monotonic()  # a log: a line every few seconds
     for done, record in enumerate(scan(detector, args.inputs, args.batch_size, policy, args.max_pixels), start=1):
         print(json.dumps(record), flush=True)
         now = time.monotonic()
-        if now - last_report >= PROGRESS_EVERY_S and done < len(args.inputs):
-            say(f"scanned {done}/{len(args.inputs)} ({done / (now - started):.2f} images/s)")
+        if now - last_report >= PROGRESS_EVERY_S and done < total:
+            say(f"scanned {done}/{total} ({done / (now - started):.2f} images/s)")
             last_report = now
     return 0
 
@@ -149,16 +163,22 @@ def register(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser("scan", help="score image files or URLs; one JSON line per input on stdout")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image file path or http(s) URL")
     p.add_argument("--model", default=None, help="model directory or hf:// checkpoint (default: the official DDA checkpoint)")
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where the model runs")
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"], help="torch backend precision")
     p.add_argument("--backend", default="auto", choices=["auto", "torch", "tensorrt"],
                    help="auto: a TensorRT engine from MODEL/engines/ when one matches this GPU, else torch")
     p.add_argument("--crops", type=int, default=1, choices=[1, 5], help="1: reference centre crop; 5: centre + corners, mean logit")
-    p.add_argument("--batch-size", type=positive_int, default=16)
+    # One name per setting across commands (the worker's); the older scan names stay as hidden aliases.
+    p.add_argument("--max-batch", dest="batch_size", metavar="N", type=positive_int, default=16, help="images per forward pass")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the network for the batch size (CUDA graphs on GPU); slow first batch")
     p.add_argument("--max-pixels", type=positive_int, default=DEFAULT_MAX_PIXELS, help="refuse images with more pixels than this")
-    p.add_argument("--allow-networks", default="", help="comma-separated CIDRs that URLs may reach despite being private")
-    p.add_argument("--fetch-timeout", type=positive_float, default=30.0, help="whole-request deadline per URL, seconds")
+    p.add_argument("--fetch-allow-networks", dest="allow_networks", metavar="CIDRS", default="",
+                   help="comma-separated CIDRs that URLs may reach despite being private (default: none)")
+    p.add_argument("--fetch-timeout-s", dest="fetch_timeout", metavar="SECONDS", type=positive_float, default=30.0,
+                   help="whole-request deadline per URL, seconds")
     p.add_argument("--fetch-max-bytes", type=positive_int, default=50 * 1024 * 1024, help="refuse bodies larger than this")
+    for alias, dest, kind in (("--batch-size", "batch_size", positive_int), ("--allow-networks", "allow_networks", str),
+                              ("--fetch-timeout", "fetch_timeout", positive_float)):
+        p.add_argument(alias, dest=dest, type=kind, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     p.set_defaults(handler=scan_command)

@@ -41,12 +41,23 @@ HARD_EXIT_AFTER_DRAIN_S = 8.0  # the process is gone within DDA_DRAIN_TIMEOUT_S 
 
 
 def configure_logging(level: str) -> None:
-    """JSON lines on stderr; stdout is reserved for verdicts in the embedded mode."""
+    """JSON lines on stderr; stdout is reserved for verdicts in the embedded mode.
+
+    Libraries' own records (kafka-python, redis, httpx, urllib3) go through the same JSON
+    renderer, with their logger's name, at WARNING and above: one format for the log pipeline."""
     numeric = getattr(logging, level.upper())
-    logging.basicConfig(stream=sys.stderr, level=max(numeric, logging.WARNING), format="%(message)s")
+    shared = [structlog.processors.add_log_level, structlog.processors.TimeStamper(fmt="iso", utc=True)]
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(structlog.stdlib.ProcessorFormatter(
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, structlog.processors.format_exc_info,
+                    structlog.processors.JSONRenderer()],
+        foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name, structlog.stdlib.ExtraAdder()]))
+    root = logging.getLogger()
+    root.handlers = [handler]
+    root.setLevel(max(numeric, logging.WARNING))
+    logging.captureWarnings(True)  # Python warnings too, as JSON from the "py.warnings" logger
     structlog.configure(
-        processors=[structlog.processors.add_log_level, structlog.processors.TimeStamper(fmt="iso", utc=True),
-                    structlog.processors.format_exc_info, structlog.processors.JSONRenderer()],
+        processors=[*shared, structlog.processors.format_exc_info, structlog.processors.JSONRenderer()],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=False,
@@ -63,6 +74,29 @@ def worker_command(args: argparse.Namespace) -> int:
     if config.fetch_allow_networks:
         log.warning("fetch allow-list is set: image URLs may reach these private networks",
                     networks=[str(n) for n in config.fetch_allow_networks])
+    metrics = Metrics()
+    checks: dict[str, Callable[[], bool]] = {"alive": lambda: False, "ready": lambda: False}
+    endpoints = None
+    if config.metrics_port:
+        # Bound now, before minutes of model loading, so a busy port is a configuration error at once.
+        # The embedded (stdin) mode listens on loopback unless told otherwise.
+        explicit_host = "DDA_METRICS_HOST" in os.environ or getattr(args, "metrics_host", None) is not None
+        host = config.metrics_host if explicit_host or config.kafka_bootstrap else "127.0.0.1"
+        try:
+            endpoints = Endpoints(host, config.metrics_port, metrics, alive=lambda: checks["alive"](), ready=lambda: checks["ready"]())
+        except OSError as exc:
+            say(f"error: cannot listen on {host}:{config.metrics_port} for /metrics, /healthz and /readyz: "
+                f"{exc.strerror or exc}. Choose another port with DDA_METRICS_PORT (or --metrics-port); 0 turns them off.")
+            return 2
+    try:
+        return _serve(config, metrics, checks, endpoints)
+    finally:
+        if endpoints is not None:
+            endpoints.stop()
+
+
+def _serve(config: worker_config.WorkerConfig, metrics: Metrics, checks: dict[str, Callable[[], bool]],
+           endpoints: Endpoints | None) -> int:
     try:
         model_dir = resolve_model(config.model, progress=say)
         loaded = load_model_dir(model_dir)
@@ -73,7 +107,6 @@ def worker_command(args: argparse.Namespace) -> int:
         say(f"error: cannot load the model: {exc}")
         return 2
 
-    metrics = Metrics()
     store: Store = RedisStore(config.redis_url) if config.redis_url else MemoryStore()
     cache = VerdictCache(store, namespace_for(loaded.manifest.version, loaded.manifest.threshold), config.cache_ttl_s,
                          on_error=lambda _e: metrics.redis_errors.inc(),
@@ -97,14 +130,12 @@ def worker_command(args: argparse.Namespace) -> int:
     )
     delivery = Delivery(transport, pipeline, metrics, Limits(
         max_in_flight=config.max_in_flight, max_message_bytes=config.max_message_bytes,
-        revoke_timeout_s=config.revoke_timeout_s, drain_timeout_s=config.drain_timeout_s))
+        revoke_timeout_s=config.revoke_timeout_s, drain_timeout_s=config.drain_timeout_s, lag_every_s=config.lag_every_s))
     stop = threading.Event()
     install_stop_signals(stop, config.drain_timeout_s + HARD_EXIT_AFTER_DRAIN_S)
     started = threading.Event()
-    endpoints = None
-    if config.metrics_port:
-        alive, ready = health_checks(pipeline, delivery, transport, started, stop)
-        endpoints = Endpoints(config.metrics_host, config.metrics_port, metrics, alive=alive, ready=ready)
+    checks["alive"], checks["ready"] = health_checks(pipeline, delivery, transport, started, stop)
+    if endpoints is not None:
         endpoints.start()
     try:
         try:
@@ -120,8 +151,6 @@ def worker_command(args: argparse.Namespace) -> int:
     finally:
         pipeline.close(timeout_s=0.5)
         fetcher.close()
-        if endpoints is not None:
-            endpoints.stop()
 
 
 def health_checks(pipeline: Pipeline, delivery: Delivery, transport: Transport, started: threading.Event,

@@ -127,6 +127,11 @@ class Transport(ABC):
     def connected(self) -> bool:
         """The broker is reachable now (readiness)."""
 
+    def lag(self) -> dict[Partition, int]:
+        """Per assigned partition, its end offset minus the group's committed offset (asked of the
+        broker: the operator's lag, the number KEDA scales on); {} where there is no such notion."""
+        return {}
+
     def exhausted(self) -> bool:
         """The input has ended for good (stdin at EOF); a broker's never does."""
         return False

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ from worker.config import _settings
 
 CHART = Path(__file__).resolve().parents[2] / "deploy" / "helm" / "dda-worker"
 KUBE_VERSION = "1.35.0"
-CRD_KINDS = {"ScaledObject", "TriggerAuthentication", "ServiceMonitor"}  # not in the Kubernetes schemas
+CRD_KINDS = {"ScaledObject", "TriggerAuthentication", "ServiceMonitor", "PrometheusRule"}  # not in the Kubernetes schemas
 FROM_SECRETS = {"DDA_REDIS_URL", "DDA_KAFKA_SASL_USERNAME", "DDA_KAFKA_SASL_PASSWORD", "DDA_KAFKA_SSL_CAFILE",
                 "DDA_KAFKA_SSL_CERTFILE", "DDA_KAFKA_SSL_KEYFILE"}
 
@@ -23,6 +24,8 @@ EVERYTHING_ON: dict[str, Any] = {
     "gpu": {"enabled": True, "count": 1},
     "keda": {"enabled": True},
     "serviceMonitor": {"enabled": True},
+    "grafanaDashboard": {"enabled": True},
+    "prometheusRule": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}},
     "networkPolicy": {"enabled": True, "kafka": {"cidrs": ["10.20.0.0/24"]}, "redis": {"cidrs": ["10.30.0.0/24"]}},
     "secrets": {"redis": {"existingSecret": "dda-redis"}, "kafkaSasl": {"existingSecret": "dda-kafka-sasl"},
                 "kafkaTls": {"existingSecret": "dda-kafka-tls", "certKey": "tls.crt", "keyKey": "tls.key"}},
@@ -60,8 +63,19 @@ def test_lint_strict_and_every_manifest_validates(values: dict[str, Any] | None)
         kubernetes_validate.validate(doc, KUBE_VERSION, strict=True)
     expected = {"Deployment", "Service", "ServiceAccount", "PodDisruptionBudget"}
     if values:
-        expected |= CRD_KINDS | {"NetworkPolicy"}
+        expected |= CRD_KINDS | {"NetworkPolicy", "ConfigMap"}
     assert expected <= set(kinds(docs))
+    assert values or not {"ConfigMap", "PrometheusRule"} & set(kinds(docs))  # the operator's kit is off by default
+
+
+def test_operator_kit_renders_the_dashboard_and_rules_as_shipped() -> None:
+    docs = kinds(render(EVERYTHING_ON))
+    dashboard = docs["ConfigMap"]
+    assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert json.loads(dashboard["data"]["dda-worker.json"]) == json.loads((CHART / "files" / "dashboard.json").read_text())
+    rule = docs["PrometheusRule"]
+    assert rule["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    assert rule["spec"]["groups"] == yaml.safe_load((CHART / "files" / "alerts.yaml").read_text())
 
 
 def test_gpu_limit_probes_and_drain_grace() -> None:

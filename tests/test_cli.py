@@ -1,0 +1,97 @@
+"""The `dda` command as a person meets it: wrong values, missing files, busy ports, no hub, Ctrl-C.
+Every one ends in a clear message and a documented exit status, never a traceback."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import encode, photo
+
+
+def dda(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "worker.cli", *args], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})}, stdin=subprocess.DEVNULL)
+
+
+def clean_error(proc: subprocess.CompletedProcess[str], status: int, *phrases: str) -> None:
+    assert proc.returncode == status, proc.stderr
+    assert "Traceback" not in proc.stderr and all(p in proc.stderr for p in phrases), proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "phrase"),
+    [(["scan", "--max-batch", "abc", "x.jpg"], "not a whole number: 'abc'"),
+     (["scan", "--batch-size", "0", "x.jpg"], "must be at least 1"),  # the old name, kept as a hidden alias
+     (["scan", "--fetch-timeout-s", "soon", "x.jpg"], "not a number: 'soon'"),
+     (["scan", "--crops", "3", "x.jpg"], "invalid choice"),
+     (["worker", "--max-batch", "abc"], "--max-batch='abc': not a whole number"),
+     (["worker", "--metrics-port", "70000"], "not a TCP port (0-65535): 70000"),
+     (["worker", "--decode-cpu-s", "-1"], "must be at least 1")],
+)
+def test_wrong_values_are_named_without_a_traceback(args: list[str], phrase: str) -> None:
+    clean_error(dda(*args, "--model", "/nonexistent"), 2, phrase)
+
+
+def test_help_shows_defaults_and_choices() -> None:
+    scan = " ".join(dda("scan", "--help").stdout.split())
+    assert "(default: 16)" in scan and "{cpu,cuda}" in scan and "--max-batch" in scan and "--batch-size" not in scan
+    worker = " ".join(dda("worker", "--help").stdout.split())
+    assert "--max-batch" in worker and "default '32'" in worker and "--fetch-timeout-s" in worker
+
+
+def test_a_busy_metrics_port_is_reported_before_the_model_loads() -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        proc = dda("worker", "--metrics-host", "127.0.0.1", "--metrics-port", str(port), "--model", "/nonexistent")
+    clean_error(proc, 2, f"cannot listen on 127.0.0.1:{port}", "DDA_METRICS_PORT")
+    assert "model" not in proc.stderr.split("cannot listen")[0]  # the model was never looked at
+
+
+@pytest.mark.parametrize("content", [b"not a checkpoint", b"# DDA\n\nA README, not weights.\n" * 20])
+def test_files_that_are_no_checkpoint_are_clear_import_errors(tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "file.pth"
+    path.write_bytes(content)
+    clean_error(dda("import-checkpoint", str(path), str(tmp_path / "out")), 2, "not a PyTorch checkpoint")
+    assert "file an issue" not in dda("import-checkpoint", str(path), str(tmp_path / "out")).stderr
+
+
+def test_missing_model_and_missing_inputs(tiny_model_dir: Path, tmp_path: Path) -> None:
+    clean_error(dda("scan", "--model", str(tmp_path / "nope"), "x.jpg"), 2, "error:")
+    proc = dda("scan", "--model", str(tiny_model_dir), str(tmp_path / "missing.jpg"))
+    assert proc.returncode == 0 and '"file_not_found"' in proc.stdout and "Traceback" not in proc.stderr
+
+
+def test_without_the_hub_the_first_run_says_how_to_go_on(tmp_path: Path) -> None:
+    """No model cached, the hub unreachable (a closed local port stands in for no network)."""
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    env = {"DDA_CACHE_DIR": str(tmp_path / "cache"), "HF_ENDPOINT": f"http://127.0.0.1:{port}", "DDA_MODEL": ""}
+    proc = subprocess.run([sys.executable, "-m", "worker.cli", "worker", "--metrics-port", "0"], input="x\n", text=True,
+                          capture_output=True, timeout=60, env={**os.environ, **env})
+    clean_error(proc, 2, "dda import-checkpoint", "--model", "HF_HUB_OFFLINE", "unreachable")
+    offline = subprocess.run([sys.executable, "-m", "worker.cli", "worker", "--metrics-port", "0"], input="x\n", text=True,
+                             capture_output=True, timeout=60, env={**os.environ, **env, "HF_HUB_OFFLINE": "1"})
+    clean_error(offline, 2, "HF_HUB_OFFLINE is set")
+
+
+def test_ctrl_c_stops_a_scan_with_one_line_and_status_130(tiny_model_dir: Path, tmp_path: Path) -> None:
+    image = tmp_path / "a.jpg"
+    image.write_bytes(encode(photo(640, 480, seed=2), "JPEG", quality=90))
+    proc = subprocess.Popen([sys.executable, "-m", "worker.cli", "scan", "--model", str(tiny_model_dir), "--max-batch", "1",
+                             *[str(image)] * 400], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stderr is not None
+    assert '"status": "ok"' in proc.stdout.readline()  # running, past start-up
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=60) == 130
+    err = proc.stderr.read()
+    assert "Traceback" not in err and err.strip().splitlines()[-1] == "dda: interrupted"
