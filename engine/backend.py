@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable, Literal
 
-from engine.engine_file import find_engine
+from engine.engine_file import engine_directories, find_engine
 from engine.model_dir import LoadedModel
 from engine.runner import Precision, Runner, TorchRunner
 
@@ -21,20 +21,22 @@ def make_runner(
     precision: Precision = "fp32",
     max_batch: int = 16,
     compile: bool = False,
+    engine_dir: Path | None = None,
     log: Callable[[str], None] = lambda _m: None,
 ) -> Runner:
     """`auto` uses TensorRT only on CUDA with TensorRT installed and a matching engine in
-    `model_dir/engines/`; it says which backend it chose and why."""
+    `engine_dir` or `model_dir/engines/`; it says which backend it chose and why."""
+    directories = engine_directories(model_dir, engine_dir)
     if backend != "torch" and device == "cuda":
         try:
             from engine.tensorrt_build import gpu_identity
             from engine.tensorrt_runner import TensorRTRunner
 
-            engine = find_engine(model_dir, gpu_identity(), loaded.manifest.version)
+            engine = find_engine(directories, gpu_identity(), loaded.manifest.version)
         except ImportError as exc:
             engine, reason = None, f"TensorRT/pycuda not importable ({exc})"
         else:
-            reason = f"no engine for this GPU in {model_dir / 'engines'}"
+            reason = f"no engine for this GPU in {' or '.join(map(str, directories))}"
         if engine is not None:
             log(f"backend: TensorRT engine {engine}")
             return TensorRTRunner(engine, loaded.manifest)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 from engine.console import say
+from engine.engine_file import engine_directories, find_engine, publish_engine
 from engine.model_dir import ModelDirError, load_model_dir
 from engine.runner import TorchRunner
 from engine.verify import compare
@@ -36,12 +38,35 @@ def build_command(args: argparse.Namespace) -> int:
         calibration_dir=Path(args.calibration_dir) if args.calibration_dir else None,
         timing_cache=Path(args.timing_cache) if args.timing_cache else None, workspace_gib=args.workspace_gib,
     )
+    # --output-dir: a shared engine cache; build under a temporary name, then publish it whole.
+    output = Path(args.output) if args.output else Path(args.output_dir) / f".building-{os.getpid()}.engine"
     try:
-        info = build_engine(Path(args.onnx), Path(args.output), options, log=say)
+        info = build_engine(Path(args.onnx), output, options, log=say)
     except (BuildError, ImportError, FileNotFoundError) as exc:
         say(f"error: {exc}")
         return 2
-    say(f"wrote {args.output} and its sidecar: {json.dumps(info.to_json())}")
+    if args.output_dir:
+        output = publish_engine(output, Path(args.output_dir), info)
+    say(f"wrote {output} and its sidecar: {json.dumps(info.to_json())}")
+    return 0
+
+
+def find_command(args: argparse.Namespace) -> int:
+    """Exit 0 (and print it) when an engine for this GPU, TensorRT and model exists: the chart's
+    init container builds only when this fails, so one build serves every pod of a GPU type."""
+    try:
+        from engine.tensorrt_build import gpu_identity
+
+        manifest = load_model_dir(Path(args.model)).manifest
+        engine = find_engine(engine_directories(Path(args.model), Path(args.engine_dir) if args.engine_dir else None),
+                             gpu_identity(), manifest.version)
+    except (ModelDirError, ImportError, RuntimeError) as exc:
+        say(f"error: {exc}")
+        return 2
+    if engine is None:
+        say("no engine for this GPU, TensorRT version and model yet")
+        return 1
+    print(engine)
     return 0
 
 
@@ -83,7 +108,9 @@ def register(commands: argparse._SubParsersAction) -> None:
 
     p = commands.add_parser("build-engine", help="build a TensorRT engine for this GPU from an exported ONNX file")
     p.add_argument("--onnx", required=True)
-    p.add_argument("--output", required=True, help="engine file; put it in MODEL_DIR/engines/ for the worker to find")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--output", help="engine file; put it in MODEL_DIR/engines/ for the worker to find")
+    where.add_argument("--output-dir", help="a shared engine directory (DDA_ENGINE_DIR): named per GPU, TensorRT and model")
     p.add_argument("--precision", default="fp16", choices=["fp16", "bf16", "fp8", "int8"])
     p.add_argument("--min-batch", type=int, default=1)
     p.add_argument("--opt-batch", type=int, default=64)
@@ -92,6 +119,11 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--timing-cache", help="timing cache file to read and update (speeds up rebuilds)")
     p.add_argument("--workspace-gib", type=float, default=8.0)
     p.set_defaults(handler=build_command)
+
+    p = commands.add_parser("find-engine", help="print the engine for this GPU, TensorRT and model (exit 1 when none)")
+    p.add_argument("--model", required=True, help="model directory")
+    p.add_argument("--engine-dir", default=None, help="engine directory searched before MODEL/engines/")
+    p.set_defaults(handler=find_command)
 
     p = commands.add_parser("verify-engine", help="compare an ONNX file or engine with the fp32 torch model")
     p.add_argument("--model", required=True, help="model directory (the fp32 reference)")

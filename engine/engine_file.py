@@ -9,9 +9,11 @@ the worker can pick the right engine out of a model directory's `engines/` folde
 from __future__ import annotations
 
 import json
+import os
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 ENGINES_SUBDIR = "engines"
 
@@ -81,12 +83,36 @@ def check_compatible(info: EngineInfo, here: GpuIdentity, model_version: str | N
         raise EngineMismatch(f"engine was built from model {info.model_version}, not {model_version}")
 
 
-def find_engine(model_dir: Path, here: GpuIdentity, model_version: str) -> Path | None:
-    """The first engine under `model_dir/engines/` built for this GPU, TensorRT and model."""
-    for engine in sorted((model_dir / ENGINES_SUBDIR).glob("*.engine")):
-        try:
-            check_compatible(read_sidecar(engine), here, model_version)
-        except EngineMismatch:
-            continue
-        return engine
+def engine_directories(model_dir: Path, engine_dir: Path | None = None) -> list[Path]:
+    """Where engines are looked for: a writable engine directory first (a cache shared by the pods
+    of one GPU type), then the model directory's own `engines/` (prebuilt, read-only)."""
+    return ([engine_dir] if engine_dir is not None else []) + [model_dir / ENGINES_SUBDIR]
+
+
+def find_engine(directories: Sequence[Path], here: GpuIdentity, model_version: str) -> Path | None:
+    """The first engine in `directories` built for this GPU, TensorRT and model."""
+    for directory in directories:
+        for engine in sorted(directory.glob("*.engine")):
+            try:
+                check_compatible(read_sidecar(engine), here, model_version)
+            except EngineMismatch:
+                continue
+            return engine
     return None
+
+
+def cached_engine_name(info: EngineInfo) -> str:
+    """File name of an engine in a shared engine directory: one per GPU type, TensorRT version and model."""
+    key = f"{info.identity.gpu_name}-sm{info.identity.compute_capability}-trt{info.identity.tensorrt_version}-{info.model_version}"
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", key) + ".engine"
+
+
+def publish_engine(built: Path, directory: Path, info: EngineInfo) -> Path:
+    """Move a finished engine (and its sidecar, first) into `directory` under its cache name.
+
+    Renames within one filesystem are atomic, and the sidecar lands first, so a pod looking at
+    a shared directory while another builds sees either no engine or a complete one."""
+    final = directory / cached_engine_name(info)
+    os.replace(sidecar_path(built), sidecar_path(final))
+    os.replace(built, final)
+    return final

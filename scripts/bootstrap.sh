@@ -14,19 +14,44 @@ system_packages() {
         apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${wanted[@]}" >&2
     fi
 }
+TORCH="torch==2.13.0"
+TORCH_CPU_INDEX="https://download.pytorch.org/whl/cpu"
+# torch first and pinned, from PyTorch's own CPU index when it answers (a few hundred MB); PyPI
+# otherwise (its Linux build of this version may pull several GB of CUDA libraries, unless the
+# machine's pip is configured with a local CPU wheel, as CI's is).
+install_torch() {
+    local source="PyPI"
+    if "$VENV/bin/python" - "$TORCH_CPU_INDEX" <<'PY' 2>/dev/null; then
+import sys, urllib.request
+urllib.request.urlopen(sys.argv[1] + "/torch/", timeout=5).close()
+PY
+        source="the PyTorch CPU index"
+        "$VENV/bin/pip" install --quiet --index-url "$TORCH_CPU_INDEX" "$TORCH" >&2
+    else
+        "$VENV/bin/pip" install --quiet "$TORCH" >&2
+    fi
+    local size
+    size=$(du -sm "$("$VENV/bin/python" -c 'import os, torch; print(os.path.dirname(torch.__file__))')" | cut -f1)
+    echo "dda: $TORCH from $source ($size MB installed)" >&2
+}
+# One stamp for both scripts: it records the source hash and the extras installed, and an
+# install for more extras (the tests') also serves a run that needs fewer (scripts/dda).
 bootstrap() {
-    local extras="$1" stamp
-    stamp="$VENV/.installed-$(cat "$ROOT/pyproject.toml" "$ROOT"/worker/*.c | sha256sum | cut -c1-16)-${extras//,/-}"
+    local extras="$1" hash stamp="$VENV/.installed" have="" wanted
+    hash=$(cat "$ROOT/pyproject.toml" "$ROOT"/worker/*.c | sha256sum | cut -c1-16)
     if [ ! -x "$VENV/bin/python" ]; then
         python3 -m venv "$VENV"
     fi
     system_packages "$extras"  # cheap checks, every run: a machine may have lost them
-    if [ ! -f "$stamp" ]; then
-        echo "dda: installing the project into $VENV (extras: $extras)" >&2
-        # torch first and pinned: an unpinned resolve would pull several GB of CUDA wheels.
-        "$VENV/bin/pip" install --quiet "torch==2.13.0" >&2
-        "$VENV/bin/pip" install --quiet -e "$ROOT[$extras]" >&2
-        rm -f "$VENV"/.installed-*
-        touch "$stamp"
+    if [ -f "$stamp" ] && [ "$(head -1 "$stamp")" = "$hash" ]; then
+        have=$(sed -n 2p "$stamp")
+    fi
+    wanted=$(printf '%s\n' ${have//,/ } ${extras//,/ } | sort -u | paste -sd, -)
+    if [ "$wanted" != "$have" ]; then
+        echo "dda: installing the project into $VENV (extras: $wanted)" >&2
+        rm -f "$stamp" "$VENV"/.installed-*
+        "$VENV/bin/python" -c 'import torch' 2>/dev/null || install_torch
+        "$VENV/bin/pip" install --quiet -e "$ROOT[$wanted]" >&2
+        printf '%s\n%s\n' "$hash" "$wanted" > "$stamp"
     fi
 }

@@ -102,6 +102,7 @@ class WorkerConfig:
     model: str | None = setting("DDA_MODEL", "", _optional, "model directory or hf:// checkpoint; unset: the official DDA checkpoint")
     device: str = setting("DDA_DEVICE", "cpu", _choice("cpu", "cuda"), "inference device")
     precision: str = setting("DDA_PRECISION", "fp32", _choice("fp32", "bf16", "fp16"), "torch precision")
+    engine_dir: str | None = setting("DDA_ENGINE_DIR", "", _optional, "TensorRT engines searched before MODEL/engines/ (a writable cache per GPU type)")
     backend: str = setting("DDA_BACKEND", "auto", _choice("auto", "torch", "tensorrt"), "inference backend")
     max_batch: int = setting("DDA_MAX_BATCH", "32", positive_int, "micro-batch size limit")
     max_wait_ms: int = setting("DDA_MAX_WAIT_MS", "20", _non_negative_int, "how long a partial batch waits for more images")

@@ -15,6 +15,7 @@ import signal
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import Callable
 
 import structlog
@@ -101,6 +102,7 @@ def _serve(config: worker_config.WorkerConfig, metrics: Metrics, checks: dict[st
         model_dir = resolve_model(config.model, progress=say)
         loaded = load_model_dir(model_dir)
         runner = make_runner(loaded, model_dir, backend=config.backend, device=config.device,  # type: ignore[arg-type]
+                             engine_dir=Path(config.engine_dir) if config.engine_dir else None,
                              precision=config.precision, max_batch=config.max_batch,  # type: ignore[arg-type]
                              log=lambda message: log.info(message))
     except (ModelDirError, ValueError, RuntimeError, OSError, ImportError) as exc:

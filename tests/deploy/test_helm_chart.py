@@ -158,3 +158,30 @@ def test_schema_rejects_wrong_values(bad: dict[str, Any]) -> None:
         chart.validate_schema(chart.merge_values(copy.deepcopy(bad)))
     with pytest.raises(helm.HelmError):
         chart.render(bad, name="mod", namespace="x")
+
+
+@pytest.mark.parametrize("cache", [{"type": "emptyDir"}, {"type": "pvc", "existingClaim": "dda-engines"}], ids=["emptyDir", "pvc"])
+def test_engines_live_in_their_own_writable_volume_outside_the_read_only_model(cache: dict[str, str]) -> None:
+    docs = kinds(render({"engine": {"mode": "build", "cache": cache}}))
+    spec = docs["Deployment"]["spec"]["template"]["spec"]
+    [init] = spec["initContainers"]
+    env = {e["name"]: e.get("value") for e in worker_container([docs["Deployment"]])["env"]}
+    engine_dir, model = env["DDA_ENGINE_DIR"], env["DDA_MODEL"]
+    for container in (init, worker_container([docs["Deployment"]])):
+        mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+        assert mounts[model]["readOnly"] and mounts[engine_dir]["name"] == "engines" and not mounts[engine_dir].get("readOnly")
+        read_only = [path for path, m in mounts.items() if m.get("readOnly")]
+        nested = [(p, ro) for p in mounts for ro in read_only if p != ro and p.startswith(ro.rstrip("/") + "/")]
+        assert not nested, f"mounts inside read-only mounts need mountpoints the runtime cannot create: {nested}"
+    volume = {v["name"]: v for v in spec["volumes"]}["engines"]
+    assert volume.get("persistentVolumeClaim", {}).get("claimName") == cache.get("existingClaim")
+    script = init["args"][0]
+    assert script.index("dda find-engine") < script.index("||") < script.index("dda build-engine")
+    assert f"--engine-dir {engine_dir}" in script and f"--output-dir {engine_dir}" in script
+
+
+def test_prebuilt_engines_mount_the_cache_only_when_it_is_shared() -> None:
+    plain = kinds(render({"engine": {"mode": "prebuilt", "cache": {"type": "emptyDir"}}}))["Deployment"]["spec"]["template"]["spec"]
+    shared = kinds(render({"engine": {"mode": "prebuilt", "cache": {"type": "pvc", "existingClaim": "e"}}}))["Deployment"]["spec"]["template"]["spec"]
+    assert "initContainers" not in plain and "engines" not in {v["name"] for v in plain["volumes"]}
+    assert "initContainers" not in shared and "engines" in {v["name"] for v in shared["volumes"]}

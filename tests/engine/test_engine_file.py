@@ -7,7 +7,18 @@ from pathlib import Path
 import pytest
 
 from engine.backend import make_runner
-from engine.engine_file import EngineInfo, EngineMismatch, GpuIdentity, check_compatible, find_engine, read_sidecar, write_sidecar
+from engine.engine_file import (
+    EngineInfo,
+    EngineMismatch,
+    GpuIdentity,
+    cached_engine_name,
+    check_compatible,
+    engine_directories,
+    find_engine,
+    publish_engine,
+    read_sidecar,
+    write_sidecar,
+)
 from engine.model_dir import LoadedModel
 from engine.runner import TorchRunner
 from engine.tensorrt_build import BuildError, BuildOptions, build_engine
@@ -47,9 +58,9 @@ def test_find_engine_picks_the_one_for_this_gpu(tmp_path: Path) -> None:
         (engines / name).write_bytes(b"x")
         write_sidecar(engines / name, info(identity))
     (engines / "c-nosidecar.engine").write_bytes(b"x")
-    assert find_engine(tmp_path, H100, "dda-abc") == engines / "b-h100.engine"
-    assert find_engine(tmp_path, L4, "dda-abc") == engines / "a-l4.engine"
-    assert find_engine(tmp_path, H100, "dda-other") is None
+    assert find_engine([engines], H100, "dda-abc") == engines / "b-h100.engine"
+    assert find_engine([engines], L4, "dda-abc") == engines / "a-l4.engine"
+    assert find_engine([engines], H100, "dda-other") is None
     with pytest.raises(EngineMismatch, match="no sidecar"):
         read_sidecar(engines / "c-nosidecar.engine")
 
@@ -82,3 +93,24 @@ def test_auto_backend_on_cpu_is_torch(tiny_model: LoadedModel, tmp_path: Path) -
     assert isinstance(runner, TorchRunner) and said == ["backend: torch fp32 on cpu"]
     with pytest.raises(RuntimeError, match="needs --device cuda"):
         make_runner(tiny_model, tmp_path, backend="tensorrt", device="cpu")
+
+
+def test_a_shared_engine_directory_comes_first_and_publishing_is_whole(tmp_path: Path) -> None:
+    """The chart's engine cache: built once per GPU type + TensorRT version, found by every pod."""
+    model_dir, shared = tmp_path / "model", tmp_path / "shared"
+    (model_dir / "engines").mkdir(parents=True)
+    shared.mkdir()
+    (model_dir / "engines" / "prebuilt.engine").write_bytes(b"old")
+    write_sidecar(model_dir / "engines" / "prebuilt.engine", info(H100))
+    directories = engine_directories(model_dir, shared)
+    assert find_engine(directories, H100, "dda-abc") == model_dir / "engines" / "prebuilt.engine"
+
+    building = shared / ".building-123.engine"  # a build in progress is not an engine yet (no sidecar)
+    building.write_bytes(b"new")
+    assert find_engine(directories, H100, "dda-abc") == model_dir / "engines" / "prebuilt.engine"
+    write_sidecar(building, info(H100))
+    final = publish_engine(building, shared, info(H100))
+    assert final.parent == shared and final.name == cached_engine_name(info(H100)) and not building.exists()
+    assert cached_engine_name(info(H100)) != cached_engine_name(info(L4))
+    assert find_engine(directories, H100, "dda-abc") == final and final.read_bytes() == b"new"
+    assert find_engine(directories, L4, "dda-abc") is None

@@ -46,9 +46,9 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
   subPath: {{ .Values.model.subPath }}
   readOnly: true
 {{- end }}
-{{- if eq .Values.engine.mode "build" }}
+{{- if include "dda.engineVolume" . }}
 - name: engines
-  mountPath: {{ printf "%s/engines" .Values.worker.model }}
+  mountPath: {{ .Values.worker.engineDir }}
 {{- end }}
 {{- end -}}
 
@@ -56,4 +56,11 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- if .Values.gpu.enabled }}
 {{ .Values.gpu.resourceName }}: {{ .Values.gpu.count }}
 {{- end }}
+{{- end -}}
+
+{{/* The engine cache volume: always when building, and for prebuilt engines kept in a shared claim. */}}
+{{- define "dda.engineVolume" -}}
+{{- if or (eq .Values.engine.mode "build") (and (eq .Values.engine.mode "prebuilt") (eq .Values.engine.cache.type "pvc")) -}}
+true
+{{- end -}}
 {{- end -}}
