@@ -18,18 +18,18 @@ import io
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import describe  # noqa: E402
+from machine import describe
 
-from engine.preprocess import center_crop  # noqa: E402
-from worker import hashing  # noqa: E402
-from worker.decode import decode_center_crop, decode_rgb  # noqa: E402
+from engine.preprocess import center_crop
+from worker import hashing
+from worker.decode import decode_center_crop, decode_rgb
 
 CAMERA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "pdq" / "reg-test-input" / "exif-rotn"
 

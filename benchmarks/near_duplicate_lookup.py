@@ -22,12 +22,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from machine import describe  # noqa: E402
+from machine import describe
 
-from tests.services import RedisServer  # noqa: E402
-from worker import cache as cache_module  # noqa: E402
-from worker.cache import CachedVerdict, Key, VerdictCache  # noqa: E402
-from worker.cache_store import MemoryStore, RedisStore, Store  # noqa: E402
+from tests.services import RedisServer
+from worker import cache as cache_module
+from worker.cache import CachedVerdict, Key, VerdictCache
+from worker.cache_store import MemoryStore, RedisStore, Store
 
 SLOT0 = "f8f8"
 
@@ -64,7 +64,7 @@ def main() -> None:
     args = parser.parse_args()
     defaults = (cache_module.MAX_SLOT_MEMBERS, cache_module.MAX_READ_PER_KEY)
     print(f"machine: {json.dumps(describe())}")
-    print(f"| store | index | hashes in the slot | CPU s per 64 lookups | wall s | matches |")
+    print("| store | index | hashes in the slot | CPU s per 64 lookups | wall s | matches |")
     print("|---|---|---|---|---|---|")
     redis = RedisServer() if shutil.which("redis-server") else None
     try:

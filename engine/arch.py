@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 HEAD_DIM = 64
 LAYERNORM_EPS = 1e-6
@@ -38,7 +39,7 @@ class Architecture:
         return {"type": "dinov2_vit", **asdict(self)}
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> "Architecture":
+    def from_json(cls, data: Mapping[str, Any]) -> Architecture:
         fields = {k: v for k, v in data.items() if k != "type"}
         return cls(**fields)
 

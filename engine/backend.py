@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Literal
 
 from engine.engine_file import engine_directories, find_engine
 from engine.model_dir import LoadedModel

@@ -12,8 +12,8 @@ from __future__ import annotations
 import hashlib
 import pickle
 import zipfile
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Callable, Iterator, Mapping
 
 import torch
 

@@ -30,7 +30,7 @@ def import_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(commands: argparse._SubParsersAction) -> None:
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = commands.add_parser("import-checkpoint", help="convert an official DDA checkpoint into a model directory")
     p.add_argument("src", help="DDA_ckpt.pth path, or hf://OWNER/REPO/FILE")
     p.add_argument("dest", help="model directory to write")

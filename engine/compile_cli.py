@@ -10,7 +10,7 @@ from pathlib import Path
 from engine.console import say
 from engine.engine_file import engine_directories, find_engine, publish_engine
 from engine.model_dir import ModelDirError, load_model_dir
-from engine.runner import TorchRunner
+from engine.runner import Runner, TorchRunner
 from engine.verify import compare
 
 ONNX_TOLERANCE = 1e-4
@@ -78,7 +78,7 @@ def verify_command(args: argparse.Namespace) -> int:
         if args.onnx:
             from engine.onnx_runner import OnnxRunner
 
-            candidate = OnnxRunner(Path(args.onnx), max_batch=args.batch_size)
+            candidate: Runner = OnnxRunner(Path(args.onnx), max_batch=args.batch_size)
             tolerance = ONNX_TOLERANCE if args.tolerance is None else args.tolerance
         else:
             from engine.tensorrt_runner import TensorRTRunner
@@ -99,7 +99,7 @@ def verify_command(args: argparse.Namespace) -> int:
     return 0 if report.max_abs_diff <= tolerance else 1
 
 
-def register(commands: argparse._SubParsersAction) -> None:
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = commands.add_parser("export-onnx", help="export a model directory to ONNX (opset 18, dynamic batch)")
     p.add_argument("--model", required=True, help="model directory")
     p.add_argument("--output", required=True, help="ONNX file to write")

@@ -11,9 +11,10 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 ENGINES_SUBDIR = "engines"
 
@@ -42,7 +43,7 @@ class EngineInfo:
         return data
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "EngineInfo":
+    def from_json(cls, data: dict[str, Any]) -> EngineInfo:
         identity = GpuIdentity(data["gpu_name"], data["compute_capability"], data["tensorrt_version"])
         rest = {k: v for k, v in data.items() if k not in ("gpu_name", "compute_capability", "tensorrt_version")}
         return cls(identity=identity, **rest)

@@ -12,8 +12,8 @@ import re
 import socket
 import threading
 import urllib.parse
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from engine.checkpoint import import_checkpoint
 from engine.model_dir import MANIFEST
@@ -81,7 +81,7 @@ def download_hf(uri: str) -> Path:
             raise ModelUnavailable(uri, unreachable)
     try:
         return Path(hf_hub_download(repo_id=match["repo"], filename=match["path"], revision=match["rev"]))
-    except Exception as exc:  # noqa: BLE001 - offline misses, HTTP errors, timeouts: one actionable message
+    except Exception as exc:  # offline misses, HTTP errors, timeouts: one actionable message
         reason = "HF_HUB_OFFLINE is set and the file is not in the hub's cache" if offline else f"{type(exc).__name__}: {exc}"
         raise ModelUnavailable(uri, reason.splitlines()[0]) from exc
 

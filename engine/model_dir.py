@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -56,7 +57,7 @@ class Manifest:
         }
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "Manifest":
+    def from_json(cls, data: dict[str, Any]) -> Manifest:
         if data.get("format") != FORMAT:
             raise ModelDirError(f"manifest format is {data.get('format')!r}, expected {FORMAT!r}")
         threshold = float(data["threshold"])

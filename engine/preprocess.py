@@ -8,8 +8,9 @@ bytes moved to the accelerator are a quarter of float32; normalisation runs in t
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -19,6 +20,12 @@ if TYPE_CHECKING:  # torch is imported where tensors are made: decode processes 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 CROP_SIZE = 336
+
+
+def _three_floats(values: Any, name: str) -> tuple[float, float, float]:
+    """One value per RGB channel, from a manifest."""
+    first, second, third = (float(v) for v in values)  # ValueError unless exactly three
+    return first, second, third
 
 
 @dataclass(frozen=True)
@@ -38,11 +45,11 @@ class Preprocessing:
         return data
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> "Preprocessing":
+    def from_json(cls, data: Mapping[str, Any]) -> Preprocessing:
         pre = cls(
             crop_size=int(data["crop_size"]),
-            mean=tuple(float(v) for v in data["mean"]),  # type: ignore[arg-type]
-            std=tuple(float(v) for v in data["std"]),  # type: ignore[arg-type]
+            mean=_three_floats(data["mean"], "mean"),
+            std=_three_floats(data["std"], "std"),
         )
         if data.get("resize") is not None or data.get("exif_transpose") or data.get("pad_value", 0) != 0:
             raise ValueError("only the reference preprocessing (no resize, no EXIF transpose, zero pad) is supported")
@@ -110,7 +117,7 @@ def five_crops(rgb: np.ndarray, size: int = CROP_SIZE) -> np.ndarray:
     plan = plan_center_crop(rgb.shape[0], rgb.shape[1], size)
     bottom, right = plan.padded_height - size, plan.padded_width - size
     origins = [(plan.top, plan.left), (0, 0), (0, right), (bottom, 0), (bottom, right)]
-    return np.stack([_window(rgb, plan, t, l, size) for t, l in origins])
+    return np.stack([_window(rgb, plan, top, left, size) for top, left in origins])
 
 
 def views(rgb: np.ndarray, crops: int, size: int = CROP_SIZE) -> np.ndarray:

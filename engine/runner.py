@@ -6,10 +6,12 @@ URLs or verdicts. fp32 is the reference's numerics; bf16/fp16 are the fast modes
 
 from __future__ import annotations
 
-from typing import Callable, Literal, Protocol
+from collections.abc import Callable
+from typing import Literal, Protocol
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from engine.preprocess import Preprocessing, normalize
 from engine.vit import DdaViT
@@ -73,7 +75,7 @@ class TorchRunner:
         self.network = network.to(device=self.device, dtype=self.dtype).eval()
         self.network.refresh_pos_table()
         self.pad_to_max = compile
-        self._forward = self.network
+        self._forward: Callable[[Tensor], Tensor] = self.network
         if compile:
             mode = "reduce-overhead" if self.device.type == "cuda" else None
             self._forward = torch.compile(self.network, mode=mode, dynamic=False)

@@ -12,10 +12,11 @@ from __future__ import annotations
 import json
 import os
 import struct
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Iterable, Mapping
 
 import torch
+
 
 def write_streamed(
     path: Path,
@@ -45,7 +46,7 @@ def write_streamed(
             want_name, want_shape = next(expected, (None, None))
             if name != want_name or tuple(tensor.shape) != want_shape:
                 raise ValueError(f"tensor {name!r} {tuple(tensor.shape)} out of order or shape; expected {want_name!r} {want_shape}")
-            out.write(tensor.detach().to(torch.float32).contiguous().cpu().view(torch.uint8).numpy())
+            out.write(tensor.detach().to(torch.float32).contiguous().cpu().view(torch.uint8).numpy().tobytes())
         leftover = next(expected, None)
         if leftover is not None:
             raise ValueError(f"tensor {leftover[0]!r} was never written")

@@ -7,9 +7,10 @@ CPU-only machines, and nothing else in the project needs them.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -90,7 +91,7 @@ def calibration_batches(folder: Path, pre: Preprocessing, uint8_input: bool, bat
 def _make_calibrator(trt: Any, batches: list[np.ndarray], cache_path: Path) -> Any:
     import pycuda.driver as cuda
 
-    class Calibrator(trt.IInt8EntropyCalibrator2):  # type: ignore[misc, name-defined]
+    class Calibrator(trt.IInt8EntropyCalibrator2):  # type: ignore[misc]  # trt is Any: TensorRT has no stubs
         def __init__(self) -> None:
             super().__init__()
             self.batches = iter(batches)

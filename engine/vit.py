@@ -7,7 +7,7 @@ DINOv2) and resampled once, at construction, for the fixed input size.
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch
 import torch.nn.functional as F

@@ -93,7 +93,7 @@ def _leftovers(since_ticks: int) -> list[str]:
 def pytest_sessionstart(session: pytest.Session) -> None:
     import os
 
-    session.config._dda_started_ticks = _process_started_ticks(str(os.getpid()))  # type: ignore[attr-defined]
+    session.config._dda_started_ticks = _process_started_ticks(str(os.getpid()))  # type: ignore[attr-defined]  # noqa: SLF001 - our own attribute
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

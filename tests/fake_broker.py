@@ -12,8 +12,8 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from worker.transport import Ack, CommitFailed, DoneAck, Kind, Listener, Message, Partition, Transport
 

@@ -16,8 +16,9 @@ import tempfile
 import time
 import urllib.request
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import KafkaAdminClient, NewTopic
@@ -110,7 +111,7 @@ class Broker(Process):
         finally:
             producer.close()
 
-    def reader(self, topic: str) -> "TopicReader":
+    def reader(self, topic: str) -> TopicReader:
         return TopicReader(self.bootstrap, topic)
 
     def committed(self, group: str, topic: str, partitions: int) -> dict[int, int]:

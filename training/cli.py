@@ -64,7 +64,7 @@ def calibrate_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(commands: argparse._SubParsersAction) -> None:
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = commands.add_parser("make-pairs", help="VAE-reconstruct real images into DDA training pairs")
     p.add_argument("--reals", required=True)
     p.add_argument("--output", required=True)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-
 from engine.checkpoint import DEFAULT_THRESHOLD
 from engine.model_dir import Manifest, write_model_dir
 from engine.preprocess import Preprocessing

@@ -8,8 +8,8 @@ head trains too. Export merges LoRA into the weights, so inference runs the plai
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Iterator, Mapping
 
 import torch
 from torch import Tensor, nn

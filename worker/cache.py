@@ -32,8 +32,8 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
-from typing import Callable, Sequence
 
 import structlog
 
@@ -144,15 +144,15 @@ class VerdictCache:
 
     def _near(self, keys: Sequence[Key]) -> list[Lookup]:
         results = [Lookup("miss")] * len(keys)
-        searching = [i for i, k in enumerate(keys) if k.searchable]
+        searching = [(i, k.pdq) for i, k in enumerate(keys) if k.searchable and k.pdq is not None]
         if not searching:
             return results
-        groups = self.store.sample_many([self._neighbourhood(keys[i].pdq) for i in searching], MAX_READ_PER_KEY)  # type: ignore[arg-type]
+        groups = self.store.sample_many([self._neighbourhood(pdq) for _, pdq in searching], MAX_READ_PER_KEY)
         best: dict[int, tuple[int, str]] = {}
-        for i, (members, capped) in zip(searching, groups):
+        for (i, pdq), (members, capped) in zip(searching, groups):
             if capped:
                 self.on_capped("read", capped)
-            scored = [(hamming(keys[i].pdq, m), m) for m in members]  # type: ignore[arg-type]
+            scored = [(hamming(pdq, m), m) for m in members]
             close = [s for s in scored if s[0] <= MATCH_DISTANCE]
             if close:
                 best[i] = min(close)
@@ -170,7 +170,8 @@ class VerdictCache:
         indexed = [(k, v) for k, v in items if v.label == AI_GENERATED and k.searchable]
         blobs += [(f"{self.prefix}pdqv:{k.pdq}", _encode(v)) for k, v in indexed]
         self.store.set_many(blobs, self.ttl_s)
-        members = [(self._slot_key(slot, value), k.pdq) for k, _ in indexed for slot, value in enumerate(slot_values(k.pdq))]  # type: ignore[arg-type]
+        members = [(self._slot_key(slot, value), pdq) for k, _ in indexed if (pdq := k.pdq) is not None
+                   for slot, value in enumerate(slot_values(pdq))]
         if members:
             refused = self.store.add_members(members, self.ttl_s, MAX_SLOT_MEMBERS)
             if refused:

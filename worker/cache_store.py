@@ -11,7 +11,8 @@ from __future__ import annotations
 import random
 import threading
 import time
-from typing import Callable, Iterable, Protocol, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Protocol
 
 
 class Store(Protocol):
@@ -38,7 +39,7 @@ class MemoryStore:
         self._max_keys = max_keys
         self._clock = clock
 
-    def _live(self, table: dict, key: str):  # type: ignore[no-untyped-def]
+    def _live(self, table: dict[str, tuple[float, Any]], key: str) -> Any:
         entry = table.get(key)
         if entry is None:
             return None
@@ -47,7 +48,7 @@ class MemoryStore:
             return None
         return entry[1]
 
-    def _make_room(self, table: dict) -> None:  # type: ignore[type-arg]
+    def _make_room(self, table: dict[str, Any]) -> None:
         while len(table) >= self._max_keys:
             table.pop(next(iter(table)))  # oldest inserted first
 
@@ -102,7 +103,8 @@ class RedisStore:
         self.client = redis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
 
     def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
-        return list(self.client.mget(keys)) if keys else []
+        return [value if isinstance(value, bytes) or value is None else str(value).encode()
+                for value in self.client.mget(keys)] if keys else []
 
     def set_many(self, items: Iterable[tuple[str, bytes]], ttl_s: int) -> None:
         pipe = self.client.pipeline(transaction=False)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any, cast
 
 from engine import cli as engine_cli
 from engine import compile_cli
@@ -33,8 +34,9 @@ class HelpfulParser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dda", description="DDA AI-generated image detector")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
-                                     parser_class=HelpfulParser)
+    # Sub-commands register against plain ArgumentParser; the class only changes help formatting.
+    commands = cast("argparse._SubParsersAction[argparse.ArgumentParser]",  # noqa: SLF001 - argparse has no public name for it
+                    parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=HelpfulParser))
     engine_cli.register(commands)
     compile_cli.register(commands)
     scan.register(commands)

@@ -11,7 +11,8 @@ the work later find it done and their result is discarded quietly.
 from __future__ import annotations
 
 import threading
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import structlog
 
@@ -86,5 +87,5 @@ class Completion:
         for callback in callbacks:
             try:
                 callback(self)
-            except Exception:  # noqa: BLE001 - a callback's bug must not undo the resolution
+            except Exception:  # a callback's bug must not undo the resolution
                 log.exception("completion callback failed", request_id=self.request_id)

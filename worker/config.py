@@ -8,10 +8,15 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
-from typing import Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 from worker.fetch import IPNetwork, parse_networks
+
+if TYPE_CHECKING:  # types only: importing them would load torch into every process that reads a setting
+    from engine.backend import Backend
+    from engine.runner import Precision
 
 
 class ConfigError(ValueError):
@@ -101,9 +106,9 @@ class WorkerConfig:
     cache_ttl_s: int = setting("DDA_CACHE_TTL_S", "604800", positive_int, "verdict cache TTL, seconds")
     model: str | None = setting("DDA_MODEL", "", _optional, "model directory or hf:// checkpoint; unset: the official DDA checkpoint")
     device: str = setting("DDA_DEVICE", "cpu", _choice("cpu", "cuda"), "inference device")
-    precision: str = setting("DDA_PRECISION", "fp32", _choice("fp32", "bf16", "fp16"), "torch precision")
+    precision: Precision = setting("DDA_PRECISION", "fp32", _choice("fp32", "bf16", "fp16"), "torch precision")
     engine_dir: str | None = setting("DDA_ENGINE_DIR", "", _optional, "TensorRT engines searched before MODEL/engines/ (a writable cache per GPU type)")
-    backend: str = setting("DDA_BACKEND", "auto", _choice("auto", "torch", "tensorrt"), "inference backend")
+    backend: Backend = setting("DDA_BACKEND", "auto", _choice("auto", "torch", "tensorrt"), "inference backend")
     max_batch: int = setting("DDA_MAX_BATCH", "32", positive_int, "micro-batch size limit")
     max_wait_ms: int = setting("DDA_MAX_WAIT_MS", "20", _non_negative_int, "how long a partial batch waits for more images")
     max_in_flight: int = setting("DDA_MAX_IN_FLIGHT", "256", positive_int, "requests in the pipeline before partitions are paused")

@@ -19,13 +19,14 @@ from __future__ import annotations
 import functools
 import io
 import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
-from PIL import Image
+from PIL import Image, TiffImagePlugin
 
 from engine.preprocess import CROP_SIZE, center_crop, plan_center_crop
+from worker import _jpeg
 from worker.errors import (
     DECODE_FAILED,
     DECODE_LIMIT,
@@ -35,8 +36,6 @@ from worker.errors import (
     UNSUPPORTED_FORMAT,
     InputError,
 )
-
-from worker import _jpeg
 
 DEFAULT_MAX_PIXELS = 64_000_000  # a 48 MP phone photo fits; a decompression bomb does not
 # Rows and columns decoded beyond the crop on each side: one 4:2:0 MCU, so chroma upsampling at
@@ -164,7 +163,7 @@ def check_decode_cost(image: Image.Image, max_pixels: int) -> None:
     width, height = image.size
     budget = max_pixels * 8
     need = width * height * _STORAGE_BYTES.get(image.mode, 4)
-    if image.format == "TIFF":
+    if isinstance(image, TiffImagePlugin.TiffImageFile):
         tags = image.tag_v2
         bits = tags.get(_TIFF_BITS, 8)
         sample_bytes = -(-max(bits if isinstance(bits, int) else max(bits, default=8), 1) // 8)
@@ -217,7 +216,7 @@ def decode_rgb(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
                 return decode_jpeg(data)
             image.load()
             return to_rgb(image)
-    except Exception as exc:  # noqa: BLE001 - see as_input_error
+    except Exception as exc:  # see as_input_error
         raise as_input_error(exc, fmt) from exc
 
 
@@ -301,7 +300,7 @@ def decode_center_crop(data: bytes, size: int = CROP_SIZE, max_pixels: int = DEF
                 y, x = plan.top - top, plan.left - left
                 return pixels[y : y + size, x : x + size].copy()
         return center_crop(decode_jpeg(data), size)
-    except Exception as exc:  # noqa: BLE001 - see as_input_error
+    except Exception as exc:  # see as_input_error
         raise as_input_error(exc, "JPEG") from exc
 
 

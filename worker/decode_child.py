@@ -20,12 +20,12 @@ import struct
 import sys
 import threading
 import time
-from typing import Any, BinaryIO
+from typing import IO, Any
 
 FRAME = struct.Struct("<II")  # header length, payload length
 
 
-def write_frame(stream: BinaryIO, header: dict[str, Any], payload: bytes | memoryview = b"") -> None:
+def write_frame(stream: IO[bytes], header: dict[str, Any], payload: bytes | memoryview = b"") -> None:
     blob = json.dumps(header).encode()
     stream.write(FRAME.pack(len(blob), len(payload)))
     stream.write(blob)
@@ -33,7 +33,7 @@ def write_frame(stream: BinaryIO, header: dict[str, Any], payload: bytes | memor
     stream.flush()
 
 
-def _read_exact(stream: BinaryIO, size: int) -> bytes | None:
+def _read_exact(stream: IO[bytes], size: int) -> bytes | None:
     chunks, left = [], size
     while left:
         chunk = stream.read(left)
@@ -44,7 +44,7 @@ def _read_exact(stream: BinaryIO, size: int) -> bytes | None:
     return b"".join(chunks)
 
 
-def read_frame(stream: BinaryIO) -> tuple[dict[str, Any], bytes] | None:
+def read_frame(stream: IO[bytes]) -> tuple[dict[str, Any], bytes] | None:
     head = _read_exact(stream, FRAME.size)
     if head is None:
         return None
@@ -94,7 +94,7 @@ def limit_cpu_for_next_job(cpu_s: int) -> None:
     resource.setrlimit(resource.RLIMIT_CPU, (soft, resource.getrlimit(resource.RLIMIT_CPU)[1]))
 
 
-def serve(jobs: BinaryIO, answers: BinaryIO, cpu_s: int, memory_mb: int) -> None:
+def serve(jobs: IO[bytes], answers: IO[bytes], cpu_s: int, memory_mb: int) -> None:
     import resource
 
     import numpy as np

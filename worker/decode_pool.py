@@ -12,6 +12,7 @@ children die with the worker (see `worker.decode_child`).
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import queue
@@ -21,8 +22,9 @@ import struct
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import structlog
@@ -149,7 +151,7 @@ class DecodePool:
         for slot in range(self.workers):
             self._children[slot] = self._spawn()
         for slot in range(self.workers):
-            self.supervisor.spawn(f"decode-{slot}", lambda slot=slot: self._serve(slot))
+            self.supervisor.spawn(f"decode-{slot}", functools.partial(self._serve, slot))
 
     def pids(self) -> list[int]:
         return [c.pid for c in self._children if c is not None]

@@ -24,11 +24,13 @@ is ever committed, so whatever is abandoned is redelivered.
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from collections import deque
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
-from typing import Callable, Hashable, Iterable, Protocol
+from typing import Protocol
 
 import structlog
 
@@ -156,7 +158,11 @@ class Delivery:
             entry = Entry(tp, message.offset, "verdict", self.processor.submit(request), request.id.encode())
         with self._lock:
             self.ledger.append(entry)
-        entry.completion.add_done_callback(lambda _c, e=entry: self._ready.append(e))
+        entry.completion.add_done_callback(functools.partial(self._resolved, entry))
+
+    def _resolved(self, entry: Entry, _completion: Completion) -> None:
+        """On a stage thread: a record is ready; the delivery thread publishes it."""
+        self._ready.append(entry)
 
     # --- publishing --------------------------------------------------------------------------
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Callable
 
 from worker.metrics import Metrics
 
@@ -18,7 +18,7 @@ class Endpoints:
         }
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802
+            def do_GET(self) -> None:
                 route = routes.get(self.path.split("?", 1)[0])
                 status, body, kind = route() if route else (404, b"not found\n", "text/plain")
                 self.send_response(status)

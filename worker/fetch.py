@@ -16,8 +16,9 @@ import ipaddress
 import socket
 import threading
 import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 import httpcore
 import httpx
@@ -41,7 +42,7 @@ RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 
 
 def system_resolver(host: str, port: int) -> list[str]:
-    return [info[4][0] for info in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)]
+    return [str(info[4][0]) for info in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)]
 
 
 @dataclass(frozen=True)
@@ -186,7 +187,7 @@ class Fetcher:
         else:
             transport = httpx.HTTPTransport(limits=limits)
             # httpx offers no public hook for the network backend; swap the pool it built.
-            transport._pool = httpcore.ConnectionPool(
+            transport._pool = httpcore.ConnectionPool(  # noqa: SLF001 - no public hook (httpx pinned <1)
                 ssl_context=httpx.create_ssl_context(), max_connections=limits.max_connections,
                 max_keepalive_connections=limits.max_keepalive_connections, keepalive_expiry=5.0,
                 network_backend=self.backend,
@@ -215,7 +216,7 @@ class Fetcher:
                     time.sleep(wait)
         except InputError:
             raise
-        except Exception as exc:  # noqa: BLE001 - the HTTP stack fed a hostile server's bytes: its failure is this URL's
+        except Exception as exc:  # the HTTP stack fed a hostile server's bytes: its failure is this URL's
             raise InputError(FETCH_FAILED, f"fetch failed: {type(exc).__name__}: {exc}") from exc
         finally:
             self.backend.set_deadline(None)

@@ -53,7 +53,7 @@ def _tp(partition: TopicPartition) -> Partition:
     return (partition.topic, partition.partition)
 
 
-class _Rebalance(AsyncConsumerRebalanceListener):
+class _Rebalance(AsyncConsumerRebalanceListener):  # type: ignore[misc]  # kafka-python has no type information
     def __init__(self, transport: KafkaTransport, listener: Listener) -> None:
         self.transport = transport
         self.listener = listener
@@ -86,7 +86,9 @@ class KafkaTransport(Transport):
         self.joined = threading.Event()
         self._reachable = threading.Event()
         self._probe_stop = threading.Event()
-        self._common: dict[str, Any] = {"bootstrap_servers": config.kafka_bootstrap.split(","),  # type: ignore[union-attr]
+        if not config.kafka_bootstrap:
+            raise ValueError("KafkaTransport needs DDA_KAFKA_BOOTSTRAP")
+        self._common: dict[str, Any] = {"bootstrap_servers": config.kafka_bootstrap.split(","),
                                         **config.kafka_client_options()}
         self.producer = KafkaProducer(acks="all", enable_idempotence=True, linger_ms=5, max_block_ms=PRODUCER_MAX_BLOCK_MS,
                                       max_request_size=config.kafka_max_request_bytes, **self._common)

@@ -10,8 +10,8 @@ committed before its own verdict is safe, whatever order the work finishes in.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator
 
 from worker.completion import Completion
 from worker.transport import Ack, Kind, Partition
@@ -111,7 +111,7 @@ class Ledger:
 
     def remove(self, tps: set[Partition]) -> list[Entry]:
         """Forget partitions; returns their entries that had not finished."""
-        left = []
+        left: list[Entry] = []
         for tp in tps:
             lane = self._lanes.pop(tp, None)
             if lane is not None:

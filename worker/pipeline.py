@@ -16,12 +16,14 @@ the fetched bodies held reach DDA_MAX_IN_FLIGHT_BYTES.
 
 from __future__ import annotations
 
+import functools
 import queue
 import threading
 import time
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Hashable, Iterable
+from typing import Any
 
 import numpy as np
 import structlog
@@ -90,7 +92,7 @@ class Pipeline:
         decode_workers: int,
         max_pixels: int,
         max_in_flight_bytes: int = 1 << 30,
-        decode_limits: DecodeLimits = DecodeLimits(),
+        decode_limits: DecodeLimits | None = None,
         crops: int = 1,
         allow_paths: bool = False,
         trust_near_duplicates: bool = False,
@@ -110,7 +112,7 @@ class Pipeline:
         self.model_info = {"name": manifest.name, "version": manifest.version}
         self.supervisor = Supervisor()
         self._fetch_q: FairQueue[_Work] = FairQueue(fetch_workers, max_in_flight_bytes)
-        self.decoder = DecodePool(decode_workers, self.supervisor, decode_limits,
+        self.decoder = DecodePool(decode_workers, self.supervisor, decode_limits or DecodeLimits(),
                                   on_restart=lambda reason: metrics.decode_restarts.labels(reason).inc())
         self._exact_q: queue.Queue[_Work] = queue.Queue()
         self._near_q: queue.Queue[_Work] = queue.Queue()
@@ -167,11 +169,11 @@ class Pipeline:
         with self._open_lock:
             self._open.add(completion)
             self.metrics.in_flight.set(len(self._open))
-        completion.add_done_callback(lambda c, w=work: self._ended(c, w))
+        completion.add_done_callback(functools.partial(self._ended_work, work))
         self._fetch_q.put(_lane(request), work)
         return completion
 
-    def _ended(self, completion: Completion, work: _Work) -> None:
+    def _ended_work(self, work: _Work, completion: Completion) -> None:
         work.release()
         work.data = None
         with self._open_lock:
@@ -205,7 +207,7 @@ class Pipeline:
             lane, work = got
             try:
                 self._fetch(work)
-            except Exception as exc:  # noqa: BLE001 - still one verdict, whatever went wrong
+            except Exception as exc:  # still one verdict, whatever went wrong
                 log.exception("request failed unexpectedly", request_id=work.request.id)
                 self._error(work, INTERNAL_ERROR, f"{type(exc).__name__}: {exc}")
             finally:
@@ -241,7 +243,7 @@ class Pipeline:
     def _hold(self, work: _Work, data: bytes) -> None:
         size = len(data)
         self._fetch_q.hold(size)
-        released = []
+        released: list[bool] = []
 
         def release() -> None:
             if not released:
@@ -285,7 +287,7 @@ class Pipeline:
             started = time.monotonic()
             try:
                 results = lookup(batch)
-            except Exception as exc:  # noqa: BLE001 - a bug here must not stop the stage: fail the batch
+            except Exception as exc:  # a bug here must not stop the stage: fail the batch
                 log.exception("cache lookup failed")
                 for work in batch:
                     self._error(work, INTERNAL_ERROR, f"cache lookup failed: {type(exc).__name__}: {exc}")
@@ -294,7 +296,7 @@ class Pipeline:
             for work, found in zip(batch, results):
                 try:
                     handle(work, found, spent)
-                except Exception as exc:  # noqa: BLE001 - one request's failure is its own error verdict
+                except Exception as exc:  # one request's failure is its own error verdict
                     log.exception("request failed unexpectedly", request_id=work.request.id)
                     self._error(work, INTERNAL_ERROR, f"{type(exc).__name__}: {exc}")
 
@@ -303,8 +305,8 @@ class Pipeline:
         if found.verdict is None:
             assert work.data is not None
             self.decoder.submit(DecodeJob(work.data, self.manifest.preprocessing.crop_size, self.crops, self.max_pixels,
-                                          done=lambda prepared, w=work: self._decoded(w, prepared),
-                                          cancelled=lambda w=work: w.completion.done))
+                                          done=functools.partial(self._decoded, work),
+                                          cancelled=functools.partial(_is_done, work)))
             return
         self.metrics.cache_hits.labels("exact").inc()
         hit = found.verdict
@@ -323,7 +325,7 @@ class Pipeline:
                 self._error(work, *prepared.error)
                 return
             self._put(self._near_q, "near_lookup", work)
-        except Exception as exc:  # noqa: BLE001 - one request's failure is its own error verdict
+        except Exception as exc:  # one request's failure is its own error verdict
             log.exception("request failed unexpectedly", request_id=work.request.id)
             self._error(work, INTERNAL_ERROR, f"{type(exc).__name__}: {exc}")
 
@@ -353,7 +355,7 @@ class Pipeline:
             if items:
                 try:
                     self._score(items)
-                except Exception as exc:  # noqa: BLE001 - a failed batch gets error verdicts, the loop goes on
+                except Exception as exc:  # a failed batch gets error verdicts, the loop goes on
                     log.exception("inference failed", batch=len(items))
                     for work in items:
                         self._error(work, INFERENCE_FAILED, f"{type(exc).__name__}: {exc}")
@@ -380,6 +382,10 @@ class Pipeline:
             self._finish(work, verdict(
                 work.request, model=self.model_info, threshold=self.manifest.threshold, status="ok", logit=v.logit,
                 score=v.score, label=v.label, hashes=work.hashes, cache="miss", cache_match=work.match))
+
+
+def _is_done(work: _Work) -> bool:
+    return work.completion.done
 
 
 def _lane(request: Request) -> Hashable:

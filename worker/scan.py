@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -63,7 +65,7 @@ class _Decoder:
                 finished.notify()
 
         for i, data in payloads.items():
-            self.pool.submit(DecodeJob(data, size, crops, max_pixels, done=lambda p, i=i: done(i, p), hash_pdq=False))
+            self.pool.submit(DecodeJob(data, size, crops, max_pixels, done=functools.partial(done, i), hash_pdq=False))
         with finished:
             finished.wait_for(lambda: len(results) == len(payloads))
         return results
@@ -74,7 +76,7 @@ class _Decoder:
 
 
 def scan(detector: Detector, inputs: Sequence[str], batch_size: int, policy: FetchPolicy, max_pixels: int,
-         decode_limits: DecodeLimits = DecodeLimits(), on_stage: Callable[[str], None] = lambda _s: None,
+         decode_limits: DecodeLimits | None = None, on_stage: Callable[[str], None] = lambda _s: None,
          ) -> Iterator[dict[str, Any]]:
     """Results in input order; a bad input yields an error record and never stops the run.
 
@@ -89,7 +91,7 @@ def scan(detector: Detector, inputs: Sequence[str], batch_size: int, policy: Fet
         return shared[0]
 
     version = detector.manifest.version
-    decoder = _Decoder(max(1, min(batch_size, os.cpu_count() or 1)), decode_limits)
+    decoder = _Decoder(max(1, min(batch_size, os.cpu_count() or 1)), decode_limits or DecodeLimits())
     try:
         for chunk in _chunks(inputs, batch_size):
             errors: dict[int, InputError] = {}
@@ -159,7 +161,7 @@ def scan_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(commands: argparse._SubParsersAction) -> None:
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = commands.add_parser("scan", help="score image files or URLs; one JSON line per input on stdout")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image file path or http(s) URL")
     p.add_argument("--model", default=None, help="model directory or hf:// checkpoint (default: the official DDA checkpoint)")

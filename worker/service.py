@@ -15,8 +15,8 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import structlog
 
@@ -27,10 +27,10 @@ from engine.model_dir import ModelDirError, load_model_dir
 from worker import config as worker_config
 from worker.cache import VerdictCache, namespace_for
 from worker.cache_store import MemoryStore, RedisStore, Store
-from worker.endpoints import Endpoints
-from worker.fetch import Fetcher, FetchPolicy
 from worker.decode_pool import DecodeLimits
 from worker.delivery import EXIT_ABANDONED, EXIT_FATAL, Delivery, Limits
+from worker.endpoints import Endpoints
+from worker.fetch import Fetcher, FetchPolicy
 from worker.local_io import StdinTransport
 from worker.metrics import Metrics
 from worker.pipeline import Pipeline
@@ -47,7 +47,8 @@ def configure_logging(level: str) -> None:
     Libraries' own records (kafka-python, redis, httpx, urllib3) go through the same JSON
     renderer, with their logger's name, at WARNING and above: one format for the log pipeline."""
     numeric = getattr(logging, level.upper())
-    shared = [structlog.processors.add_log_level, structlog.processors.TimeStamper(fmt="iso", utc=True)]
+    shared: list[structlog.typing.Processor] = [structlog.processors.add_log_level,
+                                                structlog.processors.TimeStamper(fmt="iso", utc=True)]
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(structlog.stdlib.ProcessorFormatter(
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, structlog.processors.format_exc_info,
@@ -101,9 +102,9 @@ def _serve(config: worker_config.WorkerConfig, metrics: Metrics, checks: dict[st
     try:
         model_dir = resolve_model(config.model, progress=say)
         loaded = load_model_dir(model_dir)
-        runner = make_runner(loaded, model_dir, backend=config.backend, device=config.device,  # type: ignore[arg-type]
+        runner = make_runner(loaded, model_dir, backend=config.backend, device=config.device,
                              engine_dir=Path(config.engine_dir) if config.engine_dir else None,
-                             precision=config.precision, max_batch=config.max_batch,  # type: ignore[arg-type]
+                             precision=config.precision, max_batch=config.max_batch,
                              log=lambda message: log.info(message))
     except (ModelDirError, ValueError, RuntimeError, OSError, ImportError) as exc:
         say(f"error: cannot load the model: {exc}")
@@ -191,7 +192,7 @@ def install_stop_signals(stop: threading.Event, hard_deadline_s: float) -> None:
         signal.signal(sig, on_signal)
 
 
-def register(commands: argparse._SubParsersAction) -> None:
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = commands.add_parser("worker", help="run the moderation worker (Kafka, or stdin/stdout when no broker is set)")
     worker_config.add_arguments(p)
     p.set_defaults(handler=worker_command)

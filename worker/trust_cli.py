@@ -59,7 +59,7 @@ def trust_command(args: argparse.Namespace) -> int:
     return 0 if all(result == "trusted" for result in outcome.values()) else 3
 
 
-def register(commands: argparse._SubParsersAction) -> None:
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = commands.add_parser("trust-verdicts", help="confirm cached ai_generated verdicts so that near-duplicates may use them")
     p.add_argument("hashes", metavar="FILE", help="SHA-256s of confirmed AI images, one per line ('-': stdin)")
     p.add_argument("--model", default=None, help="the workers' model (its version and threshold name the cache keys)")

@@ -7,12 +7,11 @@ import io
 
 import numpy as np
 import pytest
+from PIL import Image
 
 import worker.decode as decode
 from engine.preprocess import center_crop
 from tests.conftest import SHARED_DATA, encode, photo
-from PIL import Image
-
 from worker.errors import InputError
 from worker.hashing import hamming, pdq_from_pixels, pdq_pixels
 

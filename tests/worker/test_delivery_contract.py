@@ -11,7 +11,7 @@ import json
 import threading
 import time
 from collections import Counter
-from typing import Hashable, Iterable, Iterator
+from collections.abc import Hashable, Iterable, Iterator
 
 import pytest
 
@@ -82,7 +82,7 @@ class Harness:
     def _run(self) -> None:
         self.status = self.delivery.run(self.stop, stop_stages=self.stages_stopped.set)
 
-    def start(self, assign: set) -> "Harness":
+    def start(self, assign: set) -> Harness:
         self.transport.rebalance(assign)
         self.thread.start()
         return self

@@ -7,8 +7,8 @@ from __future__ import annotations
 import json
 import re
 import signal
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 import yaml
@@ -106,7 +106,7 @@ def test_lag_matches_the_broker_and_the_kit_names_only_exported_metrics(
             worker.proc.send_signal(signal.SIGTERM)
             worker.proc.wait(timeout=30)
     lines = (tmp_path / "w.log").read_text().splitlines()
-    assert lines and all(line.startswith("{") and json.loads(line) for line in lines), [l for l in lines if not l.startswith("{")][:5]
+    assert lines and all(line.startswith("{") and json.loads(line) for line in lines), [line for line in lines if not line.startswith("{")][:5]
 
 
 def test_library_warnings_reach_stderr_as_json(tiny_model_dir: Path, tmp_path: Path) -> None:
@@ -124,4 +124,4 @@ def test_library_warnings_reach_stderr_as_json(tiny_model_dir: Path, tmp_path: P
     finally:
         worker.kill()
     lines = (tmp_path / "w.log").read_text().splitlines()
-    assert all(json.loads(line) for line in lines), [l for l in lines if not l.startswith("{")][:5]
+    assert all(json.loads(line) for line in lines), [line for line in lines if not line.startswith("{")][:5]
