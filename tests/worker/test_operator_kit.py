@@ -125,3 +125,72 @@ def test_library_warnings_reach_stderr_as_json(tiny_model_dir: Path, tmp_path: P
         worker.kill()
     lines = (tmp_path / "w.log").read_text().splitlines()
     assert all(json.loads(line) for line in lines), [line for line in lines if not line.startswith("{")][:5]
+
+
+def test_every_metric_reads_back_what_a_known_workload_did(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """Embedded mode, one request at a time: 3 images scored, 1 repeat (an exact hit), 1 missing
+    file, 1 malformed line. Each metric is read from /metrics afterwards and must say exactly that."""
+    import os
+    import subprocess
+    import sys
+    import urllib.request
+
+    from tests.services import free_port
+
+    paths = []
+    for i in range(3):
+        paths.append(tmp_path / f"{i}.png")
+        paths[-1].write_bytes(encode(scene(400, 360, seed=40 + i), "PNG"))
+    port = free_port()
+    env = {**os.environ, "DDA_MODEL": str(tiny_model_dir), "DDA_METRICS_PORT": str(port), "DDA_DECODE_WORKERS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "worker.cli", "worker"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, env=env, text=True)
+    assert proc.stdin is not None and proc.stdout is not None
+
+    def scrape() -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
+            return response.read().decode()
+
+    def value(text: str, name: str, labels: str = "") -> float:
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                   if line.startswith(name) and line[len(name)] in " {" and labels in line)
+
+    try:
+        verdicts = []
+        for line in [str(paths[0]), str(paths[1]), str(paths[0]), str(tmp_path / "missing.png"), str(paths[2])]:
+            proc.stdin.write(line + "\n")
+            proc.stdin.flush()
+            verdicts.append(json.loads(proc.stdout.readline()))  # one at a time: the repeat follows its original
+        proc.stdin.write("{broken\n")
+        proc.stdin.flush()
+        wait_for(lambda: value(scrape(), "dda_dead_letters_total") == 1, 30, "the dead letter to be counted")
+        wait_for(lambda: value(scrape(), "dda_verdicts_total") == 5, 30, "acknowledged verdicts to be counted")
+        text = scrape()
+        assert [v["cache"] for v in verdicts if v["status"] == "ok"] == ["miss", "miss", "exact", "miss"]
+        expected = {
+            ("dda_messages_consumed_total", ""): 6,
+            ("dda_verdicts_total", 'status="ok"'): 4,
+            ("dda_verdicts_total", 'status="error"'): 1,
+            ("dda_request_errors_total", 'code="file_not_found"'): 1,
+            ("dda_request_errors_total", ""): 1,
+            ("dda_dead_letters_total", 'reason="not_json"'): 1,
+            ("dda_cache_lookups_total", 'kind="exact"'): 1,
+            ("dda_cache_lookups_total", 'kind="miss"'): 3,
+            ("dda_engine_images_total", ""): 3,
+            ("dda_batch_size_sum", ""): 3,
+            ("dda_stage_seconds_count", 'stage="total"'): 5,
+            ("dda_in_flight", ""): 0,
+            ("dda_in_flight_bytes", ""): 0,
+            ("dda_queue_depth", ""): 0,
+            ("dda_partitions_paused", ""): 0,
+            ("dda_decode_restarts_total", ""): 0,
+            ("dda_duplicate_resolutions_total", ""): 0,
+            ("dda_requests_cancelled_total", ""): 0,
+            ("dda_publish_failures_total", ""): 0,
+            ("dda_cache_errors_total", ""): 0,
+        }
+        got = {key: value(text, *key) for key in expected}
+        assert got == expected, {k: (v, expected[k]) for k, v in got.items() if v != expected[k]}
+    finally:
+        proc.stdin.close()
+        assert proc.wait(timeout=30) == 0
