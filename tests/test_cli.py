@@ -3,14 +3,13 @@ Every one ends in a clear message and a documented exit status, never a tracebac
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
 from pathlib import Path
-
-import pytest
 
 from tests.conftest import encode, photo
 
@@ -25,18 +24,39 @@ def clean_error(proc: subprocess.CompletedProcess[str], status: int, *phrases: s
     assert "Traceback" not in proc.stderr and all(p in proc.stderr for p in phrases), proc.stderr
 
 
-@pytest.mark.parametrize(
-    ("args", "phrase"),
-    [(["scan", "--max-batch", "abc", "x.jpg"], "not a whole number: 'abc'"),
-     (["scan", "--batch-size", "0", "x.jpg"], "must be at least 1"),  # the old name, kept as a hidden alias
-     (["scan", "--fetch-timeout-s", "soon", "x.jpg"], "not a number: 'soon'"),
-     (["scan", "--crops", "3", "x.jpg"], "invalid choice"),
-     (["worker", "--max-batch", "abc"], "--max-batch='abc': not a whole number"),
-     (["worker", "--metrics-port", "70000"], "not a TCP port (0-65535): 70000"),
-     (["worker", "--decode-cpu-s", "-1"], "must be at least 1")],
-)
-def test_wrong_values_are_named_without_a_traceback(args: list[str], phrase: str) -> None:
-    clean_error(dda(*args, "--model", "/nonexistent"), 2, phrase)
+WRONG_VALUES = [
+    (["scan", "--max-batch", "abc", "x.jpg"], "not a whole number: 'abc'"),
+    (["scan", "--batch-size", "0", "x.jpg"], "must be at least 1"),  # the old name, kept as a hidden alias
+    (["scan", "--fetch-timeout-s", "soon", "x.jpg"], "not a number: 'soon'"),
+    (["scan", "--crops", "3", "x.jpg"], "invalid choice"),
+    (["worker", "--max-batch", "abc"], "--max-batch='abc': not a whole number"),
+    (["worker", "--metrics-port", "70000"], "not a TCP port (0-65535): 70000"),
+    (["worker", "--decode-cpu-s", "-1"], "must be at least 1"),
+]
+# Each case runs `main()` in one interpreter (a process per case would spend 2 s importing torch each):
+# the exit status and stderr are what a shell would see.
+RUN_EACH = """
+import contextlib, io, json, sys
+from worker.cli import main
+for args in json.loads(sys.argv[1]):
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        try:
+            status = main(args)
+        except SystemExit as exc:
+            status = exc.code
+    print(json.dumps({"status": status, "stderr": err.getvalue()}))
+"""
+
+
+def test_wrong_values_are_named_without_a_traceback() -> None:
+    cases = [[*args, "--model", "/nonexistent"] for args, _ in WRONG_VALUES]
+    proc = subprocess.run([sys.executable, "-c", RUN_EACH, json.dumps(cases)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    results = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert len(results) == len(WRONG_VALUES)
+    for (args, phrase), result in zip(WRONG_VALUES, results):
+        assert result["status"] == 2 and phrase in result["stderr"] and "Traceback" not in result["stderr"], (args, result)
 
 
 def test_help_shows_defaults_and_choices() -> None:
@@ -56,12 +76,17 @@ def test_a_busy_metrics_port_is_reported_before_the_model_loads() -> None:
     assert "model" not in proc.stderr.split("cannot listen")[0]  # the model was never looked at
 
 
-@pytest.mark.parametrize("content", [b"not a checkpoint", b"# DDA\n\nA README, not weights.\n" * 20])
-def test_files_that_are_no_checkpoint_are_clear_import_errors(tmp_path: Path, content: bytes) -> None:
-    path = tmp_path / "file.pth"
-    path.write_bytes(content)
-    clean_error(dda("import-checkpoint", str(path), str(tmp_path / "out")), 2, "not a PyTorch checkpoint")
-    assert "file an issue" not in dda("import-checkpoint", str(path), str(tmp_path / "out")).stderr
+def test_files_that_are_no_checkpoint_are_clear_import_errors(tmp_path: Path) -> None:
+    cases = []
+    for i, content in enumerate([b"not a checkpoint", b"# DDA\n\nA README, not weights.\n" * 20]):
+        path = tmp_path / f"file{i}.pth"
+        path.write_bytes(content)
+        cases.append(["import-checkpoint", str(path), str(tmp_path / f"out{i}")])
+    proc = subprocess.run([sys.executable, "-c", RUN_EACH, json.dumps(cases)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    for result in map(json.loads, proc.stdout.splitlines()):
+        assert result["status"] == 2 and "not a PyTorch checkpoint" in result["stderr"], result
+        assert "Traceback" not in result["stderr"] and "file an issue" not in result["stderr"]
 
 
 def test_missing_model_and_missing_inputs(tiny_model_dir: Path, tmp_path: Path) -> None:

@@ -182,11 +182,23 @@ def decode_children(pid: int) -> list[int]:
     return [c for c in out if b"worker.decode_child" in Path(f"/proc/{c}/cmdline").read_bytes()]
 
 
+def png_variant(png: bytes, n: int) -> bytes:
+    """The same picture with different bytes: a tEXt chunk inserted before IEND."""
+    import struct
+    import zlib
+
+    body = b"tEXt" + b"variant\x00" + str(n).encode()
+    chunk = struct.pack(">I", len(body) - 4) + body + struct.pack(">I", zlib.crc32(body))
+    end = png.rindex(b"IEND") - 4
+    return png[:end] + chunk + png[end:]
+
+
 def test_a_decode_process_killed_while_it_holds_requests(
     tiny_model_dir: Path, broker: Broker, topics: dict[str, str], server: LocalServer, workers: list[Worker], tmp_path: Path,
 ) -> None:
+    bases = [encode(scene(1600, 1200, seed=900 + i), "PNG") for i in range(6)]  # 0.5 s each to make: reuse
     for i in range(60):
-        server.routes[f"/big/{i}"] = Route(body=encode(scene(1600, 1200, seed=900 + i), "PNG"))
+        server.routes[f"/big/{i}"] = Route(body=png_variant(bases[i % 6], i))  # distinct bytes: each one is decoded
     group = unique("group")
     worker = start(workers, tiny_model_dir, broker, topics, group, tmp_path / "w.log", DDA_DECODE_WORKERS="1")
     values = [json.dumps({"id": f"k{n}", "url": f"{server.base}/big/{n}"}).encode() for n in range(60)]
