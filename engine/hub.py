@@ -75,7 +75,8 @@ def download_hf(uri: str) -> Path:
     from huggingface_hub import hf_hub_download
 
     offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
-    if not offline:
+    proxied = any(os.environ.get(name) for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"))
+    if not offline and not proxied:  # behind a proxy a direct connect says nothing: let huggingface_hub try
         unreachable = _hub_reachable()
         if unreachable:
             raise ModelUnavailable(uri, unreachable)

@@ -29,6 +29,7 @@ from worker.transport import Ack, CommitFailed, DoneAck, Kind, Listener, Message
 
 log = structlog.get_logger("dda.kafka")
 PROBE_EVERY_S = 2.0
+LAG_TIMEOUT_MS = 1000  # per broker question when refreshing dda_consumer_lag
 PRODUCER_MAX_BLOCK_MS = 2000  # send() waits this long for metadata at most; delivery retries later
 
 
@@ -143,13 +144,14 @@ class KafkaTransport(Transport):
         mine = list(self.consumer.assignment())
         if not mine:
             return {}
-        end = self.consumer.end_offsets(mine)
+        # Short timeouts: this runs on the delivery thread, which must not stall on a broker outage.
+        end = self.consumer.end_offsets(mine, timeout_ms=LAG_TIMEOUT_MS)
         beginning: dict[TopicPartition, int] | None = None
         out = {}
         for tp in mine:
-            committed = self.consumer.committed(tp)
+            committed = self.consumer.committed(tp, timeout_ms=LAG_TIMEOUT_MS)
             if committed is None:  # nothing committed yet: the group starts from the earliest offset
-                beginning = beginning or self.consumer.beginning_offsets(mine)
+                beginning = beginning or self.consumer.beginning_offsets(mine, timeout_ms=LAG_TIMEOUT_MS)
                 committed = beginning[tp]
             out[_tp(tp)] = max(0, end[tp] - committed)
         return out

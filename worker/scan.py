@@ -67,7 +67,11 @@ class _Decoder:
         for i, data in payloads.items():
             self.pool.submit(DecodeJob(data, size, crops, max_pixels, done=functools.partial(done, i), hash_pdq=False))
         with finished:
-            finished.wait_for(lambda: len(results) == len(payloads))
+            while not finished.wait_for(lambda: len(results) == len(payloads), timeout=1.0):
+                failure = self.supervisor.failure
+                if failure is not None:  # a decode slot died (its process would not start): answer, never hang
+                    for i in payloads.keys() - results.keys():
+                        results[i] = Prepared(None, None, None, (INTERNAL_ERROR, failure), 0.0)
         return results
 
     def close(self) -> None:
