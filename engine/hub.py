@@ -10,13 +10,13 @@ from __future__ import annotations
 import os
 import re
 import socket
-import threading
 import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
 
 from engine.checkpoint import import_checkpoint
 from engine.model_dir import MANIFEST
+from engine.timebox import Overran, call_within
 
 OFFICIAL_CHECKPOINT = "hf://Junwei-Xi/Dual-Data-Alignment/DDA_ckpt.pth"
 _HF_URI = re.compile(r"^hf://(?P<repo>[^/@]+/[^/@]+)/(?P<path>[^@]+?)(?:@(?P<rev>[^/]+))?$")
@@ -48,23 +48,17 @@ class ModelUnavailable(RuntimeError):
 def _hub_reachable(timeout_s: float = HUB_PROBE_S) -> str | None:
     """None when the hub's host accepts a TCP connection within `timeout_s`, else why not.
 
-    huggingface_hub retries an unreachable host for about 30 s; this answers in seconds. The
-    probe runs on a daemon thread so that a resolver that hangs cannot hold it either."""
+    huggingface_hub retries an unreachable host for about 30 s; this answers in seconds, also
+    when name resolution hangs (which the connect timeout does not cover)."""
     endpoint = urllib.parse.urlsplit(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
     host, port = endpoint.hostname or "huggingface.co", endpoint.port or (443 if endpoint.scheme == "https" else 80)
-    outcome: list[str | None] = []
-
-    def probe() -> None:
-        try:
-            socket.create_connection((host, port), timeout=timeout_s).close()
-            outcome.append(None)
-        except OSError as exc:
-            outcome.append(f"{host}:{port} unreachable: {exc.strerror or exc}")
-
-    thread = threading.Thread(target=probe, name="hub-probe", daemon=True)
-    thread.start()
-    thread.join(timeout_s)
-    return outcome[0] if outcome else f"{host}:{port} did not answer within {timeout_s:g} s"
+    try:
+        call_within(lambda: socket.create_connection((host, port), timeout=timeout_s).close(), timeout_s, name="hub-probe")
+    except Overran:
+        return f"{host}:{port} did not answer within {timeout_s:g} s"
+    except OSError as exc:
+        return f"{host}:{port} unreachable: {exc.strerror or exc}"
+    return None
 
 
 def download_hf(uri: str) -> Path:

@@ -25,16 +25,27 @@ def jpeg_declaring(width: int, height: int) -> bytes:
     return bytes(header) + b"\xff\xd9"
 
 
-def jpeg_cut_with_end_marker(width: int = 1600, height: int = 1200, keep: float = 0.5) -> bytes:
-    data = encode(photo(width, height, seed=9), "JPEG", quality=90)
+def cut_with_end_marker(data: bytes, keep: float) -> bytes:
+    """The first `keep` of a JPEG, then an end marker: a file cut short that looks complete."""
     return data[: int(len(data) * keep)] + b"\xff\xd9"
 
 
-def jpeg_with_frame_marker(marker: int) -> bytes:
-    """A baseline JPEG relabelled as another coding (0xC9: arithmetic, 0xC3: lossless, ...)."""
-    body = bytearray(encode(photo(900, 700, seed=3), "JPEG", quality=90))
-    body[body.index(b"\xff\xc0") + 1] = marker
+def jpeg_cut_with_end_marker(width: int = 1600, height: int = 1200, keep: float = 0.5) -> bytes:
+    return cut_with_end_marker(encode(photo(width, height, seed=9), "JPEG", quality=90), keep)
+
+
+def relabel_frame(data: bytes, marker: int, precision: int = 8) -> bytes:
+    """A baseline JPEG's frame header relabelled as another coding (0xC9: arithmetic, 0xC3:
+    lossless, ...) and sample precision."""
+    body = bytearray(data)
+    sof = body.index(b"\xff\xc0")
+    body[sof + 1] = marker
+    body[sof + 4] = precision
     return bytes(body)
+
+
+def jpeg_with_frame_marker(marker: int) -> bytes:
+    return relabel_frame(encode(photo(900, 700, seed=3), "JPEG", quality=90), marker)
 
 
 def progressive_jpeg_with_scans(width: int, height: int, scans: int) -> bytes:

@@ -231,13 +231,13 @@ class Worker(Process):
         assert self.proc is not None and self.proc.poll() is None, self.log.read_text() if self.log else "worker exited"
 
     def metric(self, name: str, labels: str = "") -> float:
-        """Sum of a metric's samples whose label text contains `labels`."""
-        _, text = self.get("/metrics")
-        total = 0.0
-        for line in text.splitlines():
-            if line.startswith(name) and (line[len(name)] in " {") and labels in line:
-                total += float(line.rsplit(" ", 1)[1])
-        return total
+        return metric_value(self.get("/metrics")[1], name, labels)
+
+
+def metric_value(scrape: str, name: str, labels: str = "") -> float:
+    """Sum of a metric's samples in a Prometheus scrape whose label text contains `labels`."""
+    return sum(float(line.rsplit(" ", 1)[1]) for line in scrape.splitlines()
+               if line.startswith(name) and line[len(name)] in " {" and labels in line)
 
 
 def unique(prefix: str) -> str:

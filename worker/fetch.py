@@ -23,6 +23,7 @@ from typing import Any
 import httpcore
 import httpx
 
+from engine.timebox import Overran, call_within
 from worker.addresses import is_public
 from worker.errors import (
     FETCH_FAILED,
@@ -73,28 +74,14 @@ def parse_networks(spec: str | Sequence[str]) -> tuple[IPNetwork, ...]:
 
 
 def resolve_within(resolver: Resolver, host: str, port: int, deadline: float) -> list[str]:
-    """`resolver(host, port)` bounded by `deadline`. getaddrinfo cannot be interrupted, so it runs
-    on a daemon thread that is abandoned (left to finish on its own) when time is up; a daemon,
-    so that a hung resolver never delays the process's exit."""
+    """`resolver(host, port)` bounded by `deadline` (getaddrinfo cannot be interrupted)."""
     left = deadline - time.monotonic()
     if left <= 0:
         raise InputError(FETCH_TIMEOUT, f"whole-request deadline passed before resolving {host!r}")
-    outcome: list[list[str] | BaseException] = []
-    finished = threading.Event()
-
-    def run() -> None:
-        try:
-            outcome.append(resolver(host, port))
-        except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread
-            outcome.append(exc)
-        finished.set()
-
-    threading.Thread(target=run, name="resolve", daemon=True).start()
-    if not finished.wait(left):
-        raise InputError(FETCH_TIMEOUT, f"resolving {host!r} took longer than the request's deadline")
-    if isinstance(outcome[0], BaseException):
-        raise outcome[0]
-    return outcome[0]
+    try:
+        return call_within(lambda: resolver(host, port), left, name="resolve")
+    except Overran:
+        raise InputError(FETCH_TIMEOUT, f"resolving {host!r} took longer than the request's deadline") from None
 
 
 def checked_addresses(host: str, port: int, policy: FetchPolicy, deadline: float = float("inf")) -> list[str]:

@@ -12,6 +12,7 @@ from PIL import Image
 import worker.decode as decode
 from engine.preprocess import center_crop
 from tests.conftest import SHARED_DATA, encode, photo
+from tests.hostile_files import cut_with_end_marker, jpeg_declaring, progressive_jpeg_with_scans, relabel_frame
 from worker.errors import InputError
 from worker.hashing import hamming, pdq_from_pixels, pdq_pixels
 
@@ -105,20 +106,6 @@ def test_truncated_file_whose_centre_survives_is_still_an_error(region_calls: li
     assert info.value.code == "image_truncated" and region_calls == []
 
 
-def jpeg_cut_with_end_marker(data: bytes, fraction: float) -> bytes:
-    return data[: int(len(data) * fraction)] + b"\xff\xd9"
-
-
-def jpeg_without_scan_data(width: int, height: int) -> bytes:
-    """Headers of a real JPEG up to and including its scan header, then the end marker."""
-    real = encode(photo(64, 64, seed=1), "JPEG", quality=80)
-    sos = real.index(b"\xff\xda")
-    header = bytearray(real[: sos + 2 + int.from_bytes(real[sos + 2 : sos + 4], "big")])
-    sof = header.index(b"\xff\xc0")
-    header[sof + 5 : sof + 9] = height.to_bytes(2, "big") + width.to_bytes(2, "big")
-    return bytes(header) + b"\xff\xd9"
-
-
 def corrupt_entropy_data(data: bytes) -> bytes:
     """2 KB of the scan replaced with stuffed FF bytes: runs of 1-bits, never a valid Huffman code."""
     start = data.index(b"\xff\xda") + 400
@@ -136,11 +123,11 @@ def restart_markers_out_of_order(_data: bytes) -> bytes:
 
 
 TRUNCATIONS = [
-    ("half", lambda d: jpeg_cut_with_end_marker(d, 0.5)),
-    ("tail", lambda d: jpeg_cut_with_end_marker(d, 0.95)),  # centre intact, tail missing
-    ("head", lambda d: jpeg_cut_with_end_marker(d, 0.05)),  # cut before the centre
-    ("no-scan-8000", lambda _d: jpeg_without_scan_data(8000, 8000)),
-    ("no-scan-small", lambda _d: jpeg_without_scan_data(640, 480)),
+    ("half", lambda d: cut_with_end_marker(d, 0.5)),
+    ("tail", lambda d: cut_with_end_marker(d, 0.95)),  # centre intact, tail missing
+    ("head", lambda d: cut_with_end_marker(d, 0.05)),  # cut before the centre
+    ("no-scan-8000", lambda _d: jpeg_declaring(8000, 8000)),
+    ("no-scan-small", lambda _d: jpeg_declaring(640, 480)),
 ]
 DAMAGE = [(name, make, "image_truncated", progressive) for name, make in TRUNCATIONS for progressive in (False, True)] + [
     # libjpeg-turbo reports a bad Huffman code in progressive scans; its fast sequential path decodes one as zero
@@ -161,40 +148,23 @@ def test_missing_or_corrupt_data_is_an_error_on_every_path(make, code: str, prog
         assert info.value.code == code, (path.__name__, info.value.message)
 
 
-def with_frame_marker(data: bytes, marker: int, precision: int = 8) -> bytes:
-    body = bytearray(data)
-    sof = body.index(b"\xff\xc0")
-    body[sof + 1] = marker
-    body[sof + 4] = precision
-    return bytes(body)
-
-
 @pytest.mark.parametrize(
     ("marker", "precision", "what"),
     [(0xC9, 8, "arithmetic-coded"), (0xCA, 8, "arithmetic-coded progressive"), (0xC3, 8, "lossless"),
      (0xC5, 8, "hierarchical"), (0xC1, 12, "12-bit"), (0xC0, 16, "16-bit")],
 )
 def test_codings_outside_8_bit_huffman_are_refused_alike_on_every_path(marker: int, precision: int, what: str) -> None:
-    data = with_frame_marker(encode(photo(900, 700, seed=3), "JPEG", quality=90), marker, precision)
+    data = relabel_frame(encode(photo(900, 700, seed=3), "JPEG", quality=90), marker, precision)
     for path in (decode.decode_center_crop, decode.decode_rgb, pdq_pixels):
         with pytest.raises(InputError) as info:
             path(data)
         assert info.value.code == "unsupported_format" and what in info.value.message
 
 
-def progressive_with_repeated_scans(scans: int) -> bytes:
-    """A valid progressive JPEG whose last refinement-free scan is repeated: each copy is decoded again."""
-    data = encode(photo(400, 300, seed=2), "JPEG", quality=90, progressive=True)
-    first_sos = data.index(b"\xff\xda")
-    second_sos = data.index(b"\xff\xda", first_sos + 2)
-    dc_scan = data[first_sos:second_sos]  # the DC first scan of every component
-    return data[:second_sos] + dc_scan * scans + data[second_sos:]
-
-
 def test_too_many_scans_are_refused_before_they_cost_time() -> None:
-    assert decode.decode_rgb(progressive_with_repeated_scans(10)).shape == (300, 400, 3)
+    assert decode.decode_rgb(progressive_jpeg_with_scans(400, 300, 10)).shape == (300, 400, 3)
     with pytest.raises(InputError) as info:
-        decode.decode_rgb(progressive_with_repeated_scans(decode.MAX_JPEG_SCANS + 5))
+        decode.decode_rgb(progressive_jpeg_with_scans(400, 300, decode.MAX_JPEG_SCANS + 5))
     assert info.value.code == "image_too_complex"
 
 

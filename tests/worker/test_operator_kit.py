@@ -15,7 +15,7 @@ import yaml
 
 from tests.conftest import encode, scene
 from tests.http_server import LocalServer, Route
-from tests.services import NoidaBroker, Worker, unique, wait_for
+from tests.services import NoidaBroker, Worker, metric_value, unique, wait_for
 
 CHART = Path(__file__).resolve().parents[2] / "deploy" / "helm" / "dda-worker"
 PARTITIONS = 2
@@ -151,10 +151,6 @@ def test_every_metric_reads_back_what_a_known_workload_did(tiny_model_dir: Path,
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
             return response.read().decode()
 
-    def value(text: str, name: str, labels: str = "") -> float:
-        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-                   if line.startswith(name) and line[len(name)] in " {" and labels in line)
-
     try:
         verdicts = []
         for line in [str(paths[0]), str(paths[1]), str(paths[0]), str(tmp_path / "missing.png"), str(paths[2])]:
@@ -163,8 +159,8 @@ def test_every_metric_reads_back_what_a_known_workload_did(tiny_model_dir: Path,
             verdicts.append(json.loads(proc.stdout.readline()))  # one at a time: the repeat follows its original
         proc.stdin.write("{broken\n")
         proc.stdin.flush()
-        wait_for(lambda: value(scrape(), "dda_dead_letters_total") == 1, 30, "the dead letter to be counted")
-        wait_for(lambda: value(scrape(), "dda_verdicts_total") == 5, 30, "acknowledged verdicts to be counted")
+        wait_for(lambda: metric_value(scrape(), "dda_dead_letters_total") == 1, 30, "the dead letter to be counted")
+        wait_for(lambda: metric_value(scrape(), "dda_verdicts_total") == 5, 30, "acknowledged verdicts to be counted")
         text = scrape()
         assert [v["cache"] for v in verdicts if v["status"] == "ok"] == ["miss", "miss", "exact", "miss"]
         expected = {
@@ -189,7 +185,7 @@ def test_every_metric_reads_back_what_a_known_workload_did(tiny_model_dir: Path,
             ("dda_publish_failures_total", ""): 0,
             ("dda_cache_errors_total", ""): 0,
         }
-        got = {key: value(text, *key) for key in expected}
+        got = {key: metric_value(text, *key) for key in expected}
         assert got == expected, {k: (v, expected[k]) for k, v in got.items() if v != expected[k]}
     finally:
         proc.stdin.close()
