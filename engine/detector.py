@@ -8,12 +8,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from engine.labels import AI_GENERATED, REAL
 from engine.model_dir import Manifest
 from engine.preprocess import views
 from engine.runner import Runner
-
-AI_GENERATED = "ai_generated"
-REAL = "real"
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,23 @@ from PIL import Image
 from engine.checkpoint import import_checkpoint
 from engine.model_dir import LoadedModel, load_model_dir
 from engine.synthetic import tiny_architecture, write_official_checkpoint
+from tests.schemas import check_record
+from worker.completion import Completion
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(autouse=True)
+def verdicts_follow_the_schema(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every verdict or dead letter resolved in this process is checked against the published schemas."""
+    resolve = Completion.resolve
+
+    def checked(self: Completion, record: dict) -> bool:  # type: ignore[type-arg]
+        if "schema_version" in record:  # Completion's own unit tests resolve with bare dicts
+            check_record(record)
+        return resolve(self, record)
+
+    monkeypatch.setattr(Completion, "resolve", checked)
 
 
 @pytest.fixture(scope="session")

@@ -23,6 +23,8 @@ from typing import Any
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import KafkaAdminClient, NewTopic
 
+from tests.schemas import check_record
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -170,6 +172,8 @@ class TopicReader:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"condition not met; {len(self.records)} records read")
             for batch in self.consumer.poll(timeout_ms=200).values():
+                for record in batch:
+                    check_record(json.loads(record.value))
                 self.records.extend(batch)
         return self.records
 

@@ -34,10 +34,11 @@ import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
+from typing import Any
 
 import structlog
 
-from engine.detector import AI_GENERATED
+from engine.labels import AI_GENERATED
 from worker.cache_store import Store
 from worker.hashing import hamming
 
@@ -61,6 +62,7 @@ class CachedVerdict:
     pdq: str | None
     pdq_quality: int | None
     trusted: bool = False  # confirmed by an operator; only such entries may answer near-duplicates unscored
+    provenance: dict[str, Any] | None = None  # of these exact bytes: exact hits carry it, near-duplicate entries never do
 
 
 @dataclass(frozen=True)
@@ -168,7 +170,7 @@ class VerdictCache:
         """Write verdicts by SHA-256 and index the AI ones by PDQ slot, within MAX_SLOT_MEMBERS."""
         blobs = [(f"{self.prefix}sha:{k.sha256}", _encode(v)) for k, v in items]
         indexed = [(k, v) for k, v in items if v.label == AI_GENERATED and k.searchable]
-        blobs += [(f"{self.prefix}pdqv:{k.pdq}", _encode(v)) for k, v in indexed]
+        blobs += [(f"{self.prefix}pdqv:{k.pdq}", _encode(replace(v, provenance=None))) for k, v in indexed]
         self.store.set_many(blobs, self.ttl_s)
         members = [(self._slot_key(slot, value), pdq) for k, _ in indexed if (pdq := k.pdq) is not None
                    for slot, value in enumerate(slot_values(pdq))]
@@ -210,4 +212,5 @@ def _encode(v: CachedVerdict) -> bytes:
 
 
 def _decode(blob: bytes) -> CachedVerdict:
+    """Entries written before a field existed decode with its default (no provenance: not read)."""
     return CachedVerdict(**json.loads(blob))

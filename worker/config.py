@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
 from worker.fetch import IPNetwork, parse_networks
+from worker.provenance.policy import POLICIES
 
 if TYPE_CHECKING:  # types only: importing them would load torch into every process that reads a setting
     from engine.backend import Backend
@@ -126,6 +127,8 @@ class WorkerConfig:
     decode_timeout_s: float = setting("DDA_DECODE_TIMEOUT_S", "30", positive_float, "one image's decode + hash; over it the decode process is killed")
     near_duplicates: str = setting("DDA_NEAR_DUPLICATES", "report", _choice("report", "trusted"),
                                    "report: a PDQ match is reported and the image still scored; trusted: operator-confirmed matches answer unscored")
+    provenance_policy: str = setting("DDA_PROVENANCE_POLICY", "report", _choice(*POLICIES),
+                                     "report: provenance beside the model's label; declared_ai: a valid C2PA manifest or XMP declaring AI sets label ai_generated; off: metadata not read")
     decode_cpu_s: int = setting("DDA_DECODE_CPU_S", "8", positive_int, "CPU seconds one decode may use; over it its process ends (decode_limit)")
     decode_memory_mb: int = setting("DDA_DECODE_MEMORY_MB", "1536", positive_int,
                                     "memory one decode process may add to what it maps at start; raise with DDA_MAX_PIXELS")

@@ -9,6 +9,10 @@ process had when ready (RLIMIT_AS; an allocation past it fails, the job's answer
 any state). The wire format is length-prefixed JSON plus
 raw bytes in both directions, never pickle: a process that parses hostile images must not
 be able to make its parent run code by what it sends back.
+
+A job that asks for provenance is answered in two frames: the pixels first, then what the
+file's metadata says (`worker.provenance`). Metadata that crashes or stalls the process
+costs the image its provenance (`provenance.error`), never its verdict.
 """
 
 from __future__ import annotations
@@ -101,8 +105,11 @@ def serve(jobs: IO[bytes], answers: IO[bytes], cpu_s: int, memory_mb: int) -> No
 
     from worker.errors import DECODE_LIMIT
     from worker.prepare import prepare
+    from worker.provenance import c2pa_manifest
+    from worker.provenance.report import read_provenance
 
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # SIGXCPU would otherwise dump core
+    c2pa_manifest.available()  # loaded before the memory limit is measured, as Pillow and numpy are
     limit_memory(memory_mb)
     write_frame(answers, {"ready": True})
     while True:
@@ -114,12 +121,17 @@ def serve(jobs: IO[bytes], answers: IO[bytes], cpu_s: int, memory_mb: int) -> No
         prepared = prepare(data, int(header["crop_size"]), int(header["crops"]), int(header["max_pixels"]),
                            bool(header.get("pdq", True)))
         pixels = prepared.crops
+        provenance = bool(header.get("provenance")) and prepared.error is None
         write_frame(answers, {
             "shape": list(pixels.shape) if pixels is not None else None,
             "pdq": prepared.pdq, "pdq_quality": prepared.pdq_quality, "pdq_error": prepared.pdq_error,
             "error": list(prepared.error) if prepared.error else None, "decode_ms": prepared.decode_ms,
-            "restart": bool(prepared.error and prepared.error[0] == DECODE_LIMIT),
+            "restart": bool(prepared.error and prepared.error[0] == DECODE_LIMIT), "provenance_follows": provenance,
         }, np.ascontiguousarray(pixels).tobytes() if pixels is not None else b"")
+        if provenance:  # a second frame: if metadata kills this process, the pixels above are already answered
+            started = time.perf_counter()
+            record = read_provenance(data)
+            write_frame(answers, {"provenance": record, "provenance_ms": (time.perf_counter() - started) * 1000})
 
 
 def main() -> None:

@@ -23,7 +23,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -46,6 +46,7 @@ class DecodeLimits:
     timeout_s: float = 30.0
     cpu_s: int = 8
     memory_mb: int = 1536
+    provenance_timeout_s: float = 2.0  # reading metadata, after the pixels are answered
 
 
 @dataclass
@@ -57,6 +58,7 @@ class DecodeJob:
     done: Callable[[Prepared], None]
     cancelled: Callable[[], bool] = lambda: False
     hash_pdq: bool = True
+    provenance: bool = False
 
 
 class _ChildDied(Exception):
@@ -108,7 +110,7 @@ class _Child:
     def send(self, job: DecodeJob) -> None:
         try:
             write_frame(self.jobs, {"crop_size": job.crop_size, "crops": job.crops, "max_pixels": job.max_pixels,
-                                    "pdq": job.hash_pdq}, job.data)
+                                    "pdq": job.hash_pdq, "provenance": job.provenance}, job.data)
         except (BrokenPipeError, OSError, ValueError) as exc:
             raise _ChildDied from exc
 
@@ -199,6 +201,28 @@ class DecodePool:
         self.on_restart(reason)
         self._children[slot] = self._spawn()
 
+    def _provenance(self, slot: int, prepared: Prepared) -> Prepared:
+        """The second frame: the file's provenance. Its failure is the provenance's, never the image's."""
+        child = self._children[slot]
+        assert child is not None
+        timeout_s = self.limits.provenance_timeout_s
+        try:
+            header, _ = child.receive(time.monotonic() + timeout_s)
+            record = header["provenance"]
+            if not isinstance(record, dict):
+                raise ValueError("provenance is not an object")
+            return replace(prepared, provenance=record, provenance_ms=float(header.get("provenance_ms", 0.0)))
+        except TimeoutError:
+            log.warning("reading metadata over its deadline; process killed", seconds=timeout_s, pid=child.pid)
+            self._replace(slot, "timeout")
+            message = f"reading the file's metadata took longer than {timeout_s:g} s"
+        except (_ChildDied, ValueError, KeyError, struct.error):
+            exit_code = _exit_code(child)
+            log.error("a decode process died reading metadata", pid=child.pid, exit_code=exit_code)
+            self._replace(slot, "limit" if exit_code == -signal.SIGXCPU else "crash")
+            message = "the metadata reader crashed or passed its limits on this file"
+        return replace(prepared, provenance=_provenance_failed(message))
+
     def _run(self, slot: int, job: DecodeJob) -> Prepared:
         started = time.perf_counter()
         timeout_s = self.limits.timeout_s
@@ -209,6 +233,8 @@ class DecodePool:
                 child.send(job)
                 header, payload = child.receive(time.monotonic() + timeout_s)
                 prepared = _prepared(header, payload, job)
+                if header.get("provenance_follows"):
+                    return self._provenance(slot, prepared)
                 if header.get("restart"):
                     self._replace(slot, "limit")
                 return prepared
@@ -226,6 +252,12 @@ class DecodePool:
                           exit_code=exit_code, error=type(exc).__name__)
                 self._replace(slot, "crash")
         return _failed(DECODE_CRASHED, "the decoder process crashed on this image (twice)", started)
+
+
+def _provenance_failed(message: str) -> dict[str, Any]:
+    from worker.provenance.report import empty
+
+    return {**empty(), "error": message}
 
 
 def _exit_code(child: _Child) -> int | None:

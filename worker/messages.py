@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2 added `provenance` and `label_reason` to verdicts; a version only ever adds fields
 MAX_DEPTH = 64  # nesting levels accepted in a request (the verdict adds two around metadata)
 MAX_DETAIL = 1000  # characters of a parse error kept in a dead letter
 URL_KEPT_WHEN_COMPACT = 2048
@@ -149,13 +149,18 @@ def verdict(
     cache: str = "miss",
     error: dict[str, str] | None = None,
     cache_match: dict[str, Any] | None = None,
+    provenance: dict[str, Any] | None = None,
+    label_reason: str | None = None,
 ) -> dict[str, Any]:
+    """A verdict record (schema/verdict.v2.schema.json). `label_reason` is set only when a
+    provenance policy, not the model, decided the label."""
     out = {
         "schema_version": SCHEMA_VERSION,
         "id": request.id,
         "url": request.url,
         "status": status,
         "label": label,
+        "label_reason": label_reason,
         "score": score,
         "logit": logit,
         "threshold": threshold,
@@ -166,6 +171,7 @@ def verdict(
         "timings_ms": {k: round(v, 3) for k, v in request.timings_ms.items()},
         "processed_at": now_iso(),
         "metadata": request.metadata,
+        "provenance": provenance,
     }
     if cache_match is not None:
         out["cache_match"] = cache_match

@@ -41,6 +41,7 @@ from worker.hashing import sha256_hex
 from worker.messages import Request, verdict
 from worker.metrics import Metrics
 from worker.prepare import Prepared
+from worker.provenance import policy
 from worker.supervision import Supervisor
 
 log = structlog.get_logger("dda.pipeline")
@@ -61,6 +62,11 @@ class _Work:
     held: int = 0
     release: Callable[[], None] = field(default=lambda: None)
     match: dict[str, Any] | None = None  # a near-duplicate reported beside the model's own verdict
+
+    @property
+    def provenance(self) -> dict[str, Any] | None:
+        """This request's own bytes' provenance (never another file's)."""
+        return self.prepared.provenance if self.prepared is not None else None
 
     @property
     def key(self) -> Key:
@@ -96,6 +102,7 @@ class Pipeline:
         crops: int = 1,
         allow_paths: bool = False,
         trust_near_duplicates: bool = False,
+        provenance_policy: str = "report",
     ) -> None:
         self.manifest = manifest
         self.runner = runner
@@ -108,6 +115,7 @@ class Pipeline:
         self.crops = crops
         self.allow_paths = allow_paths
         self.trust_near_duplicates = trust_near_duplicates
+        self.provenance_policy = provenance_policy
         self.fetch_workers = fetch_workers
         self.model_info = {"name": manifest.name, "version": manifest.version}
         self.supervisor = Supervisor()
@@ -306,13 +314,14 @@ class Pipeline:
             assert work.data is not None
             self.decoder.submit(DecodeJob(work.data, self.manifest.preprocessing.crop_size, self.crops, self.max_pixels,
                                           done=functools.partial(self._decoded, work),
-                                          cancelled=functools.partial(_is_done, work)))
+                                          cancelled=functools.partial(_is_done, work),
+                                          provenance=self.provenance_policy != "off"))
             return
         self.metrics.cache_hits.labels("exact").inc()
         hit = found.verdict
         work.release()
         hashes = {"sha256": work.sha256, "pdq": hit.pdq, "pdq_quality": hit.pdq_quality}
-        self._hit(work, hit, hashes, "exact", None)
+        self._scored(work, hit, hashes, "exact", None, hit.provenance)
 
     def _decoded(self, work: _Work, prepared: Prepared) -> None:
         """Runs on a decode slot thread: never raises, whatever the answer."""
@@ -324,6 +333,9 @@ class Pipeline:
             if prepared.error is not None:
                 self._error(work, *prepared.error)
                 return
+            if prepared.provenance is not None:
+                work.request.timings_ms["provenance"] = prepared.provenance_ms
+                self._count_signals(prepared.provenance)
             self._put(self._near_q, "near_lookup", work)
         except Exception as exc:  # one request's failure is its own error verdict
             log.exception("request failed unexpectedly", request_id=work.request.id)
@@ -335,16 +347,31 @@ class Pipeline:
         if found.verdict is not None:
             match = {"sha256": found.verdict.sha256, "pdq_distance": found.distance, "trusted": found.verdict.trusted}
             if found.verdict.trusted and self.trust_near_duplicates:
-                self._hit(work, found.verdict, work.hashes, "near_duplicate", match)
+                self._scored(work, found.verdict, work.hashes, "near_duplicate", match, work.provenance)
                 return
             work.match = match  # reported, never answered from: see worker.cache on planted entries
         work.queued_at = time.monotonic()
         self._put(self._batch_q, "batch", work)
 
-    def _hit(self, work: _Work, hit: CachedVerdict, hashes: dict[str, Any], kind: str, match: dict[str, Any] | None) -> None:
+    def _scored(self, work: _Work, v: CachedVerdict, hashes: dict[str, Any], kind: str, match: dict[str, Any] | None,
+                provenance: dict[str, Any] | None) -> None:
+        """The model's verdict (fresh or cached) with the request's provenance, under the provenance policy."""
+        label, reason = policy.label(v.label, provenance, self.provenance_policy)
         self._finish(work, verdict(
-            work.request, model=self.model_info, threshold=self.manifest.threshold, status="ok", logit=hit.logit,
-            score=hit.score, label=hit.label, hashes=hashes, cache=kind, cache_match=match))
+            work.request, model=self.model_info, threshold=self.manifest.threshold, status="ok", logit=v.logit,
+            score=v.score, label=label, label_reason=reason, hashes=hashes, cache=kind, cache_match=match,
+            provenance=provenance))
+
+    def _count_signals(self, provenance: dict[str, Any]) -> None:
+        c2pa = provenance.get("c2pa") or {}
+        for signal, present in (("c2pa_valid", c2pa.get("validation_state") in ("valid", "trusted")),
+                                ("c2pa_invalid", bool(c2pa) and c2pa.get("validation_state") not in ("valid", "trusted")),
+                                ("xmp_source_type", bool((provenance.get("xmp") or {}).get("digital_source_type"))),
+                                ("generator", provenance.get("generator") is not None),
+                                ("declared_ai", provenance.get("declared_ai") is True),
+                                ("error", provenance.get("error") is not None)):
+            if present:
+                self.metrics.provenance.labels(signal).inc()
 
     # --- engine -----------------------------------------------------------------------------
 
@@ -376,12 +403,10 @@ class Pipeline:
             logit = float(value)
             work.request.timings_ms["inference"] = spent
             scored.append((work, CachedVerdict(logit, sigmoid(logit), label_for(logit, self.manifest), work.sha256,
-                                               work.key.pdq, work.key.pdq_quality)))
+                                               work.key.pdq, work.key.pdq_quality, provenance=work.provenance)))
         self.cache.store_many([(work.key, v) for work, v in scored])  # before resolving: a repeat right behind hits it
         for work, v in scored:
-            self._finish(work, verdict(
-                work.request, model=self.model_info, threshold=self.manifest.threshold, status="ok", logit=v.logit,
-                score=v.score, label=v.label, hashes=work.hashes, cache="miss", cache_match=work.match))
+            self._scored(work, v, work.hashes, "miss", work.match, work.provenance)
 
 
 def _is_done(work: _Work) -> bool:

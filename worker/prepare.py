@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -21,6 +22,8 @@ class Prepared:
     error: tuple[str, str] | None  # (code, message)
     decode_ms: float
     pdq_error: str | None = None  # why a decoded image has no PDQ hash
+    provenance: dict[str, Any] | None = None  # `worker.provenance.report`; None when not read
+    provenance_ms: float = 0.0
 
 
 def prepare(data: bytes, crop_size: int, crops: int, max_pixels: int, hash_pdq: bool = True) -> Prepared:

@@ -26,6 +26,7 @@ from worker.decode_pool import DecodeJob, DecodeLimits, DecodePool
 from worker.errors import FILE_NOT_FOUND, INFERENCE_FAILED, INTERNAL_ERROR, InputError
 from worker.fetch import Fetcher, FetchPolicy, parse_networks
 from worker.prepare import Prepared
+from worker.provenance import policy
 from worker.supervision import Supervisor
 
 PROGRESS_EVERY_S = 2.0
@@ -55,7 +56,7 @@ class _Decoder:
         self.pool = DecodePool(workers, self.supervisor, limits)
         self.pool.start()
 
-    def crops(self, payloads: dict[int, bytes], size: int, crops: int, max_pixels: int) -> dict[int, Prepared]:
+    def crops(self, payloads: dict[int, bytes], size: int, crops: int, max_pixels: int, provenance: bool) -> dict[int, Prepared]:
         results: dict[int, Prepared] = {}
         finished = threading.Condition()
 
@@ -65,7 +66,8 @@ class _Decoder:
                 finished.notify()
 
         for i, data in payloads.items():
-            self.pool.submit(DecodeJob(data, size, crops, max_pixels, done=functools.partial(done, i), hash_pdq=False))
+            self.pool.submit(DecodeJob(data, size, crops, max_pixels, done=functools.partial(done, i), hash_pdq=False,
+                                       provenance=provenance))
         with finished:
             while not finished.wait_for(lambda: len(results) == len(payloads), timeout=1.0):
                 failure = self.supervisor.failure
@@ -79,9 +81,9 @@ class _Decoder:
         self.pool.close()
 
 
-def scan(detector: Detector, inputs: Sequence[str], batch_size: int, policy: FetchPolicy, max_pixels: int,
+def scan(detector: Detector, inputs: Sequence[str], batch_size: int, fetch_policy: FetchPolicy, max_pixels: int,
          decode_limits: DecodeLimits | None = None, on_stage: Callable[[str], None] = lambda _s: None,
-         ) -> Iterator[dict[str, Any]]:
+         provenance_policy: str = "report") -> Iterator[dict[str, Any]]:
     """Results in input order; a bad input yields an error record and never stops the run.
 
     In the reference's single-crop mode only the centre crop is decoded where the format
@@ -91,7 +93,7 @@ def scan(detector: Detector, inputs: Sequence[str], batch_size: int, policy: Fet
 
     def fetcher() -> Fetcher:
         if not shared:
-            shared.append(Fetcher(policy))
+            shared.append(Fetcher(fetch_policy))
         return shared[0]
 
     version = detector.manifest.version
@@ -107,13 +109,15 @@ def scan(detector: Detector, inputs: Sequence[str], batch_size: int, policy: Fet
                 except Exception as exc:  # noqa: BLE001 - one input's failure is its own line
                     errors[i] = exc if isinstance(exc, InputError) else InputError(INTERNAL_ERROR, f"{type(exc).__name__}: {exc}")
             images: dict[int, np.ndarray] = {}
+            provenance: dict[int, dict[str, Any] | None] = {}
             on_stage(f"decoding {len(payloads)} images")
-            for i, prepared in sorted(decoder.crops(payloads, size, detector.crops, max_pixels).items()):
+            decoded = decoder.crops(payloads, size, detector.crops, max_pixels, provenance_policy != "off")
+            for i, prepared in sorted(decoded.items()):
                 if prepared.error is not None:
                     errors[i] = InputError(*prepared.error)
                 else:
                     assert prepared.crops is not None
-                    images[i] = prepared.crops
+                    images[i], provenance[i] = prepared.crops, prepared.provenance
             on_stage(f"scoring {len(images)} images")
             try:
                 predictions = dict(zip(images, detector.predict_views(list(images.values()))))
@@ -123,11 +127,12 @@ def scan(detector: Detector, inputs: Sequence[str], batch_size: int, policy: Fet
             for i, spec in enumerate(chunk):
                 if i in predictions:
                     p = predictions[i]
-                    yield {"input": spec, "status": "ok", "logit": p.logit, "score": p.score, "label": p.label,
-                           "model": version, "error": None}
+                    label, reason = policy.label(p.label, provenance[i], provenance_policy)
+                    yield {"input": spec, "status": "ok", "logit": p.logit, "score": p.score, "label": label,
+                           "label_reason": reason, "model": version, "error": None, "provenance": provenance[i]}
                 else:
-                    yield {"input": spec, "status": "error", "logit": None, "score": None, "label": None,
-                           "model": version, "error": errors[i].to_json()}
+                    yield {"input": spec, "status": "error", "logit": None, "score": None, "label": None, "label_reason": None,
+                           "model": version, "error": errors[i].to_json(), "provenance": None}
     finally:
         decoder.close()
         for f in shared:
@@ -136,7 +141,7 @@ def scan(detector: Detector, inputs: Sequence[str], batch_size: int, policy: Fet
 
 def scan_command(args: argparse.Namespace) -> int:
     try:
-        policy = FetchPolicy(allow_networks=parse_networks(args.allow_networks), max_bytes=args.fetch_max_bytes,
+        fetch_policy = FetchPolicy(allow_networks=parse_networks(args.allow_networks), max_bytes=args.fetch_max_bytes,
                              total_timeout_s=args.fetch_timeout)
         model_dir = resolve_model(args.model, progress=say)
         loaded = load_model_dir(model_dir)
@@ -151,12 +156,14 @@ def scan_command(args: argparse.Namespace) -> int:
         from tqdm import tqdm
 
         with tqdm(total=total, unit="image", file=sys.stderr, dynamic_ncols=True) as bar:
-            for record in scan(detector, args.inputs, args.batch_size, policy, args.max_pixels, on_stage=bar.set_postfix_str):
+            for record in scan(detector, args.inputs, args.batch_size, fetch_policy, args.max_pixels, on_stage=bar.set_postfix_str,
+                               provenance_policy=args.provenance_policy):
                 bar.write(json.dumps(record), file=sys.stdout)
                 bar.update(1)
         return 0
     started = last_report = time.monotonic()  # a log: a line every few seconds
-    for done, record in enumerate(scan(detector, args.inputs, args.batch_size, policy, args.max_pixels), start=1):
+    for done, record in enumerate(scan(detector, args.inputs, args.batch_size, fetch_policy, args.max_pixels,
+                                       provenance_policy=args.provenance_policy), start=1):
         print(json.dumps(record), flush=True)
         now = time.monotonic()
         if now - last_report >= PROGRESS_EVERY_S and done < total:
@@ -183,6 +190,9 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
                    help="comma-separated CIDRs that URLs may reach despite being private (default: none)")
     p.add_argument("--fetch-timeout-s", dest="fetch_timeout", metavar="SECONDS", type=positive_float, default=30.0,
                    help="whole-request deadline per URL, seconds")
+    p.add_argument("--provenance-policy", choices=policy.POLICIES, default="report",
+                   help="report: provenance beside the model's label; declared_ai: a valid C2PA manifest or XMP declaring AI "
+                        "sets label ai_generated (never the reverse); off: metadata not read")
     p.add_argument("--fetch-max-bytes", type=positive_int, default=50 * 1024 * 1024, help="refuse bodies larger than this")
     for alias, dest, kind in (("--batch-size", "batch_size", positive_int), ("--allow-networks", "allow_networks", str),
                               ("--fetch-timeout", "fetch_timeout", positive_float)):

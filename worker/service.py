@@ -129,7 +129,7 @@ def _serve(config: worker_config.WorkerConfig, metrics: Metrics, checks: dict[st
         max_batch=config.max_batch, max_wait_ms=config.max_wait_ms, fetch_workers=config.fetch_workers,
         decode_workers=config.decode_workers, max_pixels=config.max_pixels, max_in_flight_bytes=config.max_in_flight_bytes,
         decode_limits=DecodeLimits(config.decode_timeout_s, config.decode_cpu_s, config.decode_memory_mb), allow_paths=transport.allows_paths,
-        trust_near_duplicates=config.near_duplicates == "trusted",
+        trust_near_duplicates=config.near_duplicates == "trusted", provenance_policy=config.provenance_policy,
     )
     delivery = Delivery(transport, pipeline, metrics, Limits(
         max_in_flight=config.max_in_flight, max_message_bytes=config.max_message_bytes,

@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from tests.schemas import SCHEMAS, check, check_record, check_verdict
 from worker.config import ConfigError, load
 from worker.messages import Malformed, Source, dead_letter, encode_record, parse_request, verdict
 
@@ -72,10 +73,29 @@ def test_local_paths_only_in_stdin_mode() -> None:
 def test_verdict_and_dead_letter_shapes() -> None:
     r = parse_request(b'{"id": "q", "url": "http://a/b"}', SRC, 1000)
     v = verdict(r, model={"name": "dda", "version": "dda-1"}, threshold=0.5, status="error", error={"code": "url_blocked", "message": "m"})
-    assert set(v) == {"schema_version", "id", "url", "status", "label", "score", "logit", "threshold", "model", "hashes",
-                      "cache", "error", "timings_ms", "processed_at", "metadata"}
-    d = dead_letter(b"raw", SRC, Malformed("not_json", "x"), 1 << 20)
+    check_verdict(v)  # version 2 and version 1
+    assert v["schema_version"] == 2 and v["provenance"] is None and v["label_reason"] is None
+    d = check_record(dead_letter(b"raw", SRC, Malformed("not_json", "x"), 1 << 20))
     assert d["source"] == {"topic": "in", "partition": 3, "offset": 42} and d["raw_base64"] == "cmF3"
+    with pytest.raises(AssertionError, match="provenance"):
+        check_verdict({k: x for k, x in v.items() if k != "provenance"})  # the checks can fail
+    with pytest.raises(AssertionError, match="status"):
+        check_verdict({**v, "status": "maybe"})
+
+
+def test_schemas_describe_requests_and_stay_additive() -> None:
+    """Version 2 requires all of version 1 and adds two fields; a request is what parse_request accepts."""
+    v1, v2 = (json.loads((SCHEMAS / f"verdict.v{n}.schema.json").read_text()) for n in (1, 2))
+    assert set(v2["required"]) == {"provenance", "label_reason"} and v2["allOf"] == [{"$ref": "verdict.v1.schema.json"}]
+    assert set(v1["required"]) >= {"schema_version", "id", "url", "status", "label", "score", "logit", "hashes", "error"}
+    for value in (b'{"url": "http://a/b"}', b'{"id": "x", "url": "https://a/b", "metadata": [1, {"k": null}]}'):
+        check("request.schema.json", json.loads(value))
+        parse_request(value, SRC, 1000)
+    for value in (b'{"id": "x"}', b'{"id": "", "url": "http://a/b"}', b'{"url": 7}'):
+        with pytest.raises(AssertionError):
+            check("request.schema.json", json.loads(value))
+        with pytest.raises(Malformed):
+            parse_request(value, SRC, 1000)
 
 
 def test_config_defaults_env_flags_and_errors() -> None:

@@ -15,6 +15,7 @@ import yaml
 
 from tests.conftest import encode, scene
 from tests.http_server import LocalServer, Route
+from tests.schemas import check_verdict
 from tests.services import NoidaBroker, Worker, metric_value, unique, wait_for
 
 CHART = Path(__file__).resolve().parents[2] / "deploy" / "helm" / "dda-worker"
@@ -156,7 +157,7 @@ def test_every_metric_reads_back_what_a_known_workload_did(tiny_model_dir: Path,
         for line in [str(paths[0]), str(paths[1]), str(paths[0]), str(tmp_path / "missing.png"), str(paths[2])]:
             proc.stdin.write(line + "\n")
             proc.stdin.flush()
-            verdicts.append(json.loads(proc.stdout.readline()))  # one at a time: the repeat follows its original
+            verdicts.append(check_verdict(json.loads(proc.stdout.readline())))  # one at a time: the repeat follows its original
         proc.stdin.write("{broken\n")
         proc.stdin.flush()
         wait_for(lambda: metric_value(scrape(), "dda_dead_letters_total") == 1, 30, "the dead letter to be counted")

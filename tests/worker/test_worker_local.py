@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from tests.conftest import encode, scene
+from tests.schemas import check_verdict, verdict_lines
 
 
 def test_stdin_to_stdout_through_the_same_pipeline(tiny_model_dir: Path, tmp_path: Path) -> None:
@@ -23,12 +24,12 @@ def test_stdin_to_stdout_through_the_same_pipeline(tiny_model_dir: Path, tmp_pat
     proc = subprocess.run([sys.executable, "-m", "worker.cli", "worker"], input="\n".join(lines) + "\n", text=True,
                           capture_output=True, env=env, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    verdicts = {v["id"]: v for v in map(json.loads, proc.stdout.splitlines())}
+    verdicts = {v["id"]: v for v in verdict_lines(proc.stdout)}
     assert set(verdicts) == {"stdin/0/0", "j1", "stdin/0/3", "stdin/0/4", "stdin/0/5"}
     assert verdicts["j1"]["metadata"] == {"a": 1} and verdicts["j1"]["status"] == "ok"
     assert verdicts["stdin/0/4"]["error"]["code"] == "file_not_found"
     assert abs(verdicts["stdin/0/0"]["logit"] - verdicts["stdin/0/3"]["logit"]) < 1e-5  # same bytes (maybe another batch)
-    dead = [json.loads(line) for line in proc.stderr.splitlines() if '"reason"' in line]
+    dead = verdict_lines("\n".join(line for line in proc.stderr.splitlines() if '"reason"' in line))
     assert [d["reason"] for d in dead] == ["not_json"] and dead[0]["source"]["offset"] == 2
 
 
@@ -52,7 +53,7 @@ def test_stdin_mode_honours_sigterm_and_ctrl_c_while_waiting_for_input(tiny_mode
         assert proc.stdin is not None and proc.stdout is not None
         proc.stdin.write(f"{path}\n".encode())
         proc.stdin.flush()  # stdin stays open: the worker waits for more input
-        verdict = json.loads(proc.stdout.readline())
+        verdict = check_verdict(json.loads(proc.stdout.readline()))
         assert verdict["status"] == "ok"
         began = time.monotonic()
         proc.send_signal(sig)
