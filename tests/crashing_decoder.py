@@ -1,5 +1,6 @@
 """A decode child for tests: crashes (os._exit) on bytes that start with b"CRASH", sleeps on b"SLOW",
-spins the CPU on b"SPIN".
+spins the CPU on b"SPIN"; after decoding, crashes or sleeps reading metadata of files that hold
+b"CRASH-IN-METADATA" or b"SLOW-IN-METADATA".
 
 Stands in for a decoder that segfaults or loops on a crafted file, which no test can count on.
 """
@@ -11,9 +12,11 @@ import sys
 import time
 
 import worker.prepare
+import worker.provenance.report
 from worker import decode_child
 
 _real = worker.prepare.prepare
+_real_provenance = worker.provenance.report.read_provenance
 
 
 def prepare(data: bytes, crop_size: int, crops: int, max_pixels: int, hash_pdq: bool = True) -> worker.prepare.Prepared:
@@ -27,8 +30,17 @@ def prepare(data: bytes, crop_size: int, crops: int, max_pixels: int, hash_pdq: 
     return _real(data, crop_size, crops, max_pixels, hash_pdq)
 
 
+def read_provenance(data: bytes) -> dict[str, object]:
+    if b"CRASH-IN-METADATA" in data:
+        os._exit(139)
+    if b"SLOW-IN-METADATA" in data:
+        time.sleep(60)
+    return _real_provenance(data)
+
+
 if __name__ == "__main__":
     worker.prepare.prepare = prepare
+    worker.provenance.report.read_provenance = read_provenance
     decode_child.die_with_parent(int(sys.argv[1]))
     answers = sys.stdout.buffer
     sys.stdout = sys.stderr

@@ -36,6 +36,7 @@ from worker.errors import (
     UNSUPPORTED_FORMAT,
     InputError,
 )
+from worker.provenance.containers import TEXT_CHUNKS, Unfinished, png_chunks
 
 DEFAULT_MAX_PIXELS = 64_000_000  # a 48 MP phone photo fits; a decompression bomb does not
 # Rows and columns decoded beyond the crop on each side: one 4:2:0 MCU, so chroma upsampling at
@@ -126,6 +127,22 @@ def _is_truncation(exc: BaseException) -> bool:
     return isinstance(exc, EOFError) or any(k in text for k in ("truncated", "broken data stream", "end of file", "premature"))
 
 
+def without_text_chunks(png: bytes) -> bytes:
+    """The PNG without its text chunks: they hold no pixels, and Pillow refuses a whole image
+    for a text chunk it finds too large (compression bombs are metadata's problem, see
+    `worker.provenance`, never the verdict's). Unchanged if it has none or its chunks do not parse."""
+    kept, dropped = [png[:8]], False
+    try:
+        for kind, start, end in png_chunks(png):
+            if kind in TEXT_CHUNKS:
+                dropped = True
+            else:
+                kept.append(png[start:end])
+    except Unfinished:
+        return png  # Pillow reports what is wrong with it
+    return b"".join(kept) if dropped else png
+
+
 def open_checked(data: bytes, max_pixels: int) -> Image.Image:
     """Pillow image with only its header read, after the format and pixel-count checks."""
     if not data:
@@ -133,7 +150,7 @@ def open_checked(data: bytes, max_pixels: int) -> Image.Image:
     fmt = sniff_format(data)
     if fmt == "JPEG":
         check_jpeg_coding(data)
-    image = Image.open(io.BytesIO(data), formats=[fmt])
+    image = Image.open(io.BytesIO(data if fmt != "PNG" else without_text_chunks(data)), formats=[fmt])
     width, height = image.size
     if width * height > max_pixels:
         raise InputError(IMAGE_TOO_LARGE, f"{width}x{height} is {width * height} pixels, over the cap of {max_pixels}")

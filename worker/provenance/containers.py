@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import struct
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 MAX_WALK_STEPS = 100_000  # chunks, segments or boxes visited
@@ -29,6 +30,7 @@ C2PA_UUID = bytes.fromhex("d8fec3d61b0e483c92975828877ec481")
 XMP_APP1 = b"http://ns.adobe.com/xap/1.0/\x00"
 XMP_EXTENSION_APP1 = b"http://ns.adobe.com/xmp/extension/\x00"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+TEXT_CHUNKS = (b"tEXt", b"zTXt", b"iTXt")
 
 
 @dataclass
@@ -136,27 +138,39 @@ def _jpeg(data: bytes, found: Found) -> None:
         found.add_xmp(bytes(extended))
 
 
-def _png(data: bytes, found: Found) -> None:
+class Unfinished(ValueError):
+    """A walk ended before the container's end; the message says why."""
+
+
+def png_chunks(data: bytes) -> Iterator[tuple[bytes, int, int]]:
+    """(type, start, end) of each whole chunk (length, type, body, CRC) up to IEND included; raises
+    Unfinished, after the chunks it could read, when the file ends first or has too many."""
     pos = 8
     for _ in range(MAX_WALK_STEPS):
         if pos + 8 > len(data):
-            found.problem("PNG chunks end without IEND")
-            return
+            raise Unfinished("PNG chunks end without IEND")
         length, kind = struct.unpack(">I4s", data[pos : pos + 8])
-        body = data[pos + 8 : pos + 8 + length]
-        if len(body) != length:
-            found.problem(f"PNG chunk {kind!r} runs past the end of the file")
-            return
+        end = pos + 12 + length
+        if end > len(data):
+            raise Unfinished(f"PNG chunk {kind!r} runs past the end of the file")
+        yield kind, pos, end
         if kind == b"IEND":
             return
-        if kind in (b"tEXt", b"zTXt", b"iTXt"):
-            _png_text(kind, body, found)
-        elif kind == b"eXIf":
-            found.add_exif(body)
-        elif kind == b"caBX":
-            found.c2pa_bytes += length
-        pos += 12 + length
-    found.problem(f"more than {MAX_WALK_STEPS} PNG chunks; the rest were not read")
+        pos = end
+    raise Unfinished(f"more than {MAX_WALK_STEPS} PNG chunks; the rest were not read")
+
+
+def _png(data: bytes, found: Found) -> None:
+    try:
+        for kind, start, end in png_chunks(data):
+            if kind in TEXT_CHUNKS:
+                _png_text(kind, data[start + 8 : end - 4], found)
+            elif kind == b"eXIf":
+                found.add_exif(data[start + 8 : end - 4])
+            elif kind == b"caBX":
+                found.c2pa_bytes += end - start - 12
+    except Unfinished as exc:
+        found.problem(str(exc))
 
 
 def _png_text(kind: bytes, body: bytes, found: Found) -> None:
@@ -166,7 +180,7 @@ def _png_text(kind: bytes, body: bytes, found: Found) -> None:
         return
     name = key.decode("latin-1")
     if kind == b"tEXt":
-        value: bytes | None = rest[:MAX_TEXT_BYTES]
+        value: bytes | None = _bounded(rest, found, name)
     elif kind == b"zTXt":
         value = _inflate(rest[1:], found, name)
     else:  # iTXt: compression flag, method, language tag\0, translated keyword\0, text
@@ -176,7 +190,7 @@ def _png_text(kind: bytes, body: bytes, found: Found) -> None:
         compressed, tail = rest[0], rest[2:]
         _language, _, tail = tail.partition(b"\x00")
         _translated, _, text = tail.partition(b"\x00")
-        value = _inflate(text, found, name) if compressed else text[:MAX_TEXT_BYTES]
+        value = _inflate(text, found, name) if compressed else _bounded(text, found, name)
     if value is None:
         return
     if name == "XML:com.adobe.xmp":
@@ -185,6 +199,13 @@ def _png_text(kind: bytes, body: bytes, found: Found) -> None:
         return  # ImageMagick's hex dump of EXIF: rare, and eXIf carries the same
     else:
         found.add_text(f"png:{name}", value)
+
+
+def _bounded(value: bytes, found: Found, name: str) -> bytes | None:
+    if len(value) > MAX_TEXT_BYTES:
+        found.problem(f"PNG text chunk {name!r} of {len(value)} bytes is over {MAX_TEXT_BYTES >> 20} MiB; not read")
+        return None
+    return value
 
 
 def _inflate(blob: bytes, found: Found, name: str) -> bytes | None:
