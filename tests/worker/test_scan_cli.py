@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +16,8 @@ from engine.model_dir import load_model_dir
 from engine.runner import TorchRunner
 from tests.conftest import encode, photo
 from tests.http_server import LocalServer, Route, serve
+from tests.provenance_files import IPTC, png_with_text, sign, with_xmp, xmp_packet
+from tests.schemas import check
 from worker.decode import decode_rgb
 
 server = pytest.fixture(serve)
@@ -45,6 +48,34 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 def records(proc: subprocess.CompletedProcess[str]) -> list[dict]:
     return [json.loads(line) for line in proc.stdout.splitlines()]
+
+
+def test_scan_prints_provenance_and_applies_its_policy(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """A model copy whose threshold makes every label "real": only a valid declaration moves one."""
+    model = tmp_path / "strict"
+    shutil.copytree(tiny_model_dir, model)
+    manifest = json.loads((model / "manifest.json").read_text())
+    (model / "manifest.json").write_text(json.dumps({**manifest, "threshold": 0.999}))
+    files = {"signed.png": sign(encode(photo(400, 300, seed=4), "PNG"), "image/png"),
+             "xmp.jpg": with_xmp("JPEG", xmp_packet(IPTC + "trainedAlgorithmicMedia")),
+             "a1111.png": png_with_text([("parameters", "a cat\nSteps: 20, Sampler: Euler a, CFG scale: 7")]),
+             "plain.jpg": encode(photo(400, 300, seed=5), "JPEG")}
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    inputs = [str(tmp_path / name) for name in files]
+    for policy in ("declared_ai", "report"):
+        proc = dda("scan", "--model", str(model), "--provenance-policy", policy, *inputs)
+        assert proc.returncode == 0, proc.stderr
+        out = {Path(r["input"]).name: r for r in records(proc)}
+        for r in out.values():
+            check("provenance", r["provenance"])
+        assert out["signed.png"]["provenance"]["c2pa"]["validation_state"] == "valid"
+        assert out["xmp.jpg"]["provenance"]["declared_by"] == "xmp"
+        assert out["a1111.png"]["provenance"]["generator"] == "AUTOMATIC1111"
+        assert out["plain.jpg"]["provenance"]["declared_ai"] is None
+        moved = {name for name, r in out.items() if r["label"] == "ai_generated"}
+        assert moved == ({"signed.png", "xmp.jpg"} if policy == "declared_ai" else set()), policy
+        assert all((r["label_reason"] is not None) == (name in moved) for name, r in out.items())
 
 
 def test_scan_prints_one_verdict_per_input_in_order(tiny_model_dir: Path, images: dict[str, Path], server: LocalServer) -> None:

@@ -23,6 +23,7 @@ from engine.model_dir import load_model_dir
 from engine.runner import TorchRunner
 from tests.conftest import encode, scene
 from tests.http_server import LocalServer, Route
+from tests.provenance_files import IPTC, sign, with_xmp, xmp_packet
 from tests.services import Broker, RedisServer, Worker, unique, wait_for
 from worker.decode import decode_rgb
 from worker.hashing import hamming, pdq_from_pixels, pdq_pixels
@@ -40,8 +41,12 @@ def redis_server() -> Iterator[RedisServer]:
 
 @pytest.fixture(scope="module")
 def images() -> list[bytes]:
-    return [encode(scene(480 + 13 * i, 400, seed=i), "JPEG" if i % 2 else "PNG", **({"quality": 90} if i % 2 else {}))
+    """24 pictures; the first carries a C2PA manifest declaring AI, the second XMP declaring a camera."""
+    made = [encode(scene(480 + 13 * i, 400, seed=i), "JPEG" if i % 2 else "PNG", **({"quality": 90} if i % 2 else {}))
             for i in range(24)]
+    made[0] = sign(made[0], "image/png")
+    made[1] = with_xmp("JPEG", xmp_packet(IPTC + "digitalCapture"), seed=1)
+    return made
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +129,7 @@ def test_500_mixed_requests_get_exactly_one_verdict_each(
     for rid, want in expected.items():
         v = got[rid][0]
         assert (v["status"] if want == "ok" else v["error"]["code"]) == want, v
-        assert v["schema_version"] == 1 and v["model"]["version"].startswith("dda-")
+        assert v["schema_version"] == 2 and v["model"]["version"].startswith("dda-")
         if want == "ok":
             assert v["label"] in ("ai_generated", "real") and len(v["hashes"]["sha256"]) == 64 and v["error"] is None
     assert got["r0"][0]["metadata"] == {"n": 0}
@@ -146,6 +151,10 @@ def test_500_mixed_requests_get_exactly_one_verdict_each(
     verdicts.read_until(lambda r: sum(json.loads(x.value)["id"].startswith("again") for x in r) >= 24, 60)
     again = [v for v in verdicts.values() if v["id"].startswith("again")]
     assert {v["cache"] for v in again} == {"exact"}
+    provenance = {v["id"]: v["provenance"] for v in again}  # exact hits carry it, through Redis
+    assert provenance["again0"]["c2pa"]["validation_state"] == "valid" and provenance["again0"]["declared_by"] == "c2pa"
+    assert provenance["again1"]["declared_ai"] is False and provenance["again1"]["declared_by"] == "xmp"
+    assert all(p == {**p, "c2pa": None, "xmp": None, "declared_ai": None} for i, p in provenance.items() if i not in ("again0", "again1"))
     assert worker.metric("dda_engine_images_total") == engine_before
     assert worker.metric("dda_cache_lookups_total", 'kind="exact"') >= 24
     status, _ = worker.get("/healthz")
