@@ -33,7 +33,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 import structlog
@@ -211,6 +211,10 @@ def _encode(v: CachedVerdict) -> bytes:
     return json.dumps(asdict(v)).encode()
 
 
+_FIELDS = frozenset(f.name for f in fields(CachedVerdict))
+
+
 def _decode(blob: bytes) -> CachedVerdict:
-    """Entries written before a field existed decode with its default (no provenance: not read)."""
-    return CachedVerdict(**json.loads(blob))
+    """Entries written before a field existed get its default (no provenance: not read); fields a
+    newer version wrote are ignored, so workers of two versions can share a cache during a rollout."""
+    return CachedVerdict(**{k: v for k, v in json.loads(blob).items() if k in _FIELDS})

@@ -105,11 +105,9 @@ def serve(jobs: IO[bytes], answers: IO[bytes], cpu_s: int, memory_mb: int) -> No
 
     from worker.errors import DECODE_LIMIT
     from worker.prepare import prepare
-    from worker.provenance import c2pa_manifest
-    from worker.provenance.report import read_provenance
+    from worker.provenance.report import read_provenance  # c2pa-python loads on the first manifest only
 
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # SIGXCPU would otherwise dump core
-    c2pa_manifest.available()  # loaded before the memory limit is measured, as Pillow and numpy are
     limit_memory(memory_mb)
     write_frame(answers, {"ready": True})
     while True:

@@ -32,7 +32,7 @@ class Metrics:
         self.commit_failures = Counter("dda_commit_failures", "Offset commits that failed (retried on the next commit)", registry=r)
         self.consumer_lag = Gauge("dda_consumer_lag", "Input messages not yet committed: the partition's end offset minus the group's committed offset (refreshed every DDA_LAG_EVERY_S)",
                                   ["topic", "partition"], registry=r)
-        self.provenance = Counter("dda_provenance_signals", "Scored images carrying each provenance signal (c2pa_valid, c2pa_invalid, xmp_source_type, generator, declared_ai, error)",
+        self.provenance = Counter("dda_provenance_signals", "Decoded images carrying each provenance signal (c2pa_valid, c2pa_invalid, xmp_source_type, generator, declared_ai, error)",
                                   ["signal"], registry=r)
         self.paused = Gauge("dda_partitions_paused", "1 while input partitions are paused for backpressure", registry=r)
 

@@ -35,7 +35,7 @@ from worker.provenance.generators import SIGNATURES
 from worker.provenance.report import empty, read_provenance
 
 AI = IPTC + "trainedAlgorithmicMedia"
-MIME = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp"}
+MIME = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp", "TIFF": "image/tiff", "AVIF": "image/avif"}
 
 
 def read(data: bytes) -> dict[str, Any]:
@@ -48,7 +48,7 @@ def read(data: bytes) -> dict[str, Any]:
 # --- C2PA ---------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP"])
+@pytest.mark.parametrize("fmt", list(MIME))
 def test_a_signed_file_declares_ai_and_names_its_signer(fmt: str) -> None:
     p = read(sign(save(picture(), fmt), MIME[fmt]))
     c2pa = p["c2pa"]
@@ -285,12 +285,14 @@ def test_exact_hits_carry_provenance_and_near_duplicates_never_inherit_it(tiny_m
         fetcher.close()
 
 
-def test_cache_entries_written_before_provenance_decode_without_it() -> None:
+def test_cache_entries_of_older_and_newer_versions_decode() -> None:
     from worker.cache import _decode
 
-    old = json.dumps({"logit": 1.0, "score": 0.73, "label": "ai_generated", "sha256": "a" * 64, "pdq": None,
-                      "pdq_quality": None, "trusted": False}).encode()
-    assert _decode(old) == CachedVerdict(1.0, 0.73, "ai_generated", "a" * 64, None, None, False, None)
+    old = {"logit": 1.0, "score": 0.73, "label": "ai_generated", "sha256": "a" * 64, "pdq": None, "pdq_quality": None,
+           "trusted": False}
+    assert _decode(json.dumps(old).encode()) == CachedVerdict(1.0, 0.73, "ai_generated", "a" * 64, None, None, False, None)
+    newer = {**old, "provenance": {"c2pa": None}, "field_of_a_later_version": 1}
+    assert _decode(json.dumps(newer).encode()).provenance == {"c2pa": None}
 
 
 def test_a_metadata_reader_that_crashes_or_stalls_costs_only_the_provenance(tiny_model_dir: Path, tmp_path: Path) -> None:

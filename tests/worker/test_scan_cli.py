@@ -63,19 +63,18 @@ def test_scan_prints_provenance_and_applies_its_policy(tiny_model_dir: Path, tmp
     for name, data in files.items():
         (tmp_path / name).write_bytes(data)
     inputs = [str(tmp_path / name) for name in files]
-    for policy in ("declared_ai", "report"):
-        proc = dda("scan", "--model", str(model), "--provenance-policy", policy, *inputs)
-        assert proc.returncode == 0, proc.stderr
-        out = {Path(r["input"]).name: r for r in records(proc)}
-        for r in out.values():
-            check("provenance", r["provenance"])
-        assert out["signed.png"]["provenance"]["c2pa"]["validation_state"] == "valid"
-        assert out["xmp.jpg"]["provenance"]["declared_by"] == "xmp"
-        assert out["a1111.png"]["provenance"]["generator"] == "AUTOMATIC1111"
-        assert out["plain.jpg"]["provenance"]["declared_ai"] is None
-        moved = {name for name, r in out.items() if r["label"] == "ai_generated"}
-        assert moved == ({"signed.png", "xmp.jpg"} if policy == "declared_ai" else set()), policy
-        assert all((r["label_reason"] is not None) == (name in moved) for name, r in out.items())
+    proc = dda("scan", "--model", str(model), "--provenance-policy", "declared_ai", *inputs)  # report: test_provenance.py
+    assert proc.returncode == 0, proc.stderr
+    out = {Path(r["input"]).name: r for r in records(proc)}
+    for r in out.values():
+        check("provenance", r["provenance"])
+    assert out["signed.png"]["provenance"]["c2pa"]["validation_state"] == "valid"
+    assert out["xmp.jpg"]["provenance"]["declared_by"] == "xmp"
+    assert out["a1111.png"]["provenance"]["generator"] == "AUTOMATIC1111"
+    assert out["plain.jpg"]["provenance"]["declared_ai"] is None
+    moved = {name for name, r in out.items() if r["label"] == "ai_generated"}
+    assert moved == {"signed.png", "xmp.jpg"}
+    assert all((r["label_reason"] is not None) == (name in moved) for name, r in out.items())
 
 
 def test_scan_prints_one_verdict_per_input_in_order(tiny_model_dir: Path, images: dict[str, Path], server: LocalServer) -> None:
