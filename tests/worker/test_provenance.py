@@ -59,6 +59,21 @@ def test_a_signed_file_declares_ai_and_names_its_signer(fmt: str) -> None:
     assert (p["declared_ai"], p["declared_by"], p["error"]) == (True, "c2pa", None)
 
 
+PUBLIC = Path(__file__).resolve().parents[1] / "data" / "c2pa-rs"
+
+
+def test_manifests_written_by_the_c2pa_sdk_itself() -> None:
+    """Public sample files signed by another implementation (tests/data/c2pa-rs/README.md)."""
+    made = read((PUBLIC / "C.jpg").read_bytes())
+    assert made["c2pa"]["validation_state"] == "valid" and made["c2pa"]["generator"].startswith("make_test_images")
+    assert made["c2pa"]["signer"]["organization"] == "C2PA Test Signing Cert" and made["c2pa"]["actions"] == ["c2pa.created"]
+    assert made["c2pa"]["digital_source_type"] == IPTC + "algorithmicMedia" and made["declared_ai"] is None
+    bad = read((PUBLIC / "E-sig-CA.jpg").read_bytes())
+    assert bad["c2pa"]["validation_state"] == "invalid" and bad["c2pa"]["ingredients"] == 1 and bad["declared_ai"] is None
+    remote = read((PUBLIC / "libpng-test_with_url.png").read_bytes())  # its manifest is at a URL: never fetched
+    assert remote["c2pa"] is None and remote["xmp"] is not None and remote["error"] is None
+
+
 def test_what_each_source_type_declares_and_a_tampered_file_declares_nothing() -> None:
     image = save(picture(), "JPEG")
     for term, declared in [("compositeWithTrainedAlgorithmicMedia", True), ("digitalCapture", False),
