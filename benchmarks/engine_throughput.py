@@ -27,11 +27,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import describe
 
 from engine.checkpoint import import_checkpoint
+from engine.decode import decode_folder
 from engine.model_dir import load_model_dir
 from engine.preprocess import center_crop
 from engine.runner import TorchRunner
 from engine.synthetic import VIT_L, write_official_checkpoint
-from worker.decode import decode_folder
 
 DEV_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "dev"
 GFLOP_PER_IMAGE_VITL = 382.0  # ../shared/DESIGN.md, 336 input, LoRA merged

@@ -50,7 +50,7 @@ def cases() -> list[tuple[str, Callable[[], bytes]]]:
         ("arithmetic-coded JPEG", lambda: h.jpeg_with_frame_marker(0xC9)),
     ]
 
-RUN = ("import resource, sys; from worker.cli import main; rc = main(sys.argv[1:]); "
+RUN = ("import resource, sys; from dda.cli import main; rc = main(sys.argv[1:]); "
        "s, c = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN); "
        "print('USAGE', max(s.ru_maxrss, c.ru_maxrss), s.ru_utime + s.ru_stime + c.ru_utime + c.ru_stime, file=sys.stderr); "
        "sys.exit(rc)")

@@ -71,7 +71,7 @@ def find_command(args: argparse.Namespace) -> int:
 
 
 def verify_command(args: argparse.Namespace) -> int:
-    from worker.decode import decode_folder
+    from engine.decode import decode_folder
 
     try:
         loaded = load_model_dir(Path(args.model))

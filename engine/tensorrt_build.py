@@ -78,7 +78,7 @@ def onnx_metadata(path: Path) -> dict[str, str]:
 
 def calibration_batches(folder: Path, pre: Preprocessing, uint8_input: bool, batch: int) -> list[np.ndarray]:
     """Centre crops of every decodable image in `folder`, in the engine's input layout."""
-    from worker.decode import decode_folder
+    from engine.decode import decode_folder
 
     crops = [center_crop(pixels, pre.crop_size) for _, pixels in decode_folder(folder)]
     if not crops:

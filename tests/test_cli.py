@@ -15,7 +15,7 @@ from tests.conftest import encode, photo
 
 
 def dda(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "worker.cli", *args], capture_output=True, text=True, timeout=timeout,
+    return subprocess.run([sys.executable, "-m", "dda", *args], capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, **(env or {})}, stdin=subprocess.DEVNULL)
 
 
@@ -37,7 +37,7 @@ WRONG_VALUES = [
 # the exit status and stderr are what a shell would see.
 RUN_EACH = """
 import contextlib, io, json, sys
-from worker.cli import main
+from dda.cli import main
 for args in json.loads(sys.argv[1]):
     err = io.StringIO()
     with contextlib.redirect_stderr(err):
@@ -101,10 +101,10 @@ def test_without_the_hub_the_first_run_says_how_to_go_on(tmp_path: Path) -> None
         closed.bind(("127.0.0.1", 0))
         port = closed.getsockname()[1]
     env = {"DDA_CACHE_DIR": str(tmp_path / "cache"), "HF_ENDPOINT": f"http://127.0.0.1:{port}", "DDA_MODEL": ""}
-    proc = subprocess.run([sys.executable, "-m", "worker.cli", "worker", "--metrics-port", "0"], input="x\n", text=True,
+    proc = subprocess.run([sys.executable, "-m", "dda", "worker", "--metrics-port", "0"], input="x\n", text=True,
                           capture_output=True, timeout=60, env={**os.environ, **env})
     clean_error(proc, 2, "dda import-checkpoint", "--model", "HF_HUB_OFFLINE", "unreachable")
-    offline = subprocess.run([sys.executable, "-m", "worker.cli", "worker", "--metrics-port", "0"], input="x\n", text=True,
+    offline = subprocess.run([sys.executable, "-m", "dda", "worker", "--metrics-port", "0"], input="x\n", text=True,
                              capture_output=True, timeout=60, env={**os.environ, **env, "HF_HUB_OFFLINE": "1"})
     clean_error(offline, 2, "HF_HUB_OFFLINE is set")
 
@@ -112,7 +112,7 @@ def test_without_the_hub_the_first_run_says_how_to_go_on(tmp_path: Path) -> None
 def test_ctrl_c_stops_a_scan_with_one_line_and_status_130(tiny_model_dir: Path, tmp_path: Path) -> None:
     image = tmp_path / "a.jpg"
     image.write_bytes(encode(photo(640, 480, seed=2), "JPEG", quality=90))
-    proc = subprocess.Popen([sys.executable, "-m", "worker.cli", "scan", "--model", str(tiny_model_dir), "--max-batch", "1",
+    proc = subprocess.Popen([sys.executable, "-m", "dda", "scan", "--model", str(tiny_model_dir), "--max-batch", "1",
                              *[str(image)] * 400], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert proc.stdout is not None and proc.stderr is not None
     assert '"status": "ok"' in proc.stdout.readline()  # running, past start-up

@@ -17,12 +17,12 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
+from engine.decode import decode_folder
 from engine.detector import Detector, sigmoid
 from engine.model_dir import LoadedModel, write_manifest
 from engine.runner import TorchRunner
 from training import metrics
 from training.alignment import jpeg
-from worker.decode import decode_folder
 
 
 def subsets(data: Path) -> dict[str, Path]:

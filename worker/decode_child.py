@@ -2,7 +2,7 @@
 
 Started as `python -m worker.decode_child PARENT_PID CPU_S MEMORY_MB` by `worker.decode_pool`;
 it imports only the decoding code (no torch, no CLI). Each job runs under kernel limits, the
-backstop behind the header checks in `worker.decode`: CPU_S seconds of CPU (RLIMIT_CPU, moved
+backstop behind the header checks in `engine.decode`: CPU_S seconds of CPU (RLIMIT_CPU, moved
 before each job; SIGXCPU ends the process) and MEMORY_MB of address space beyond what the
 process had when ready (RLIMIT_AS; an allocation past it fails, the job's answer says
 `decode_limit` and asks the pool to replace this process, whose libraries may be left in

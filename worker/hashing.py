@@ -13,7 +13,7 @@ import hashlib
 
 import numpy as np
 
-from worker.decode import DEFAULT_MAX_PIXELS, decode_jpeg, decode_rgb, open_checked
+from engine.decode import DEFAULT_MAX_PIXELS, decode_jpeg, decode_rgb, open_checked
 
 PDQ_MIN_SIDE = 256  # short side of a DCT-scaled JPEG decode
 PDQ_BOX_MIN_SIDE = 512  # each side of a box-reduced decode of other formats

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from worker.decode import as_input_error, decode_center_crop, decode_rgb
+from engine.decode import as_input_error, decode_center_crop, decode_rgb
 from worker.hashing import box_reduce, pdq_from_pixels, pdq_pixels
 
 

@@ -17,11 +17,11 @@ import numpy as np
 
 from engine.backend import make_runner
 from engine.console import say
+from engine.decode import DEFAULT_MAX_PIXELS
 from engine.detector import Detector
 from engine.hub import resolve_model
 from engine.model_dir import ModelDirError, load_model_dir
 from worker.config import positive_float, positive_int
-from worker.decode import DEFAULT_MAX_PIXELS
 from worker.decode_pool import DecodeJob, DecodeLimits, DecodePool
 from worker.errors import FILE_NOT_FOUND, INFERENCE_FAILED, INTERNAL_ERROR, InputError
 from worker.fetch import Fetcher, FetchPolicy, parse_networks

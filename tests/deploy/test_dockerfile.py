@@ -19,7 +19,7 @@ def stage(name: str) -> str:
 
 
 def test_entrypoint_is_the_packaged_console_script() -> None:
-    assert PYPROJECT["project"]["scripts"]["dda"] == "worker.cli:main"
+    assert PYPROJECT["project"]["scripts"]["dda"] == "dda.cli:main"
     for target in ("gpu", "cpu"):
         body = stage(target)
         assert 'ENTRYPOINT ["dda"]' in body and 'CMD ["worker"]' in body
@@ -34,7 +34,7 @@ def test_installed_extras_exist_and_sources_are_copied() -> None:
         for package in PYPROJECT["tool"]["setuptools"]["packages"]["find"]["include"]:
             assert f"COPY {package.rstrip('*')} /src/{package.rstrip('*')}" in body
         assert "COPY pyproject.toml README.md /src/" in body
-        assert "libjpeg" in body  # headers for worker/_jpeg.c
+        assert "libjpeg" in body  # headers for engine/_jpeg.c
     assert any("tensorrt" in d for d in extras["gpu"]) and any("pycuda" in d for d in extras["gpu"])
 
 

@@ -12,6 +12,7 @@ import onnx
 import pytest
 
 from engine.checkpoint import import_checkpoint
+from engine.decode import decode_rgb
 from engine.model_dir import load_model_dir
 from engine.onnx_export import INPUT_FLOAT, INPUT_UINT8, META_INPUT, META_MANIFEST, export_onnx
 from engine.onnx_runner import OnnxRunner
@@ -19,7 +20,6 @@ from engine.preprocess import center_crop
 from engine.runner import TorchRunner
 from engine.synthetic import tiny_architecture, write_official_checkpoint
 from tests.conftest import SHARED_DATA, encode, photo
-from worker.decode import decode_rgb
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +68,7 @@ def test_onnxruntime_matches_torch_fp32(exported: Path, tiny_model_dir: Path, im
 
 
 def dda(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "worker.cli", *args], capture_output=True, text=True, timeout=300)
+    return subprocess.run([sys.executable, "-m", "dda", *args], capture_output=True, text=True, timeout=300)
 
 
 def test_export_and_verify_cli(tiny_model_dir: Path, image_dir: Path, tmp_path: Path) -> None:

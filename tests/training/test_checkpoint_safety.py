@@ -36,7 +36,7 @@ def evil(tmp_path: Path) -> Path:
 
 
 def dda(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "worker.cli", *args], capture_output=True, text=True, timeout=120)
+    return subprocess.run([sys.executable, "-m", "dda", *args], capture_output=True, text=True, timeout=120)
 
 
 def test_export_refuses_a_code_running_checkpoint(evil: Path, tmp_path: Path) -> None:

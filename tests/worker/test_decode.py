@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from engine.decode import decode_rgb, sniff_format
 from tests.conftest import SHARED_DATA, encode, photo
-from worker.decode import decode_rgb, sniff_format
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""worker._jpeg must give exactly Pillow's pixels (the reference's decoder), whole, scaled or cropped,
+"""engine._jpeg must give exactly Pillow's pixels (the reference's decoder), whole, scaled or cropped,
 and refuse what Pillow would silently turn grey."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import worker.decode as decode
+import engine.decode as decode
 from engine.preprocess import center_crop
 from tests.conftest import SHARED_DATA, encode, photo
 from tests.hostile_files import cut_with_end_marker, jpeg_declaring, progressive_jpeg_with_scans, relabel_frame

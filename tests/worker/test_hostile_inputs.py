@@ -212,7 +212,7 @@ GROWTH_LIMIT_MB = 64
 
 def scan_with_peak_rss(model: Path, inputs: list[str | bytes], *options: str) -> tuple[list[dict], int, float]:
     """Records, peak RSS of the scan process or its largest decode process, and wall seconds."""
-    code = ("import resource, sys; from worker.cli import main; rc = main(sys.argv[1:]); "
+    code = ("import resource, sys; from dda.cli import main; rc = main(sys.argv[1:]); "
             "print('PEAK_RSS_KB', max(resource.getrusage(r).ru_maxrss for r in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)),"
             " file=sys.stderr); sys.exit(rc)")
     started = time.monotonic()

@@ -144,7 +144,7 @@ def test_every_metric_reads_back_what_a_known_workload_did(tiny_model_dir: Path,
         paths[-1].write_bytes(encode(scene(400, 360, seed=40 + i), "PNG"))
     port = free_port()
     env = {**os.environ, "DDA_MODEL": str(tiny_model_dir), "DDA_METRICS_PORT": str(port), "DDA_DECODE_WORKERS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "worker.cli", "worker"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+    proc = subprocess.Popen([sys.executable, "-m", "dda", "worker"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL, env=env, text=True)
     assert proc.stdin is not None and proc.stdout is not None
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from engine.decode import decode_rgb
 from engine.detector import Detector
 from engine.model_dir import load_model_dir
 from engine.runner import TorchRunner
@@ -18,13 +19,12 @@ from tests.conftest import encode, photo
 from tests.http_server import LocalServer, Route, serve
 from tests.provenance_files import IPTC, png_with_text, sign, with_xmp, xmp_packet
 from tests.schemas import check
-from worker.decode import decode_rgb
 
 server = pytest.fixture(serve)
 
 
 def dda(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "worker.cli", *args], capture_output=True, text=True, timeout=300)
+    return subprocess.run([sys.executable, "-m", "dda", *args], capture_output=True, text=True, timeout=300)
 
 
 @pytest.fixture(scope="module")

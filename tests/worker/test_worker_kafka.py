@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from engine.decode import decode_rgb
 from engine.detector import Detector
 from engine.model_dir import load_model_dir
 from engine.runner import TorchRunner
@@ -25,7 +26,6 @@ from tests.conftest import encode, scene
 from tests.http_server import LocalServer, Route
 from tests.provenance_files import IPTC, sign, with_xmp, xmp_packet
 from tests.services import Broker, RedisServer, Worker, unique, wait_for
-from worker.decode import decode_rgb
 from worker.hashing import hamming, pdq_from_pixels, pdq_pixels
 
 pytestmark = pytest.mark.timeout(300)
@@ -212,7 +212,7 @@ def test_perceptual_matches_are_reported_and_only_trusted_ones_answer_unscored(
                                         "trusted": False}
     assert worker.metric("dda_engine_images_total") == 4
 
-    trusted = subprocess.run([sys.executable, "-m", "worker.cli", "trust-verdicts", "-", "--model", str(tiny_model_dir),
+    trusted = subprocess.run([sys.executable, "-m", "dda", "trust-verdicts", "-", "--model", str(tiny_model_dir),
                               "--redis-url", redis_server.url], input=got["B"]["hashes"]["sha256"] + "\n",
                              capture_output=True, text=True, timeout=120)
     assert trusted.returncode == 0, trusted.stderr

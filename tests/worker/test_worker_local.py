@@ -21,7 +21,7 @@ def test_stdin_to_stdout_through_the_same_pipeline(tiny_model_dir: Path, tmp_pat
     lines = [paths[0], json.dumps({"id": "j1", "url": paths[1], "metadata": {"a": 1}}), "{broken", paths[0],
              str(tmp_path / "missing.png"), paths[2]]
     env = {**os.environ, "DDA_MODEL": str(tiny_model_dir), "DDA_METRICS_PORT": "0", "DDA_DECODE_WORKERS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "worker.cli", "worker"], input="\n".join(lines) + "\n", text=True,
+    proc = subprocess.run([sys.executable, "-m", "dda", "worker"], input="\n".join(lines) + "\n", text=True,
                           capture_output=True, env=env, timeout=120)
     assert proc.returncode == 0, proc.stderr
     verdicts = {v["id"]: v for v in verdict_lines(proc.stdout)}
@@ -35,7 +35,7 @@ def test_stdin_to_stdout_through_the_same_pipeline(tiny_model_dir: Path, tmp_pat
 
 def test_invalid_configuration_fails_fast(tiny_model_dir: Path) -> None:
     env = {**os.environ, "DDA_MODEL": str(tiny_model_dir), "DDA_MAX_BATCH": "zero"}
-    proc = subprocess.run([sys.executable, "-m", "worker.cli", "worker"], input="", text=True, capture_output=True, env=env, timeout=60)
+    proc = subprocess.run([sys.executable, "-m", "dda", "worker"], input="", text=True, capture_output=True, env=env, timeout=60)
     assert proc.returncode == 2 and "DDA_MAX_BATCH='zero'" in proc.stderr
 
 
@@ -48,7 +48,7 @@ def test_stdin_mode_honours_sigterm_and_ctrl_c_while_waiting_for_input(tiny_mode
     env = {**os.environ, "DDA_MODEL": str(tiny_model_dir), "DDA_METRICS_PORT": "0", "DDA_DECODE_WORKERS": "1",
            "DDA_DRAIN_TIMEOUT_S": "2"}
     for sig in (signal.SIGTERM, signal.SIGINT):
-        proc = subprocess.Popen([sys.executable, "-m", "worker.cli", "worker"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        proc = subprocess.Popen([sys.executable, "-m", "dda", "worker"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, env=env)
         assert proc.stdin is not None and proc.stdout is not None
         proc.stdin.write(f"{path}\n".encode())

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import struct
 import zlib
-from collections.abc import Iterator
 from dataclasses import dataclass, field
+
+from engine.png_chunks import PNG_SIGNATURE, TEXT_CHUNKS, Unfinished, png_chunks
 
 MAX_WALK_STEPS = 100_000  # chunks, segments or boxes visited
 MAX_TEXT_ITEMS = 64  # text chunks / comments kept
@@ -29,8 +30,6 @@ MAX_C2PA_BYTES = 16 << 20  # an embedded manifest store larger than this is not 
 C2PA_UUID = bytes.fromhex("d8fec3d61b0e483c92975828877ec481")
 XMP_APP1 = b"http://ns.adobe.com/xap/1.0/\x00"
 XMP_EXTENSION_APP1 = b"http://ns.adobe.com/xmp/extension/\x00"
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-TEXT_CHUNKS = (b"tEXt", b"zTXt", b"iTXt")
 
 
 @dataclass
@@ -136,28 +135,6 @@ def _jpeg(data: bytes, found: Found) -> None:
         found.problem(f"more than {MAX_WALK_STEPS} JPEG segments; the rest were not read")
     if extended:
         found.add_xmp(bytes(extended))
-
-
-class Unfinished(ValueError):
-    """A walk ended before the container's end; the message says why."""
-
-
-def png_chunks(data: bytes) -> Iterator[tuple[bytes, int, int]]:
-    """(type, start, end) of each whole chunk (length, type, body, CRC) up to IEND included; raises
-    Unfinished, after the chunks it could read, when the file ends first or has too many."""
-    pos = 8
-    for _ in range(MAX_WALK_STEPS):
-        if pos + 8 > len(data):
-            raise Unfinished("PNG chunks end without IEND")
-        length, kind = struct.unpack(">I4s", data[pos : pos + 8])
-        end = pos + 12 + length
-        if end > len(data):
-            raise Unfinished(f"PNG chunk {kind!r} runs past the end of the file")
-        yield kind, pos, end
-        if kind == b"IEND":
-            return
-        pos = end
-    raise Unfinished(f"more than {MAX_WALK_STEPS} PNG chunks; the rest were not read")
 
 
 def _png(data: bytes, found: Found) -> None:

@@ -25,9 +25,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, TiffImagePlugin
 
-from engine.preprocess import CROP_SIZE, center_crop, plan_center_crop
-from worker import _jpeg
-from worker.errors import (
+from engine import _jpeg
+from engine.errors import (
     DECODE_FAILED,
     DECODE_LIMIT,
     IMAGE_TOO_COMPLEX,
@@ -36,7 +35,8 @@ from worker.errors import (
     UNSUPPORTED_FORMAT,
     InputError,
 )
-from worker.provenance.containers import TEXT_CHUNKS, Unfinished, png_chunks
+from engine.png_chunks import TEXT_CHUNKS, Unfinished, png_chunks
+from engine.preprocess import CROP_SIZE, center_crop, plan_center_crop
 
 DEFAULT_MAX_PIXELS = 64_000_000  # a 48 MP phone photo fits; a decompression bomb does not
 # Rows and columns decoded beyond the crop on each side: one 4:2:0 MCU, so chroma upsampling at
@@ -278,7 +278,7 @@ def check_jpeg_coding(data: bytes) -> None:
 
 
 def decode_jpeg(data: bytes, scale: int = 1, region: tuple[int, int, int, int] | None = None) -> np.ndarray:
-    """RGB pixels by worker._jpeg: the whole image (DCT-scaled by 1/scale) or (top, left, height, width).
+    """RGB pixels by engine._jpeg: the whole image (DCT-scaled by 1/scale) or (top, left, height, width).
 
     CMYK files come back as libjpeg's raw CMYK and are converted the way Pillow converts them
     (Adobe's inverted convention), so pixels stay identical to the reference's."""
