@@ -1,13 +1,14 @@
 /* Every JPEG pixel the worker uses comes from here: libjpeg-turbo with strict integrity rules.
  *
- * decode(data, scale_denom, top, left, height, width, max_scans) -> (bytes, height, width, channels)
+ * decode(data, scale_denom, top, left, height, width, max_scans, check_tail) -> (bytes, height, width, channels)
  *
  * - Whole image (height == 0): RGB, or raw CMYK for 4-component files (the caller converts
  *   those as Pillow does), DCT-scaled by 1/scale_denom (1, 2, 4, 8) in the IDCT itself.
  * - Region (height > 0, scale 1, YCbCr or greyscale): only the rectangle is colour-converted
  *   (jpeg_skip_scanlines skips the IDCT of the rows above, jpeg_crop_scanline the columns
  *   outside); the rows below are still entropy-decoded, so that a file cut short or corrupt
- *   after the crop is refused exactly as a full decode refuses it. The caller asks for one MCU
+ *   after the crop is refused exactly as a full decode refuses it, unless check_tail is false
+ *   (the caller decodes the whole file in another pass anyway: PDQ's). The caller asks for one MCU
  *   of margin so that upsampling at the edges sees the same neighbours as a full decode.
  *
  * Pillow's JPEG decoder ignores libjpeg's warnings, so a file cut short with an end marker
@@ -18,7 +19,7 @@
  * refuses files with more than max_scans scans: a progressive file can repeat scans to make
  * the decoder re-read its whole coefficient buffer thousands of times.
  *
- * Errors raise worker._jpeg.Error(kind, message), kind one of "truncated", "corrupt",
+ * Errors raise engine._jpeg.Error(kind, message), kind one of "truncated", "corrupt",
  * "too_complex", "unsupported", or "no_region" when a region was asked of a file that needs a
  * full decode (progressive, multi-scan, CMYK).
  */
@@ -86,8 +87,8 @@ static void on_progress(j_common_ptr cinfo) {
 
 static PyObject *decode(PyObject *self, PyObject *args) {
     Py_buffer data;
-    int scale, top, left, height, width, max_scans;
-    if (!PyArg_ParseTuple(args, "y*iiiiii", &data, &scale, &top, &left, &height, &width, &max_scans))
+    int scale, top, left, height, width, max_scans, check_tail;
+    if (!PyArg_ParseTuple(args, "y*iiiiiip", &data, &scale, &top, &left, &height, &width, &max_scans, &check_tail))
         return NULL;
 
     struct jpeg_decompress_struct cinfo;
@@ -168,6 +169,12 @@ static PyObject *decode(PyObject *self, PyObject *args) {
         if (jpeg_read_scanlines(&cinfo, rows, 1) != 1)
             escape((j_common_ptr)&cinfo, "truncated");
         memcpy(dst + (size_t)y * stride, (JSAMPLE *)row + (size_t)skip * channels, stride);
+    }
+    if (region && !check_tail) { /* the caller checks the rest of the file in another pass */
+        jpeg_destroy_decompress(&cinfo);
+        free((void *)row);
+        PyBuffer_Release(&data);
+        return Py_BuildValue("(Niii)", (PyObject *)out, height, width, channels);
     }
     /* The rows below a region: skipping to the very end would only mark the input finished, so
      * skip all but the last row (entropy decoding, no IDCT) and read that one. */

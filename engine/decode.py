@@ -20,6 +20,7 @@ import functools
 import io
 import warnings
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -277,14 +278,18 @@ def check_jpeg_coding(data: bytes) -> None:
     raise InputError(DECODE_FAILED, "JPEG has no frame header before its first scan")
 
 
-def decode_jpeg(data: bytes, scale: int = 1, region: tuple[int, int, int, int] | None = None) -> np.ndarray:
+def decode_jpeg(data: bytes, scale: int = 1, region: tuple[int, int, int, int] | None = None,
+                check_tail: bool = True) -> np.ndarray:
     """RGB pixels by engine._jpeg: the whole image (DCT-scaled by 1/scale) or (top, left, height, width).
+
+    A region decode entropy-decodes the rows below it too (integrity) unless `check_tail` is
+    false: for callers that decode the whole file in another pass.
 
     CMYK files come back as libjpeg's raw CMYK and are converted the way Pillow converts them
     (Adobe's inverted convention), so pixels stay identical to the reference's."""
     top, left, height, width = region or (0, 0, 0, 0)
     try:
-        raw, height, width, channels = _jpeg.decode(data, scale, top, left, height, width, MAX_JPEG_SCANS)
+        raw, height, width, channels = _jpeg.decode(data, scale, top, left, height, width, MAX_JPEG_SCANS, check_tail)
     except _jpeg.Error as exc:
         kind, message = exc.args
         if kind == "no_region":
@@ -295,13 +300,28 @@ def decode_jpeg(data: bytes, scale: int = 1, region: tuple[int, int, int, int] |
     return np.frombuffer(raw, np.uint8).reshape(height, width, 3)
 
 
-def decode_center_crop(data: bytes, size: int = CROP_SIZE, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """The model's [size, size, 3] centre crop, bit-identical to `center_crop(decode_rgb(data))`.
+@dataclass(frozen=True)
+class CropDecode:
+    """The model's centre crop and what decoding it produced on the way."""
+
+    crop: np.ndarray  # [size, size, 3] uint8
+    whole: np.ndarray | None  # the whole image, when the crop needed a full decode (None: region decode)
+    height: int
+    width: int
+    whole_file_checked: bool  # False only for a region decode told not to read the rows below the crop
+
+
+def decode_crop(data: bytes, size: int = CROP_SIZE, max_pixels: int = DEFAULT_MAX_PIXELS,
+                check_tail: bool = True) -> CropDecode:
+    """The centre crop, bit-identical to `center_crop(decode_rgb(data))`.
 
     Single-scan JPEGs at least `size` on both sides colour-convert only the crop plus a margin
-    (the rest is entropy-decoded to check its integrity); other files take the full decode."""
+    (the rows below are entropy-decoded to check their integrity unless `check_tail` is false:
+    the caller then owes the file a whole decode); other files take the full decode, which is
+    returned so that nothing decodes them twice."""
     if not data.startswith(b"\xff\xd8\xff"):
-        return center_crop(decode_rgb(data, max_pixels), size)
+        whole = decode_rgb(data, max_pixels)
+        return CropDecode(center_crop(whole, size), whole, whole.shape[0], whole.shape[1], True)
     try:
         image = open_checked(data, max_pixels)
         if image.width >= size and image.height >= size:
@@ -310,15 +330,21 @@ def decode_center_crop(data: bytes, size: int = CROP_SIZE, max_pixels: int = DEF
             bottom = min(plan.top + size + REGION_MARGIN, image.height)
             right = min(plan.left + size + REGION_MARGIN, image.width)
             try:
-                pixels = decode_jpeg(data, region=(top, left, bottom - top, right - left))
+                pixels = decode_jpeg(data, region=(top, left, bottom - top, right - left), check_tail=check_tail)
             except _NoRegion:
                 pass
             else:
                 y, x = plan.top - top, plan.left - left
-                return pixels[y : y + size, x : x + size].copy()
-        return center_crop(decode_jpeg(data), size)
+                return CropDecode(pixels[y : y + size, x : x + size].copy(), None, image.height, image.width, check_tail)
+        whole = decode_jpeg(data)
+        return CropDecode(center_crop(whole, size), whole, whole.shape[0], whole.shape[1], True)
     except Exception as exc:  # see as_input_error
         raise as_input_error(exc, "JPEG") from exc
+
+
+def decode_center_crop(data: bytes, size: int = CROP_SIZE, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """The model's [size, size, 3] centre crop (see `decode_crop`), the whole file checked."""
+    return decode_crop(data, size, max_pixels).crop
 
 
 def image_files(folder: Path) -> list[Path]:

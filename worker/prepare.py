@@ -10,8 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from engine.decode import as_input_error, decode_center_crop, decode_rgb
-from worker.hashing import box_reduce, pdq_from_pixels, pdq_pixels
+from engine.decode import as_input_error, decode_crop, decode_jpeg, decode_rgb
+from worker.hashing import box_reduce, jpeg_pdq_scale, pdq_from_pixels
 
 
 @dataclass(frozen=True)
@@ -27,27 +27,34 @@ class Prepared:
 
 
 def prepare(data: bytes, crop_size: int, crops: int, max_pixels: int, hash_pdq: bool = True) -> Prepared:
-    """Never raises for bad input: an error is returned, so one image cannot stop the pool."""
+    """Never raises for bad input: an error is returned, so one image cannot stop the pool.
+
+    Each file is decoded once for crop and hash, except a single-scan JPEG: its crop comes from
+    a region decode that stops at the crop, and its hash from a DCT-scaled decode of the whole
+    file, which is also the pass that checks the rest of the file (a corrupt tail fails the image)."""
     from engine.preprocess import views
 
     started = time.perf_counter()
+    hash_input: np.ndarray | None = None
     try:
-        # JPEGs: partial decode for the crop, DCT-scaled decode for PDQ. Anything else is decoded
-        # once, in full, and that one decode serves both.
-        is_jpeg = data[:3] == b"\xff\xd8\xff"
-        full = None
-        if crops == 1 and is_jpeg:
-            pixels = decode_center_crop(data, crop_size, max_pixels)[None]
+        if crops == 1:
+            decoded = decode_crop(data, crop_size, max_pixels, check_tail=not hash_pdq)
+            pixels, whole = decoded.crop[None], decoded.whole
+            if hash_pdq and whole is None:
+                hash_input = decode_jpeg(data, jpeg_pdq_scale(decoded.height, decoded.width))
         else:
-            full = decode_rgb(data, max_pixels)
-            pixels = views(full, crops, crop_size)
+            whole = decode_rgb(data, max_pixels)
+            pixels = views(whole, crops, crop_size)
     except Exception as exc:  # noqa: BLE001 - see as_input_error: one image cannot stop the pool
         error = as_input_error(exc)
         return Prepared(None, None, None, (error.code, error.message), (time.perf_counter() - started) * 1000)
     pdq = quality = pdq_error = None
     if hash_pdq:
         try:
-            pdq, quality = pdq_from_pixels(pdq_pixels(data, max_pixels) if full is None else box_reduce(full))
+            if whole is not None:
+                hash_input = box_reduce(whole)
+            assert hash_input is not None  # a region decode set it above
+            pdq, quality = pdq_from_pixels(hash_input)
         except Exception as exc:  # noqa: BLE001 - an unhashable image is still scored, with the reason stated
             pdq_error = as_input_error(exc).message
     return Prepared(pixels, pdq, quality, None, (time.perf_counter() - started) * 1000, pdq_error)

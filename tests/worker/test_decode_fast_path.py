@@ -14,7 +14,8 @@ from engine.preprocess import center_crop
 from tests.conftest import SHARED_DATA, encode, photo
 from tests.hostile_files import cut_with_end_marker, jpeg_declaring, progressive_jpeg_with_scans, relabel_frame
 from worker.errors import InputError
-from worker.hashing import hamming, pdq_from_pixels, pdq_pixels
+from worker.hashing import box_reduce, hamming, jpeg_pdq_scale, pdq_from_pixels, pdq_pixels
+from worker.prepare import Prepared, prepare
 
 
 def pillow_rgb(data: bytes) -> np.ndarray:
@@ -27,14 +28,24 @@ def reference_crop(data: bytes) -> np.ndarray:
     return center_crop(pillow_rgb(data))
 
 
+def prepared(data: bytes) -> Prepared:
+    """prepare() as the decode processes run it (region crop that stops at the crop, then the
+    PDQ decode that checks the rest of the file), its error raised."""
+    result = prepare(data, 224, 1, 64_000_000)
+    if result.error is not None:
+        raise InputError(*result.error)
+    return result
+
+
 @pytest.fixture()
 def region_calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, ...]]:
     """Records each successful region decode (instrumentation, not a fake)."""
     calls: list[tuple[int, ...]] = []
     real = decode.decode_jpeg
 
-    def counting(data: bytes, scale: int = 1, region: tuple[int, int, int, int] | None = None) -> np.ndarray:
-        out = real(data, scale, region)
+    def counting(data: bytes, scale: int = 1, region: tuple[int, int, int, int] | None = None,
+                 check_tail: bool = True) -> np.ndarray:
+        out = real(data, scale, region, check_tail)
         if region is not None:
             calls.append(region)
         return out
@@ -142,7 +153,7 @@ def test_missing_or_corrupt_data_is_an_error_on_every_path(make, code: str, prog
     """Pillow returns these as grey images; every path here (crop, full, PDQ) refuses them alike."""
     data = make(encode(photo(1600, 1200, seed=9), "JPEG", quality=90, progressive=progressive))
     assert pillow_rgb(data).shape[2] == 3  # Pillow: no error at all
-    for path in (decode.decode_center_crop, decode.decode_rgb, pdq_pixels):
+    for path in (decode.decode_center_crop, decode.decode_rgb, pdq_pixels, prepared):
         with pytest.raises(InputError) as info:
             path(data)
         assert info.value.code == code, (path.__name__, info.value.message)
@@ -155,7 +166,7 @@ def test_missing_or_corrupt_data_is_an_error_on_every_path(make, code: str, prog
 )
 def test_codings_outside_8_bit_huffman_are_refused_alike_on_every_path(marker: int, precision: int, what: str) -> None:
     data = relabel_frame(encode(photo(900, 700, seed=3), "JPEG", quality=90), marker, precision)
-    for path in (decode.decode_center_crop, decode.decode_rgb, pdq_pixels):
+    for path in (decode.decode_center_crop, decode.decode_rgb, pdq_pixels, prepared):
         with pytest.raises(InputError) as info:
             path(data)
         assert info.value.code == "unsupported_format" and what in info.value.message
@@ -170,10 +181,66 @@ def test_too_many_scans_are_refused_before_they_cost_time() -> None:
 
 def test_pdq_scaled_decode_matches_pillow_draft() -> None:
     data = encode(photo(2400, 1800, seed=12), "JPEG", quality=90)
+    scale = jpeg_pdq_scale(1800, 2400)
     with Image.open(io.BytesIO(data)) as image:
-        image.draft("RGB", (image.width // 4, image.height // 4))
+        image.draft("RGB", (image.width // scale, image.height // scale))
         expected = np.asarray(image.convert("RGB"))
-    assert np.array_equal(pdq_pixels(data), expected)
+    assert scale == 8 and np.array_equal(pdq_pixels(data), expected)
+
+
+def test_prepare_decodes_each_file_once_except_a_region_crop(monkeypatch: pytest.MonkeyPatch) -> None:
+    """PNG and progressive JPEG: one decode serves crop and hash. Single-scan JPEG: a region decode
+    that stops at the crop, then one DCT-scaled decode of the whole file (PDQ and integrity)."""
+    import worker.prepare
+
+    decodes: list[str] = []
+    real_rgb, real_jpeg = decode.decode_rgb, decode.decode_jpeg
+
+    def rgb(data: bytes, max_pixels: int = decode.DEFAULT_MAX_PIXELS) -> np.ndarray:
+        out = real_rgb(data, max_pixels)
+        decodes.append("rgb")
+        return out
+
+    def jpeg(data: bytes, scale: int = 1, region: tuple[int, int, int, int] | None = None, check_tail: bool = True) -> np.ndarray:
+        out = real_jpeg(data, scale, region, check_tail)  # a refused region (progressive) decodes nothing
+        decodes.append("region" + ("" if check_tail else ", stops at the crop") if region else f"whole 1/{scale}")
+        return out
+
+    for module in (decode, worker.prepare):
+        monkeypatch.setattr(module, "decode_rgb", rgb)
+        monkeypatch.setattr(module, "decode_jpeg", jpeg)
+    base = photo(1600, 1200, seed=3)
+    for data, expected in [(encode(base, "PNG"), ["rgb"]),
+                           (encode(base, "JPEG", quality=90, progressive=True), ["whole 1/1"]),
+                           (encode(base, "JPEG", quality=90), ["region, stops at the crop", "whole 1/8"])]:
+        decodes.clear()
+        result = prepare(data, 336, 1, 64_000_000)
+        assert result.error is None and result.pdq is not None and decodes == expected
+        assert np.array_equal(result.crops[0], reference_crop(data))  # type: ignore[index]
+    decodes.clear()
+    assert prepare(encode(base, "JPEG", quality=90), 336, 1, 64_000_000, hash_pdq=False).pdq is None
+    assert decodes == ["region"]  # no PDQ pass: the region decode checks the rows below the crop itself
+
+
+def test_box_reduce_is_the_mean_of_whole_blocks() -> None:
+    rgb = np.random.default_rng(1).integers(0, 256, (1537, 1100, 3), dtype=np.uint8)
+    fy, fx = 1537 // 512, 1100 // 512
+    h, w = 1537 // fy, 1100 // fx
+    blocks = rgb[: h * fy, : w * fx].reshape(h, fy, w, fx, 3).astype(np.float64).mean(axis=(1, 3))
+    assert np.array_equal(box_reduce(rgb), np.floor(blocks + 0.5).astype(np.uint8))
+    small = rgb[:500, :600]
+    assert box_reduce(small) is small
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "pdq").is_dir(), reason="../shared/data not present")
+def test_prepare_pdq_stays_within_20_bits_of_the_full_decode_on_every_shared_jpeg() -> None:
+    """The bound the README documents (hashes published to other systems must stay comparable)."""
+    distances = []
+    for path in sorted(SHARED_DATA.rglob("*")):
+        if path.suffix.lower() in (".jpg", ".jpeg"):
+            data = path.read_bytes()
+            distances.append(hamming(str(prepare(data, 224, 1, 64_000_000).pdq), pdq_from_pixels(decode.decode_rgb(data))[0]))
+    assert len(distances) >= 40 and max(distances) <= 20, max(distances)
 
 
 @pytest.mark.skipif(not (SHARED_DATA / "pdq").is_dir(), reason="../shared/data not present")
