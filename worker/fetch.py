@@ -166,7 +166,8 @@ class Fetcher:
         # Never longer than the whole-request deadline (the guarded backend also enforces it per read).
         timeout = httpx.Timeout(min(policy.read_timeout_s, policy.total_timeout_s),
                                 connect=min(policy.connect_timeout_s, policy.total_timeout_s))
-        limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections // 2)
+        # As many idle connections as fetch threads: with half, a busy origin saw reconnects on ~8% of hits.
+        limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
         if policy.proxy:
             # Through a proxy the proxy makes the connection: names are checked before each hop, and
             # the proxy itself must enforce egress rules.
