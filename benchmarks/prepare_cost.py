@@ -18,15 +18,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from machine import describe
+from machine import cpu_ms, describe
 
 from engine.decode import decode_center_crop, decode_jpeg, decode_rgb
 from worker.hashing import box_reduce, hamming, pdq_from_pixels
@@ -34,15 +32,6 @@ from worker.prepare import prepare
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 OLD_PDQ_MIN_SIDE = 256
-
-
-def cpu_ms(fn: Callable[[], object], repeats: int) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.thread_time_ns()
-        fn()
-        best = min(best, (time.thread_time_ns() - start) / 1e6)
-    return best
 
 
 def progressive(data: bytes) -> bool:

@@ -14,10 +14,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 import tracemalloc
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +23,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from machine import describe
+from machine import cpu_ms, describe
 
 from tests.provenance_files import HOSTILE, picture, save, sign
 from worker.prepare import prepare
@@ -33,15 +31,6 @@ from worker.provenance.report import empty, read_provenance
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp", ".gif"}
-
-
-def cpu_ms(fn: Callable[[], object], repeats: int) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.thread_time_ns()
-        fn()
-        best = min(best, (time.thread_time_ns() - start) / 1e6)
-    return best
 
 
 def summary(values: list[float]) -> dict[str, float]:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +33,7 @@ from tests.worker.test_pipeline import make_pipeline, submit
 from worker.cache import CachedVerdict
 from worker.decode_pool import DecodeLimits
 from worker.messages import encode_record
+from worker.pipeline import Pipeline
 from worker.provenance.generators import SIGNATURES
 from worker.provenance.report import empty, read_provenance
 
@@ -176,9 +179,7 @@ def test_hostile_metadata_yields_an_error_never_an_exception(case: str) -> None:
 
 def test_hostile_metadata_costs_its_own_provenance_never_the_verdict(tiny_model_dir: Path, tmp_path: Path) -> None:
     """Every hostile case through the real decode processes: a verdict each, status ok, and the next image fine."""
-    pipeline, fetcher = make_pipeline(tiny_model_dir, decode_workers=2)
-    pipeline.start()
-    try:
+    with running(tiny_model_dir, decode_workers=2) as pipeline:
         names = list(HOSTILE)
         for n, case in enumerate(names):
             (tmp_path / f"h{n}").write_bytes(HOSTILE[case][0]())
@@ -192,9 +193,6 @@ def test_hostile_metadata_costs_its_own_provenance_never_the_verdict(tiny_model_
         assert not failed, failed
         assert records["after"]["provenance"] == empty()  # type: ignore[index]
         assert pipeline.metrics.provenance.labels("error")._value.get() >= 10  # noqa: SLF001
-    finally:
-        pipeline.close()
-        fetcher.close()
 
 
 def test_metadata_never_makes_the_worker_open_a_connection() -> None:
@@ -210,6 +208,20 @@ def test_metadata_never_makes_the_worker_open_a_connection() -> None:
 
 
 # --- in the pipeline: policy, cache, isolation -------------------------------------------------------
+
+
+@contextmanager
+def running(model_dir: Path, child_module: str | None = None, **options: Any) -> Iterator[Pipeline]:
+    """A started pipeline (real decode processes), closed with its fetcher afterwards."""
+    pipeline, fetcher = make_pipeline(model_dir, **options)
+    if child_module is not None:
+        pipeline.decoder.child_module = child_module
+    pipeline.start()
+    try:
+        yield pipeline
+    finally:
+        pipeline.close()
+        fetcher.close()
 
 
 class FixedRunner:
@@ -246,13 +258,8 @@ def test_policy_moves_a_real_verdict_only_on_a_valid_declaration(tiny_model_dir:
         "tampered.jpg": (lambda b: b[:-200] + bytes([b[-200] ^ 0xFF]) + b[-199:])(sign(save(picture(seed=6), "JPEG"), "image/jpeg")),
     })
     real_logit = -3.0
-    pipeline, fetcher = make_pipeline(tiny_model_dir, runner=FixedRunner(real_logit), provenance_policy=policy)
-    pipeline.start()
-    try:
+    with running(tiny_model_dir, runner=FixedRunner(real_logit), provenance_policy=policy) as pipeline:
         got = _verdicts(pipeline, paths)
-    finally:
-        pipeline.close()
-        fetcher.close()
     for name, v in got.items():
         assert v["score"] == pytest.approx(1 / (1 + math.exp(-real_logit))) and v["logit"] == pytest.approx(real_logit), name
         assert (v["provenance"] is None) == (policy == "off"), name
@@ -269,13 +276,8 @@ def test_policy_moves_a_real_verdict_only_on_a_valid_declaration(tiny_model_dir:
 def test_metadata_never_turns_an_ai_verdict_real(tiny_model_dir: Path, tmp_path: Path) -> None:
     paths = _files(tmp_path, {"camera.jpg": sign(save(picture(seed=3), "JPEG"), "image/jpeg", source_type="digitalCapture"),
                               "xmp_camera.jpg": with_xmp("JPEG", xmp_packet(IPTC + "digitalCapture"), seed=4)})
-    pipeline, fetcher = make_pipeline(tiny_model_dir, runner=FixedRunner(3.0), provenance_policy="declared_ai")
-    pipeline.start()
-    try:
+    with running(tiny_model_dir, runner=FixedRunner(3.0), provenance_policy="declared_ai") as pipeline:
         got = _verdicts(pipeline, paths)
-    finally:
-        pipeline.close()
-        fetcher.close()
     for v in got.values():
         assert v["provenance"]["declared_ai"] is False and v["label"] == "ai_generated" and v["label_reason"] is None
 
@@ -284,9 +286,7 @@ def test_exact_hits_carry_provenance_and_near_duplicates_never_inherit_it(tiny_m
     signed = sign(save(picture((480, 400), seed=8), "PNG"), "image/png")
     twin = save(picture((480, 400), seed=8), "JPEG", quality=90)  # the same picture, no metadata
     paths = _files(tmp_path, {"signed.png": signed, "twin.jpg": twin})
-    pipeline, fetcher = make_pipeline(tiny_model_dir, runner=FixedRunner(3.0), trust_near_duplicates=True)
-    pipeline.start()
-    try:
+    with running(tiny_model_dir, runner=FixedRunner(3.0), trust_near_duplicates=True) as pipeline:
         first = _verdicts(pipeline, {"first": paths["signed.png"]})["first"]
         again = _verdicts(pipeline, {"again": paths["signed.png"]})["again"]
         assert again["cache"] == "exact" and again["provenance"] == first["provenance"]
@@ -295,9 +295,6 @@ def test_exact_hits_carry_provenance_and_near_duplicates_never_inherit_it(tiny_m
         near = _verdicts(pipeline, {"twin": paths["twin.jpg"]})["twin"]
         assert near["cache"] == "near_duplicate" and near["cache_match"]["sha256"] == first["hashes"]["sha256"]
         assert near["provenance"] == empty()  # the twin's own metadata: none
-    finally:
-        pipeline.close()
-        fetcher.close()
 
 
 def test_cache_entries_of_older_and_newer_versions_decode() -> None:
@@ -316,10 +313,7 @@ def test_a_metadata_reader_that_crashes_or_stalls_costs_only_the_provenance(tiny
         "slow.png": png_with_text([("Comment", "SLOW-IN-METADATA")], seed=2),
         "fine.png": sign(save(picture(seed=3), "PNG"), "image/png"),
     })
-    pipeline, fetcher = make_pipeline(tiny_model_dir, decode_limits=DecodeLimits(provenance_timeout_s=1.0))
-    pipeline.decoder.child_module = "tests.crashing_decoder"
-    pipeline.start()
-    try:
+    with running(tiny_model_dir, decode_limits=DecodeLimits(provenance_timeout_s=1.0), child_module="tests.crashing_decoder") as pipeline:
         got = _verdicts(pipeline, paths)
         assert all(v["status"] == "ok" for v in got.values()), got
         assert "crashed" in got["crash.png"]["provenance"]["error"]
@@ -327,6 +321,3 @@ def test_a_metadata_reader_that_crashes_or_stalls_costs_only_the_provenance(tiny
         assert got["fine.png"]["provenance"]["declared_ai"] is True
         restarts = pipeline.metrics.decode_restarts
         assert restarts.labels("crash")._value.get() == 1 and restarts.labels("timeout")._value.get() == 1  # noqa: SLF001
-    finally:
-        pipeline.close()
-        fetcher.close()
