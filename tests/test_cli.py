@@ -112,8 +112,11 @@ def test_without_the_hub_the_first_run_says_how_to_go_on(tmp_path: Path) -> None
 def test_ctrl_c_stops_a_scan_with_one_line_and_status_130(tiny_model_dir: Path, tmp_path: Path) -> None:
     image = tmp_path / "a.jpg"
     image.write_bytes(encode(photo(640, 480, seed=2), "JPEG", quality=90))
+    # Ctrl-C as on a terminal: a run started in the background (a CI job under `cmd &`) inherits
+    # SIGINT ignored, and Python then installs no KeyboardInterrupt handler at all.
     proc = subprocess.Popen([sys.executable, "-m", "dda", "scan", "--model", str(tiny_model_dir), "--max-batch", "1",
-                             *[str(image)] * 400], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             *[str(image)] * 400], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     assert proc.stdout is not None and proc.stderr is not None
     assert '"status": "ok"' in proc.stdout.readline()  # running, past start-up
     proc.send_signal(signal.SIGINT)

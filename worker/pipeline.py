@@ -356,6 +356,8 @@ class Pipeline:
     def _scored(self, work: _Work, v: CachedVerdict, hashes: dict[str, Any], kind: str, match: dict[str, Any] | None,
                 provenance: dict[str, Any] | None) -> None:
         """The model's verdict (fresh or cached) with the request's provenance, under the provenance policy."""
+        if self.provenance_policy == "off":  # not read, so not reported either (a cached entry may hold some)
+            provenance = None
         label, reason = policy.label(v.label, provenance, self.provenance_policy)
         self._finish(work, verdict(
             work.request, model=self.model_info, threshold=self.manifest.threshold, status="ok", logit=v.logit,
