@@ -44,4 +44,4 @@ if __name__ == "__main__":
     decode_child.die_with_parent(int(sys.argv[1]))
     answers = sys.stdout.buffer
     sys.stdout = sys.stderr
-    decode_child.serve(sys.stdin.buffer, answers, int(sys.argv[2]), int(sys.argv[3]))
+    decode_child.serve(sys.stdin.buffer, answers, int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] if len(sys.argv) > 4 else "")

@@ -58,6 +58,12 @@ def _chain() -> tuple[bytes, bytes]:
             key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
 
 
+def trust_anchor_pem() -> bytes:
+    """The throwaway chain's root certificate: configured as a trust anchor, its signers are "trusted"."""
+    chain, _ = _chain()
+    return chain[chain.index(b"-----BEGIN CERTIFICATE-----", 1):]
+
+
 def sign(image: bytes, mime: str, source_type: str | None = "trainedAlgorithmicMedia", generator: str = "test-generator",
          action: str = "c2pa.created") -> bytes:
     """`image` with an embedded C2PA manifest whose action declares `source_type`."""

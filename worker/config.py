@@ -76,6 +76,20 @@ def _optional(text: str) -> str | None:
     return text or None
 
 
+def pem_certificates(text: str) -> str | None:
+    """A readable file holding at least one PEM certificate, or unset."""
+    if not text:
+        return None
+    try:
+        with open(text, encoding="utf-8", errors="replace") as pem:
+            content = pem.read(1 << 22)
+    except OSError as exc:
+        raise argparse.ArgumentTypeError(f"cannot read {text}: {exc.strerror or exc}") from None
+    if "-----BEGIN CERTIFICATE-----" not in content:
+        raise argparse.ArgumentTypeError(f"no PEM certificate in {text}")
+    return text
+
+
 @dataclass(frozen=True)
 class Setting:
     env: str
@@ -129,6 +143,8 @@ class WorkerConfig:
                                    "report: a PDQ match is reported and the image still scored; trusted: operator-confirmed matches answer unscored")
     provenance_policy: str = setting("DDA_PROVENANCE_POLICY", "report", _choice(*POLICIES),
                                      "report: provenance beside the model's label; declared_ai: a valid C2PA manifest or XMP declaring AI sets label ai_generated; off: metadata not read")
+    c2pa_trust_anchors: str | None = setting("DDA_C2PA_TRUST_ANCHORS", "", pem_certificates,
+                                             "PEM file of root certificates whose C2PA signers count as trusted; unset: intact signatures report valid")
     decode_cpu_s: int = setting("DDA_DECODE_CPU_S", "8", positive_int, "CPU seconds one decode may use; over it its process ends (decode_limit)")
     decode_memory_mb: int = setting("DDA_DECODE_MEMORY_MB", "1536", positive_int,
                                     "memory one decode process may add to what it maps at start; raise with DDA_MAX_PIXELS")

@@ -1,6 +1,7 @@
 """The decode process: reads jobs on stdin, answers on stdout, dies with its parent.
 
-Started as `python -m worker.decode_child PARENT_PID CPU_S MEMORY_MB` by `worker.decode_pool`;
+Started as `python -m worker.decode_child PARENT_PID CPU_S MEMORY_MB [TRUST_ANCHORS_PEM]` by
+`worker.decode_pool`;
 it imports only the decoding code (no torch, no CLI). Each job runs under kernel limits, the
 backstop behind the header checks in `engine.decode`: CPU_S seconds of CPU (RLIMIT_CPU, moved
 before each job; SIGXCPU ends the process) and MEMORY_MB of address space beyond what the
@@ -98,15 +99,19 @@ def limit_cpu_for_next_job(cpu_s: int) -> None:
     resource.setrlimit(resource.RLIMIT_CPU, (soft, resource.getrlimit(resource.RLIMIT_CPU)[1]))
 
 
-def serve(jobs: IO[bytes], answers: IO[bytes], cpu_s: int, memory_mb: int) -> None:
+def serve(jobs: IO[bytes], answers: IO[bytes], cpu_s: int, memory_mb: int, trust_anchors: str = "") -> None:
     import resource
 
     import numpy as np
 
     from worker.errors import DECODE_LIMIT
     from worker.prepare import prepare
+    from worker.provenance import c2pa_manifest
     from worker.provenance.report import read_provenance  # c2pa-python loads on the first manifest only
 
+    if trust_anchors:
+        with open(trust_anchors) as pem:
+            c2pa_manifest.trust(pem.read())
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # SIGXCPU would otherwise dump core
     limit_memory(memory_mb)
     write_frame(answers, {"ready": True})
@@ -137,7 +142,7 @@ def main() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the parent decides
     answers = sys.stdout.buffer
     sys.stdout = sys.stderr  # a stray print must not corrupt the protocol
-    serve(sys.stdin.buffer, answers, int(sys.argv[2]), int(sys.argv[3]))
+    serve(sys.stdin.buffer, answers, int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] if len(sys.argv) > 4 else "")
 
 
 if __name__ == "__main__":

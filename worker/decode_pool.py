@@ -71,9 +71,9 @@ CHILD_MODULE = "worker.decode_child"
 class _Child:
     """One decode process and the pipe ends to it."""
 
-    def __init__(self, module: str, limits: DecodeLimits) -> None:
+    def __init__(self, module: str, limits: DecodeLimits, trust_anchors: str) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", module, str(os.getpid()), str(limits.cpu_s), str(limits.memory_mb)],
+            [sys.executable, "-m", module, str(os.getpid()), str(limits.cpu_s), str(limits.memory_mb), trust_anchors],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True,
         )
         assert self.proc.stdin is not None and self.proc.stdout is not None
@@ -139,9 +139,11 @@ class _Child:
 
 class DecodePool:
     def __init__(self, workers: int, supervisor: Supervisor, limits: DecodeLimits,
-                 on_restart: Callable[[str], None] = lambda _reason: None, child_module: str = CHILD_MODULE) -> None:
+                 on_restart: Callable[[str], None] = lambda _reason: None, child_module: str = CHILD_MODULE,
+                 c2pa_trust_anchors: str | None = None) -> None:
         self.workers = workers
         self.child_module = child_module
+        self.c2pa_trust_anchors = c2pa_trust_anchors or ""  # a PEM file the children read at start
         self.limits = limits
         self.supervisor = supervisor
         self.on_restart = on_restart
@@ -173,7 +175,7 @@ class DecodePool:
 
     def _spawn(self) -> _Child:
         for attempt in range(1, START_ATTEMPTS + 1):
-            child = _Child(self.child_module, self.limits)
+            child = _Child(self.child_module, self.limits, self.c2pa_trust_anchors)
             try:
                 header, _ = child.receive(time.monotonic() + START_TIMEOUT_S)
                 if header.get("ready"):

@@ -103,6 +103,7 @@ class Pipeline:
         allow_paths: bool = False,
         trust_near_duplicates: bool = False,
         provenance_policy: str = "report",
+        c2pa_trust_anchors: str | None = None,
     ) -> None:
         self.manifest = manifest
         self.runner = runner
@@ -121,7 +122,8 @@ class Pipeline:
         self.supervisor = Supervisor()
         self._fetch_q: FairQueue[_Work] = FairQueue(fetch_workers, max_in_flight_bytes)
         self.decoder = DecodePool(decode_workers, self.supervisor, decode_limits or DecodeLimits(),
-                                  on_restart=lambda reason: metrics.decode_restarts.labels(reason).inc())
+                                  on_restart=lambda reason: metrics.decode_restarts.labels(reason).inc(),
+                                  c2pa_trust_anchors=c2pa_trust_anchors)
         self._exact_q: queue.Queue[_Work] = queue.Queue()
         self._near_q: queue.Queue[_Work] = queue.Queue()
         self._batch_q: queue.Queue[_Work] = queue.Queue()

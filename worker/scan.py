@@ -21,7 +21,7 @@ from engine.decode import DEFAULT_MAX_PIXELS
 from engine.detector import Detector
 from engine.hub import resolve_model
 from engine.model_dir import ModelDirError, load_model_dir
-from worker.config import positive_float, positive_int
+from worker.config import pem_certificates, positive_float, positive_int
 from worker.decode_pool import DecodeJob, DecodeLimits, DecodePool
 from worker.errors import FILE_NOT_FOUND, INFERENCE_FAILED, INTERNAL_ERROR, InputError
 from worker.fetch import Fetcher, FetchPolicy, parse_networks
@@ -51,9 +51,9 @@ class _Decoder:
     """The worker's decode processes, for scan: a hostile file's crash, CPU or memory use stays in
     its process and costs only its own line (same limits and codes as `dda worker`)."""
 
-    def __init__(self, workers: int, limits: DecodeLimits) -> None:
+    def __init__(self, workers: int, limits: DecodeLimits, c2pa_trust_anchors: str | None) -> None:
         self.supervisor = Supervisor()
-        self.pool = DecodePool(workers, self.supervisor, limits)
+        self.pool = DecodePool(workers, self.supervisor, limits, c2pa_trust_anchors=c2pa_trust_anchors)
         self.pool.start()
 
     def crops(self, payloads: dict[int, bytes], size: int, crops: int, max_pixels: int, provenance: bool) -> dict[int, Prepared]:
@@ -83,7 +83,7 @@ class _Decoder:
 
 def scan(detector: Detector, inputs: Sequence[str], batch_size: int, fetch_policy: FetchPolicy, max_pixels: int,
          decode_limits: DecodeLimits | None = None, on_stage: Callable[[str], None] = lambda _s: None,
-         provenance_policy: str = "report") -> Iterator[dict[str, Any]]:
+         provenance_policy: str = "report", c2pa_trust_anchors: str | None = None) -> Iterator[dict[str, Any]]:
     """Results in input order; a bad input yields an error record and never stops the run.
 
     In the reference's single-crop mode only the centre crop is decoded where the format
@@ -97,7 +97,7 @@ def scan(detector: Detector, inputs: Sequence[str], batch_size: int, fetch_polic
         return shared[0]
 
     version = detector.manifest.version
-    decoder = _Decoder(max(1, min(batch_size, os.cpu_count() or 1)), decode_limits or DecodeLimits())
+    decoder = _Decoder(max(1, min(batch_size, os.cpu_count() or 1)), decode_limits or DecodeLimits(), c2pa_trust_anchors)
     try:
         for chunk in _chunks(inputs, batch_size):
             errors: dict[int, InputError] = {}
@@ -157,13 +157,14 @@ def scan_command(args: argparse.Namespace) -> int:
 
         with tqdm(total=total, unit="image", file=sys.stderr, dynamic_ncols=True) as bar:
             for record in scan(detector, args.inputs, args.batch_size, fetch_policy, args.max_pixels, on_stage=bar.set_postfix_str,
-                               provenance_policy=args.provenance_policy):
+                               provenance_policy=args.provenance_policy, c2pa_trust_anchors=args.c2pa_trust_anchors):
                 bar.write(json.dumps(record), file=sys.stdout)
                 bar.update(1)
         return 0
     started = last_report = time.monotonic()  # a log: a line every few seconds
     for done, record in enumerate(scan(detector, args.inputs, args.batch_size, fetch_policy, args.max_pixels,
-                                       provenance_policy=args.provenance_policy), start=1):
+                                       provenance_policy=args.provenance_policy, c2pa_trust_anchors=args.c2pa_trust_anchors),
+                                  start=1):
         print(json.dumps(record), flush=True)
         now = time.monotonic()
         if now - last_report >= PROGRESS_EVERY_S and done < total:
@@ -193,6 +194,8 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p.add_argument("--provenance-policy", choices=policy.POLICIES, default="report",
                    help="report: provenance beside the model's label; declared_ai: a valid C2PA manifest or XMP declaring AI "
                         "sets label ai_generated (never the reverse); off: metadata not read")
+    p.add_argument("--c2pa-trust-anchors", metavar="PEM", type=pem_certificates, default=None,
+                   help="root certificates whose C2PA signers count as trusted (as DDA_C2PA_TRUST_ANCHORS)")
     p.add_argument("--fetch-max-bytes", type=positive_int, default=50 * 1024 * 1024, help="refuse bodies larger than this")
     for alias, dest, kind in (("--batch-size", "batch_size", positive_int), ("--allow-networks", "allow_networks", str),
                               ("--fetch-timeout", "fetch_timeout", positive_float)):

@@ -130,6 +130,7 @@ def _serve(config: worker_config.WorkerConfig, metrics: Metrics, checks: dict[st
         decode_workers=config.decode_workers, max_pixels=config.max_pixels, max_in_flight_bytes=config.max_in_flight_bytes,
         decode_limits=DecodeLimits(config.decode_timeout_s, config.decode_cpu_s, config.decode_memory_mb), allow_paths=transport.allows_paths,
         trust_near_duplicates=config.near_duplicates == "trusted", provenance_policy=config.provenance_policy,
+        c2pa_trust_anchors=config.c2pa_trust_anchors,
     )
     delivery = Delivery(transport, pipeline, metrics, Limits(
         max_in_flight=config.max_in_flight, max_message_bytes=config.max_message_bytes,

@@ -18,7 +18,7 @@ CHART = Path(__file__).resolve().parents[2] / "deploy" / "helm" / "dda-worker"
 KUBE_VERSION = "1.35.0"
 CRD_KINDS = {"ScaledObject", "TriggerAuthentication", "ServiceMonitor", "PrometheusRule"}  # not in the Kubernetes schemas
 FROM_SECRETS = {"DDA_REDIS_URL", "DDA_KAFKA_SASL_USERNAME", "DDA_KAFKA_SASL_PASSWORD", "DDA_KAFKA_SSL_CAFILE",
-                "DDA_KAFKA_SSL_CERTFILE", "DDA_KAFKA_SSL_KEYFILE"}
+                "DDA_KAFKA_SSL_CERTFILE", "DDA_KAFKA_SSL_KEYFILE", "DDA_C2PA_TRUST_ANCHORS"}  # from Secrets or mounted files
 
 EVERYTHING_ON: dict[str, Any] = {
     "gpu": {"enabled": True, "count": 1},
@@ -30,6 +30,7 @@ EVERYTHING_ON: dict[str, Any] = {
     "secrets": {"redis": {"existingSecret": "dda-redis"}, "kafkaSasl": {"existingSecret": "dda-kafka-sasl"},
                 "kafkaTls": {"existingSecret": "dda-kafka-tls", "certKey": "tls.crt", "keyKey": "tls.key"}},
     "worker": {"kafkaSecurityProtocol": "SASL_SSL", "kafkaSaslMechanism": "SCRAM-SHA-512"},
+    "c2paTrust": {"configMap": "c2pa-trust-list"},
 }
 
 
@@ -110,6 +111,17 @@ def test_every_worker_setting_reaches_the_container_environment() -> None:
     overridden = worker_container(render({"worker": {"maxBatch": 12, "fetchAllowNetworks": "10.9.0.0/16"}}))
     env2 = {e["name"]: e.get("value") for e in overridden["env"]}
     assert env2["DDA_MAX_BATCH"] == "12" and env2["DDA_FETCH_ALLOW_NETWORKS"] == "10.9.0.0/16"
+
+
+def test_c2pa_trust_anchors_come_from_a_mounted_config_map() -> None:
+    docs = render(EVERYTHING_ON)
+    pod = kinds(docs)["Deployment"]["spec"]["template"]["spec"]
+    container = worker_container(docs)
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    mount = next(m for m in container["volumeMounts"] if m["name"] == "c2pa-trust")
+    assert env["DDA_C2PA_TRUST_ANCHORS"] == f"{mount['mountPath']}/anchors.pem" and mount["readOnly"] is True
+    assert {"name": "c2pa-trust", "configMap": {"name": "c2pa-trust-list"}} in pod["volumes"]
+    assert "DDA_C2PA_TRUST_ANCHORS" not in {e["name"] for e in worker_container(render())["env"]}
 
 
 def test_secrets_are_referenced_never_inlined() -> None:

@@ -23,6 +23,7 @@ from tests.provenance_files import (
     png_with_text,
     save,
     sign,
+    trust_anchor_pem,
     with_exif,
     with_xmp,
     xmp_packet,
@@ -295,6 +296,21 @@ def test_exact_hits_carry_provenance_and_near_duplicates_never_inherit_it(tiny_m
         near = _verdicts(pipeline, {"twin": paths["twin.jpg"]})["twin"]
         assert near["cache"] == "near_duplicate" and near["cache_match"]["sha256"] == first["hashes"]["sha256"]
         assert near["provenance"] == empty()  # the twin's own metadata: none
+
+
+def test_trust_anchors_make_a_signer_trusted_and_bad_ones_stop_the_start(tiny_model_dir: Path, tmp_path: Path) -> None:
+    from worker.config import ConfigError, load
+
+    anchors = tmp_path / "anchors.pem"
+    anchors.write_bytes(trust_anchor_pem())
+    paths = _files(tmp_path, {"signed.png": sign(save(picture(seed=1), "PNG"), "image/png")})
+    with running(tiny_model_dir, c2pa_trust_anchors=load({"DDA_C2PA_TRUST_ANCHORS": str(anchors)}).c2pa_trust_anchors) as pipeline:
+        got = _verdicts(pipeline, paths)["signed.png"]
+    assert got["provenance"]["c2pa"]["validation_state"] == "trusted" and got["provenance"]["declared_ai"] is True
+    (tmp_path / "notes.txt").write_text("not a certificate")
+    for path, message in ((tmp_path / "missing.pem", "cannot read"), (tmp_path / "notes.txt", "no PEM certificate")):
+        with pytest.raises(ConfigError, match=message):
+            load({"DDA_C2PA_TRUST_ANCHORS": str(path)})
 
 
 def test_cache_entries_of_older_and_newer_versions_decode() -> None:

@@ -26,6 +26,12 @@ OFFLINE = {"verify": {"remote_manifest_fetch": False, "ocsp_fetch": False}}
 ACTION_LABELS = ("c2pa.actions", "c2pa.actions.v2")
 
 _context: list[Any] = []
+_trust_anchors: list[str] = []
+
+
+def trust(anchors_pem: str) -> None:
+    """Root certificates (PEM) whose chains make a manifest "trusted"; before the first read."""
+    _trust_anchors[:] = [anchors_pem]
 
 
 def available() -> bool:
@@ -36,7 +42,10 @@ def available() -> bool:
         import c2pa
     except ImportError:
         return False
-    _context.append(c2pa.Context.from_dict(OFFLINE))
+    settings: dict[str, Any] = dict(OFFLINE)
+    if _trust_anchors:
+        settings["trust"] = {"trust_anchors": _trust_anchors[0]}
+    _context.append(c2pa.Context.from_dict(settings))
     return True
 
 
