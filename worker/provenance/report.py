@@ -40,9 +40,12 @@ def _read(data: bytes) -> dict[str, Any]:
     elif found.c2pa_bytes and found.mime is not None:
         out["c2pa"] = c2pa_manifest.read(data, found.mime)
     facts = xmp.read(found.xmp)
-    xmp_terms = [t for t in (source_types.term(uri) for uri in facts.sources) if t] if facts else []
+    xmp_terms: list[str] = []
     if facts is not None:
-        chosen = next((u for u, t in zip(facts.sources, map(source_types.term, facts.sources)) if t in source_types.DECLARES_AI),
+        terms = [source_types.term(uri) for uri in facts.sources]
+        xmp_terms = [t for t in terms if t]
+        # reported: the URI that declares AI if one does, else the first one stated
+        chosen = next((uri for uri, t in zip(facts.sources, terms) if t in source_types.DECLARES_AI),
                       facts.sources[0] if facts.sources else None)
         out["xmp"] = {"digital_source_type": c2pa_manifest.text(chosen), "creator_tool": c2pa_manifest.text(facts.creator_tool)}
     places: dict[str, list[str]] = defaultdict(list)
