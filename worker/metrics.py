@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+PROVENANCE_SIGNALS = ("c2pa_valid", "c2pa_invalid", "xmp_source_type", "generator", "declared_ai", "error")
+
 
 class Metrics:
     def __init__(self) -> None:
@@ -34,6 +36,8 @@ class Metrics:
                                   ["topic", "partition"], registry=r)
         self.provenance = Counter("dda_provenance_signals", "Decoded images carrying each provenance signal (c2pa_valid, c2pa_invalid, xmp_source_type, generator, declared_ai, error)",
                                   ["signal"], registry=r)
+        for signal in PROVENANCE_SIGNALS:  # every series exists from the start, at 0
+            self.provenance.labels(signal)
         self.paused = Gauge("dda_partitions_paused", "1 while input partitions are paused for backpressure", registry=r)
 
     def render(self) -> bytes:
