@@ -3,8 +3,8 @@
 PDQ looks at a 64x64 luminance summary of the whole image, and its own cost grows with its
 input (4.6 ms for a 400x630 input, 0.4 ms for 126x200 here), so a JPEG is hashed from a
 DCT-scaled decode (1/2, 1/4 or 1/8 in libjpeg's IDCT itself): the smallest whose short side is
-still at least PDQ_MIN_SIDE, and full resolution for JPEGs whose short side is under
-PDQ_FULL_BELOW (downscaling small images moves their hash most). In `worker.prepare` that
+still at least PDQ_MIN_SIDE, or PDQ_SMALL_MIN_SIDE for JPEGs whose short side is under
+SMALL_BELOW (downscaling small images moves their hash most). In `worker.prepare` that
 scaled decode is also the pass that checks the whole file's integrity, so the crop's region
 decode stops at the crop. `benchmarks/decode_crop.py` measures the time and the Hamming
 distance to a full-decode hash.
@@ -19,7 +19,8 @@ import numpy as np
 from engine.decode import DEFAULT_MAX_PIXELS, decode_jpeg, decode_rgb, open_checked
 
 PDQ_MIN_SIDE = 120  # short side of a DCT-scaled JPEG decode
-PDQ_FULL_BELOW = 900  # JPEGs with a shorter short side are hashed at full resolution
+SMALL_BELOW = 900  # JPEGs with a shorter short side keep more of it:
+PDQ_SMALL_MIN_SIDE = 256
 PDQ_BOX_MIN_SIDE = 512  # each side of a box-reduced decode of other formats
 
 
@@ -73,9 +74,8 @@ def pdq_pixels(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, draft: bool = 
 def jpeg_pdq_scale(height: int, width: int) -> int:
     """The DCT scaling denominator of a JPEG's PDQ decode (see the module's docstring)."""
     short_side = min(height, width)
-    if short_side < PDQ_FULL_BELOW:
-        return 1
-    return next(s for s in (8, 4, 2) if short_side // s >= PDQ_MIN_SIDE)
+    least = PDQ_SMALL_MIN_SIDE if short_side < SMALL_BELOW else PDQ_MIN_SIDE
+    return next(s for s in (8, 4, 2, 1) if s == 1 or short_side // s >= least)
 
 
 def hamming(a: str, b: str) -> int:
