@@ -308,7 +308,6 @@ class CropDecode:
     whole: np.ndarray | None  # the whole image, when the crop needed a full decode (None: region decode)
     height: int
     width: int
-    whole_file_checked: bool  # False only for a region decode told not to read the rows below the crop
 
 
 def decode_crop(data: bytes, size: int = CROP_SIZE, max_pixels: int = DEFAULT_MAX_PIXELS,
@@ -321,7 +320,7 @@ def decode_crop(data: bytes, size: int = CROP_SIZE, max_pixels: int = DEFAULT_MA
     returned so that nothing decodes them twice."""
     if not data.startswith(b"\xff\xd8\xff"):
         whole = decode_rgb(data, max_pixels)
-        return CropDecode(center_crop(whole, size), whole, whole.shape[0], whole.shape[1], True)
+        return CropDecode(center_crop(whole, size), whole, whole.shape[0], whole.shape[1])
     try:
         image = open_checked(data, max_pixels)
         if image.width >= size and image.height >= size:
@@ -335,9 +334,9 @@ def decode_crop(data: bytes, size: int = CROP_SIZE, max_pixels: int = DEFAULT_MA
                 pass
             else:
                 y, x = plan.top - top, plan.left - left
-                return CropDecode(pixels[y : y + size, x : x + size].copy(), None, image.height, image.width, check_tail)
+                return CropDecode(pixels[y : y + size, x : x + size].copy(), None, image.height, image.width)
         whole = decode_jpeg(data)
-        return CropDecode(center_crop(whole, size), whole, whole.shape[0], whole.shape[1], True)
+        return CropDecode(center_crop(whole, size), whole, whole.shape[0], whole.shape[1])
     except Exception as exc:  # see as_input_error
         raise as_input_error(exc, "JPEG") from exc
 

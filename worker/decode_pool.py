@@ -32,6 +32,7 @@ import structlog
 from worker.decode_child import FRAME, write_frame
 from worker.errors import DECODE_CRASHED, DECODE_LIMIT, DECODE_TIMEOUT
 from worker.prepare import Prepared
+from worker.provenance import report
 from worker.supervision import Supervisor
 
 log = structlog.get_logger("dda.decode")
@@ -223,7 +224,7 @@ class DecodePool:
             log.error("a decode process died reading metadata", pid=child.pid, exit_code=exit_code)
             self._replace(slot, "limit" if exit_code == -signal.SIGXCPU else "crash")
             message = "the metadata reader crashed or passed its limits on this file"
-        return replace(prepared, provenance=_provenance_failed(message))
+        return replace(prepared, provenance={**report.empty(), "error": message})
 
     def _run(self, slot: int, job: DecodeJob) -> Prepared:
         started = time.perf_counter()
@@ -254,12 +255,6 @@ class DecodePool:
                           exit_code=exit_code, error=type(exc).__name__)
                 self._replace(slot, "crash")
         return _failed(DECODE_CRASHED, "the decoder process crashed on this image (twice)", started)
-
-
-def _provenance_failed(message: str) -> dict[str, Any]:
-    from worker.provenance.report import empty
-
-    return {**empty(), "error": message}
 
 
 def _exit_code(child: _Child) -> int | None:

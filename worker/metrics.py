@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-PROVENANCE_SIGNALS = ("c2pa_valid", "c2pa_invalid", "xmp_source_type", "generator", "declared_ai", "error")
+from worker.provenance import report
 
 
 class Metrics:
@@ -36,7 +36,7 @@ class Metrics:
                                   ["topic", "partition"], registry=r)
         self.provenance = Counter("dda_provenance_signals", "Decoded images carrying each provenance signal (c2pa_valid, c2pa_invalid, xmp_source_type, generator, declared_ai, error)",
                                   ["signal"], registry=r)
-        for signal in PROVENANCE_SIGNALS:  # every series exists from the start, at 0
+        for signal in report.SIGNALS:  # every series exists from the start, at 0
             self.provenance.labels(signal)
         self.paused = Gauge("dda_partitions_paused", "1 while input partitions are paused for backpressure", registry=r)
 

@@ -41,7 +41,7 @@ from worker.hashing import sha256_hex
 from worker.messages import Request, verdict
 from worker.metrics import Metrics
 from worker.prepare import Prepared
-from worker.provenance import policy
+from worker.provenance import policy, report
 from worker.supervision import Supervisor
 
 log = structlog.get_logger("dda.pipeline")
@@ -367,15 +367,8 @@ class Pipeline:
             provenance=provenance))
 
     def _count_signals(self, provenance: dict[str, Any]) -> None:
-        c2pa = provenance.get("c2pa") or {}
-        for signal, present in (("c2pa_valid", c2pa.get("validation_state") in ("valid", "trusted")),
-                                ("c2pa_invalid", bool(c2pa) and c2pa.get("validation_state") not in ("valid", "trusted")),
-                                ("xmp_source_type", bool((provenance.get("xmp") or {}).get("digital_source_type"))),
-                                ("generator", provenance.get("generator") is not None),
-                                ("declared_ai", provenance.get("declared_ai") is True),
-                                ("error", provenance.get("error") is not None)):
-            if present:
-                self.metrics.provenance.labels(signal).inc()
+        for signal in report.signals(provenance):
+            self.metrics.provenance.labels(signal).inc()
 
     # --- engine -----------------------------------------------------------------------------
 

@@ -17,9 +17,9 @@ import struct
 import zlib
 from dataclasses import dataclass, field
 
-from engine.png_chunks import PNG_SIGNATURE, TEXT_CHUNKS, Unfinished, png_chunks
+from engine.png_chunks import MAX_CHUNKS, PNG_SIGNATURE, TEXT_CHUNKS, Unfinished, png_chunks
 
-MAX_WALK_STEPS = 100_000  # chunks, segments or boxes visited
+MAX_WALK_STEPS = MAX_CHUNKS  # chunks, segments or boxes visited, in every container
 MAX_TEXT_ITEMS = 64  # text chunks / comments kept
 MAX_TEXT_BYTES = 1 << 20  # one text value, after inflating
 MAX_TOTAL_TEXT_BYTES = 4 << 20

@@ -16,6 +16,7 @@ from worker.provenance import c2pa_manifest, containers, exif, generators, sourc
 
 MAX_ERROR = 512
 VALID_STATES = ("valid", "trusted")
+SIGNALS = ("c2pa_valid", "c2pa_invalid", "xmp_source_type", "generator", "declared_ai", "error")
 
 
 def empty() -> dict[str, Any]:
@@ -66,6 +67,17 @@ def _read(data: bytes) -> dict[str, Any]:
     if found.problems:
         out["error"] = "; ".join(found.problems)[:MAX_ERROR]
     return out
+
+
+def signals(record: dict[str, Any]) -> list[str]:
+    """Which of SIGNALS a provenance record carries (what `dda_provenance_signals_total` counts)."""
+    c2pa = record.get("c2pa") or {}
+    valid = c2pa.get("validation_state") in VALID_STATES
+    present = {"c2pa_valid": valid, "c2pa_invalid": bool(c2pa) and not valid,
+               "xmp_source_type": bool((record.get("xmp") or {}).get("digital_source_type")),
+               "generator": record.get("generator") is not None, "declared_ai": record.get("declared_ai") is True,
+               "error": record.get("error") is not None}
+    return [name for name in SIGNALS if present[name]]
 
 
 def _declaration(c2pa: dict[str, Any] | None, by_xmp: bool | None) -> tuple[bool | None, str | None]:
