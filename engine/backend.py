@@ -6,9 +6,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
+from engine.contract import Precision, Runner
 from engine.engine_file import engine_directories, find_engine
 from engine.model_dir import LoadedModel
-from engine.runner import Precision, Runner, TorchRunner
+from engine.runner import TorchRunner
 
 Backend = Literal["auto", "torch", "tensorrt"]
 
@@ -19,14 +20,18 @@ def make_runner(
     *,
     backend: Backend = "auto",
     device: str = "cpu",
-    precision: Precision = "fp32",
+    precision: Precision | Literal["auto"] = "fp32",
     max_batch: int = 16,
     compile: bool = False,
     engine_dir: Path | None = None,
     log: Callable[[str], None] = lambda _m: None,
 ) -> Runner:
-    """`auto` uses TensorRT only on CUDA with TensorRT installed and a matching engine in
+    """Precision `auto` is bf16 on CUDA and fp32 (the reference's numerics) on the CPU.
+
+    Backend `auto` uses TensorRT only on CUDA with TensorRT installed and a matching engine in
     `engine_dir` or `model_dir/engines/`; it says which backend it chose and why."""
+    if precision == "auto":
+        precision = "bf16" if device == "cuda" else "fp32"
     directories = engine_directories(model_dir, engine_dir)
     if backend != "torch" and device == "cuda":
         try:

@@ -18,7 +18,8 @@ from pathlib import Path
 import torch
 
 from engine.arch import LORA_TARGETS, Architecture, ArchitectureError, expected_shapes, infer_architecture
-from engine.model_dir import Manifest, write_model_dir
+from engine.manifest import Manifest
+from engine.model_dir import write_model_dir
 from engine.preprocess import Preprocessing
 
 BACKBONE = "base_model.model."

@@ -8,9 +8,11 @@ import os
 from pathlib import Path
 
 from engine.console import say
+from engine.contract import Runner
 from engine.engine_file import engine_directories, find_engine, publish_engine
-from engine.model_dir import ModelDirError, load_model_dir
-from engine.runner import Runner, TorchRunner
+from engine.manifest import ModelDirError
+from engine.model_dir import load_model_dir
+from engine.runner import TorchRunner
 from engine.verify import compare
 
 ONNX_TOLERANCE = 1e-4

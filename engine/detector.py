@@ -8,10 +8,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from engine.contract import Runner
 from engine.labels import AI_GENERATED, REAL
-from engine.model_dir import Manifest
+from engine.manifest import Manifest
 from engine.preprocess import views
-from engine.runner import Runner
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from engine.checkpoint import import_checkpoint
-from engine.model_dir import MANIFEST
+from engine.manifest import MANIFEST
 from engine.timebox import Overran, call_within
 
 OFFICIAL_CHECKPOINT = "hf://Junwei-Xi/Dual-Data-Alignment/DDA_ckpt.pth"

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.model_dir import Manifest
+from engine.contract import check_crops, run_in_chunks
+from engine.manifest import Manifest
 from engine.onnx_export import INPUT_UINT8, META_INPUT, META_MANIFEST, model_input
-from engine.runner import check_crops, run_in_chunks
 
 
 class OnnxRunner:

@@ -7,48 +7,39 @@ URLs or verdicts. fp32 is the reference's numerics; bf16/fp16 are the fast modes
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal, Protocol
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from engine.contract import Precision, check_crops, run_in_chunks
 from engine.preprocess import Preprocessing, normalize
 from engine.vit import DdaViT
 
-Precision = Literal["fp32", "bf16", "fp16"]
 DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-class Runner(Protocol):
-    """What the detector needs from a backend: logits for uint8 crops, in chunks it can take."""
-
-    preprocessing: Preprocessing
-    max_batch: int
-
-    def logits(self, crops: np.ndarray) -> np.ndarray: ...
-
-
-def check_crops(crops: np.ndarray, size: int) -> None:
-    if crops.ndim != 4 or crops.shape[1:] != (size, size, 3) or crops.dtype != np.uint8:
-        raise ValueError(f"expected uint8 [N, {size}, {size}, 3] crops, got {crops.dtype} {crops.shape}")
-
-
-def run_in_chunks(crops: np.ndarray, max_batch: int, run: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
-    """float32 [N] logits, calling `run` on consecutive chunks of at most `max_batch` crops."""
-    out = np.empty(len(crops), dtype=np.float32)
-    for start in range(0, len(crops), max_batch):
-        chunk = crops[start : start + max_batch]
-        out[start : start + len(chunk)] = run(chunk)
-    return out
+def buckets_for(max_batch: int) -> tuple[int, ...]:
+    """Batch sizes a compiled network is specialised for: 8, 16, 32, ... up to max_batch."""
+    sizes = {max_batch}
+    size = 8
+    while size < max_batch:
+        sizes.add(size)
+        size *= 2
+    return tuple(sorted(sizes))
 
 
 class TorchRunner:
     """Logits for [N, S, S, 3] uint8 crops, computed in chunks of at most `max_batch`.
 
     With `compile=True` the network goes through `torch.compile` (on CUDA with CUDA graphs,
-    mode "reduce-overhead") and every chunk is padded to `max_batch`, so exactly one shape
-    is ever compiled.
+    mode "reduce-overhead") and every chunk is padded on the device to the next of a few
+    bucket sizes (`buckets_for`), so a handful of shapes is ever compiled and a batch of 9
+    does not pay for 128.
+
+    `start` launches a chunk and returns a waiter, so a feeder can fill its other host
+    buffer (`host_buffer`: page-locked on CUDA, so the copy to the GPU is asynchronous)
+    while this one computes; on the CPU it computes before returning.
     """
 
     def __init__(
@@ -74,24 +65,51 @@ class TorchRunner:
         self.preprocessing = preprocessing
         self.network = network.to(device=self.device, dtype=self.dtype).eval()
         self.network.refresh_pos_table()
-        self.pad_to_max = compile
+        self.buckets = buckets_for(max_batch) if compile else ()
+        self._cuda = self.device.type == "cuda"
         self._forward: Callable[[Tensor], Tensor] = self.network
         if compile:
-            mode = "reduce-overhead" if self.device.type == "cuda" else None
+            mode = "reduce-overhead" if self._cuda else None
             self._forward = torch.compile(self.network, mode=mode, dynamic=False)
 
     @torch.inference_mode()
     def logits(self, crops: np.ndarray) -> np.ndarray:
         """float32 [N] logits for uint8 [N, S, S, 3] crops."""
         check_crops(crops, self.preprocessing.crop_size)
-        return run_in_chunks(crops, self.max_batch, self._run_chunk)
+        return run_in_chunks(crops, self.max_batch, lambda chunk: self.start(chunk)())
 
-    def _run_chunk(self, chunk: np.ndarray) -> np.ndarray:
+    def host_buffer(self, n: int) -> np.ndarray:
+        """A reusable uint8 [n, S, S, 3] host buffer; page-locked on CUDA."""
+        size = self.preprocessing.crop_size
+        return torch.empty((n, size, size, 3), dtype=torch.uint8, pin_memory=self._cuda).numpy()
+
+    @torch.inference_mode()
+    def start(self, chunk: np.ndarray) -> Callable[[], np.ndarray]:
+        """Launch at most `max_batch` crops; the waiter returns their float32 logits.
+
+        `chunk` must stay unchanged until the waiter has returned (the copy to the GPU may
+        still be reading it)."""
         n = len(chunk)
-        if self.pad_to_max and n < self.max_batch:
-            chunk = np.concatenate([chunk, np.zeros((self.max_batch - n, *chunk.shape[1:]), np.uint8)])
+        if not 1 <= n <= self.max_batch:
+            raise ValueError(f"a chunk holds 1..{self.max_batch} crops, got {n}")
         host = torch.from_numpy(np.ascontiguousarray(chunk))
-        if self.device.type == "cuda":
+        if self._cuda and not host.is_pinned():
             host = host.pin_memory()
-        x = normalize(host.to(self.device, non_blocking=True), self.preprocessing).to(self.dtype)
-        return self._forward(x)[:n].float().cpu().numpy()
+        x = host.to(self.device, non_blocking=True)
+        bucket = next((b for b in self.buckets if b >= n), n)
+        if bucket > n:
+            x = torch.cat([x, x.new_zeros((bucket - n, *x.shape[1:]))])
+        out = self._forward(normalize(x, self.preprocessing).to(self.dtype))[:n].float()
+        if not self._cuda:
+            result = out.numpy()
+            return lambda: result
+        landed = torch.empty(n, dtype=torch.float32, pin_memory=True)
+        landed.copy_(out, non_blocking=True)
+        done = torch.cuda.Event()  # type: ignore[no-untyped-call]
+        done.record()
+
+        def wait() -> np.ndarray:
+            done.synchronize()
+            return landed.numpy()
+
+        return wait

@@ -15,10 +15,10 @@ from typing import Any
 
 import numpy as np
 
+from engine.contract import check_crops
 from engine.engine_file import check_compatible, read_sidecar
-from engine.model_dir import Manifest
+from engine.manifest import Manifest
 from engine.onnx_export import INPUT_UINT8, input_shape, model_input
-from engine.runner import check_crops
 from engine.tensorrt_build import gpu_identity, require_tensorrt
 
 

@@ -8,8 +8,8 @@ from typing import Any
 
 import numpy as np
 
+from engine.contract import Runner
 from engine.preprocess import center_crop
-from engine.runner import Runner
 
 
 @dataclass(frozen=True)

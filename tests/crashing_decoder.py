@@ -13,6 +13,7 @@ import time
 
 import worker.prepare
 import worker.provenance.report
+from engine import lifetime
 from worker import decode_child
 
 _real = worker.prepare.prepare
@@ -41,7 +42,7 @@ def read_provenance(data: bytes) -> dict[str, object]:
 if __name__ == "__main__":
     worker.prepare.prepare = prepare
     worker.provenance.report.read_provenance = read_provenance
-    decode_child.die_with_parent(int(sys.argv[1]))
+    lifetime.die_with_parent(int(sys.argv[1]))
     answers = sys.stdout.buffer
     sys.stdout = sys.stderr
     decode_child.serve(sys.stdin.buffer, answers, int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] if len(sys.argv) > 4 else "")

@@ -7,7 +7,8 @@ import hashlib
 from pathlib import Path
 
 from engine.checkpoint import DEFAULT_THRESHOLD
-from engine.model_dir import Manifest, write_model_dir
+from engine.manifest import Manifest
+from engine.model_dir import write_model_dir
 from engine.preprocess import Preprocessing
 from training.model import TrainableDDA, load_initial
 from training.train import load_training_state

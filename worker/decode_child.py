@@ -23,9 +23,10 @@ import os
 import signal
 import struct
 import sys
-import threading
 import time
 from typing import IO, Any
+
+from engine import lifetime
 
 FRAME = struct.Struct("<II")  # header length, payload length
 
@@ -59,26 +60,6 @@ def read_frame(stream: IO[bytes]) -> tuple[dict[str, Any], bytes] | None:
     if header is None or payload is None:
         return None
     return json.loads(header), payload
-
-
-def die_with_parent(parent_pid: int) -> None:
-    """SIGKILL on the parent's death where Linux offers it; a watchdog thread everywhere."""
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-    if os.getppid() != parent_pid:  # the parent died before prctl took effect
-        os._exit(0)
-
-    def watch() -> None:
-        while os.getppid() == parent_pid:
-            time.sleep(0.5)
-        os._exit(0)
-
-    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
 def limit_memory(memory_mb: int) -> None:
@@ -138,7 +119,7 @@ def serve(jobs: IO[bytes], answers: IO[bytes], cpu_s: int, memory_mb: int, trust
 
 
 def main() -> None:
-    die_with_parent(int(sys.argv[1]))
+    lifetime.die_with_parent(int(sys.argv[1]))
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the parent decides
     answers = sys.stdout.buffer
     sys.stdout = sys.stderr  # a stray print must not corrupt the protocol

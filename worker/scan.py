@@ -20,7 +20,8 @@ from engine.console import say
 from engine.decode import DEFAULT_MAX_PIXELS
 from engine.detector import Detector
 from engine.hub import resolve_model
-from engine.model_dir import ModelDirError, load_model_dir
+from engine.manifest import ModelDirError
+from engine.model_dir import load_model_dir
 from worker.config import pem_certificates, positive_float, positive_int
 from worker.decode_pool import DecodeJob, DecodeLimits, DecodePool
 from worker.errors import FILE_NOT_FOUND, INFERENCE_FAILED, INTERNAL_ERROR, InputError
@@ -178,7 +179,8 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image file path or http(s) URL")
     p.add_argument("--model", default=None, help="model directory or hf:// checkpoint (default: the official DDA checkpoint)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where the model runs")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"], help="torch backend precision")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                   help="torch backend precision; auto: bf16 on cuda, fp32 on cpu")
     p.add_argument("--backend", default="auto", choices=["auto", "torch", "tensorrt"],
                    help="auto: a TensorRT engine from MODEL/engines/ when one matches this GPU, else torch")
     p.add_argument("--crops", type=int, default=1, choices=[1, 5], help="1: reference centre crop; 5: centre + corners, mean logit")

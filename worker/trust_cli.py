@@ -17,7 +17,8 @@ import sys
 
 from engine.console import say
 from engine.hub import resolve_model
-from engine.model_dir import ModelDirError, load_model_dir
+from engine.manifest import ModelDirError
+from engine.model_dir import load_model_dir
 from worker.cache import VerdictCache, namespace_for
 from worker.cache_store import RedisStore
 

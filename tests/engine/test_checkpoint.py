@@ -11,7 +11,8 @@ from safetensors import safe_open
 
 from engine.arch import expected_shapes
 from engine.checkpoint import CheckpointError, import_checkpoint, merge_lora, sha256_file
-from engine.model_dir import ModelDirError, load_model_dir
+from engine.manifest import ModelDirError
+from engine.model_dir import load_model_dir
 from engine.synthetic import random_official_state, tiny_architecture
 
 ARCH = tiny_architecture()

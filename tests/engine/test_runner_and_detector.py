@@ -6,7 +6,7 @@ import pytest
 from engine.detector import AI_GENERATED, REAL, Detector, label_for, sigmoid
 from engine.model_dir import LoadedModel, load_model_dir
 from engine.preprocess import center_crop, five_crops
-from engine.runner import TorchRunner
+from engine.runner import TorchRunner, buckets_for
 from tests.conftest import photo
 
 
@@ -62,7 +62,7 @@ def test_labels_follow_the_threshold_in_logit_space(tiny_model: LoadedModel) -> 
     assert p.score == pytest.approx(sigmoid(p.logit)) and p.label == label_for(p.logit, manifest)
 
 
-def test_compiled_runner_pads_to_one_shape_and_matches_eager(tiny_model_dir) -> None:
+def test_compiled_runner_pads_to_its_buckets_and_matches_eager(tiny_model_dir) -> None:
     """torch.compile path (CUDA graphs on GPU; inductor on CPU here): 5 crops at max_batch 4
     run as 4 + 1 padded to 4, so one shape is compiled, and logits match eager execution."""
     batch = crops(5)
@@ -70,5 +70,11 @@ def test_compiled_runner_pads_to_one_shape_and_matches_eager(tiny_model_dir) -> 
     compiled = load_model_dir(tiny_model_dir)
     ref = TorchRunner(eager.network, eager.manifest.preprocessing, max_batch=4).logits(batch)
     runner = TorchRunner(compiled.network, compiled.manifest.preprocessing, max_batch=4, compile=True)
-    assert runner.pad_to_max
+    assert runner.buckets == (4,)
     assert np.abs(runner.logits(batch) - ref).max() < 1e-4
+
+
+def test_compile_buckets_double_from_8_to_max_batch() -> None:
+    assert buckets_for(128) == (8, 16, 32, 64, 128)
+    assert buckets_for(20) == (8, 16, 20)
+    assert buckets_for(1) == (1,)

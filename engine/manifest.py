@@ -1,0 +1,76 @@
+"""A model's manifest: what every consumer reads to know the architecture, the
+preprocessing, the decision threshold and the version string that namespaces cached verdicts.
+
+Kept apart from the weights (`engine.model_dir`) so a process that only needs these facts,
+such as a worker feeding a shared engine process, never loads torch.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from engine.arch import Architecture
+from engine.preprocess import Preprocessing
+
+MANIFEST = "manifest.json"
+FORMAT = "dda-model/1"
+
+
+class ModelDirError(ValueError):
+    """A model directory is missing, incomplete or inconsistent."""
+
+
+@dataclass(frozen=True)
+class Manifest:
+    name: str
+    version: str
+    architecture: Architecture
+    preprocessing: Preprocessing
+    threshold: float
+    source: dict[str, Any]
+
+    @property
+    def threshold_logit(self) -> float:
+        """The threshold as a logit, so labels never depend on sigmoid rounding."""
+        return math.log(self.threshold / (1.0 - self.threshold))
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "name": self.name,
+            "version": self.version,
+            "architecture": self.architecture.to_json(),
+            "preprocessing": self.preprocessing.to_json(),
+            "threshold": self.threshold,
+            "source": self.source,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Manifest:
+        if data.get("format") != FORMAT:
+            raise ModelDirError(f"manifest format is {data.get('format')!r}, expected {FORMAT!r}")
+        threshold = float(data["threshold"])
+        if not 0.0 < threshold < 1.0:
+            raise ModelDirError(f"threshold {threshold} is not strictly between 0 and 1")
+        return cls(
+            name=str(data["name"]),
+            version=str(data["version"]),
+            architecture=Architecture.from_json(data["architecture"]),
+            preprocessing=Preprocessing.from_json(data["preprocessing"]),
+            threshold=threshold,
+            source=dict(data.get("source", {})),
+        )
+
+
+def read_manifest(path: Path) -> Manifest:
+    manifest_path = path / MANIFEST
+    if not manifest_path.is_file():
+        raise ModelDirError(f"{path} is not a model directory: {MANIFEST} not found")
+    try:
+        return Manifest.from_json(json.loads(manifest_path.read_text()))
+    except (KeyError, TypeError, json.JSONDecodeError) as exc:
+        raise ModelDirError(f"{manifest_path} is malformed: {exc}") from exc
