@@ -10,14 +10,14 @@ import argparse
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from worker.fetch import IPNetwork, parse_networks
 from worker.provenance.policy import POLICIES
 
 if TYPE_CHECKING:  # types only: importing them would load torch into every process that reads a setting
     from engine.backend import Backend
-    from engine.runner import Precision
+    from engine.contract import Precision
 
 
 class ConfigError(ValueError):
@@ -121,9 +121,14 @@ class WorkerConfig:
     cache_ttl_s: int = setting("DDA_CACHE_TTL_S", "604800", positive_int, "verdict cache TTL, seconds")
     model: str | None = setting("DDA_MODEL", "", _optional, "model directory or hf:// checkpoint; unset: the official DDA checkpoint")
     device: str = setting("DDA_DEVICE", "cpu", _choice("cpu", "cuda"), "inference device")
-    precision: Precision = setting("DDA_PRECISION", "fp32", _choice("fp32", "bf16", "fp16"), "torch precision")
+    precision: Precision | Literal["auto"] = setting("DDA_PRECISION", "auto", _choice("auto", "fp32", "bf16", "fp16"),
+                                                      "torch precision; auto: bf16 on cuda, fp32 (the reference's numerics) on cpu")
     engine_dir: str | None = setting("DDA_ENGINE_DIR", "", _optional, "TensorRT engines searched before MODEL/engines/ (a writable cache per GPU type)")
     backend: Backend = setting("DDA_BACKEND", "auto", _choice("auto", "torch", "tensorrt"), "inference backend")
+    consumers: int = setting("DDA_CONSUMERS", "1", positive_int,
+                             "consumer processes sharing one engine process (Kafka only); 1: one process does everything")
+    engine_socket: str | None = setting("DDA_ENGINE_SOCKET", "", _optional,
+                                        "score through the engine process at this Unix socket instead of loading the model (set by the pod for its consumers)")
     max_batch: int = setting("DDA_MAX_BATCH", "32", positive_int, "micro-batch size limit")
     max_wait_ms: int = setting("DDA_MAX_WAIT_MS", "20", _non_negative_int, "how long a partial batch waits for more images")
     max_in_flight: int = setting("DDA_MAX_IN_FLIGHT", "256", positive_int, "requests in the pipeline before partitions are paused")
@@ -195,6 +200,10 @@ def load(env: Mapping[str, str], flags: Mapping[str, Any] | None = None) -> Work
     if config.revoke_timeout_s * 2 > config.session_timeout_ms / 1000:
         raise ConfigError(f"DDA_REVOKE_TIMEOUT_S={config.revoke_timeout_s:g} must be at most half the session timeout "
                           f"({config.session_timeout_ms} ms): the rebalance waits for it")
+    if config.consumers > 1 and not config.kafka_bootstrap:
+        raise ConfigError(f"DDA_CONSUMERS={config.consumers} needs DDA_KAFKA_BOOTSTRAP: stdin has one reader")
+    if config.consumers > 1 and config.engine_socket:
+        raise ConfigError("DDA_CONSUMERS > 1 starts its own engine process; unset DDA_ENGINE_SOCKET")
     if config.input_topic in (config.output_topic, config.dlq_topic):
         raise ConfigError("the input topic must differ from the output and dead-letter topics")
     return config

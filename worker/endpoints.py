@@ -6,13 +6,11 @@ import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from worker.metrics import Metrics
-
 
 class Endpoints:
-    def __init__(self, host: str, port: int, metrics: Metrics, alive: Callable[[], bool], ready: Callable[[], bool]) -> None:
+    def __init__(self, host: str, port: int, scrape: Callable[[], bytes], alive: Callable[[], bool], ready: Callable[[], bool]) -> None:
         routes: dict[str, Callable[[], tuple[int, bytes, str]]] = {
-            "/metrics": lambda: (200, metrics.render(), "text/plain; version=0.0.4"),
+            "/metrics": lambda: (200, scrape(), "text/plain; version=0.0.4"),
             "/healthz": lambda: (200, b"ok\n", "text/plain") if alive() else (503, b"stalled\n", "text/plain"),
             "/readyz": lambda: (200, b"ready\n", "text/plain") if ready() else (503, b"not ready\n", "text/plain"),
         }

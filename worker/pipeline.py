@@ -28,9 +28,9 @@ from typing import Any
 import numpy as np
 import structlog
 
+from engine.contract import EngineLost, Runner
 from engine.detector import label_for, sigmoid
-from engine.model_dir import Manifest
-from engine.runner import Runner
+from engine.manifest import Manifest
 from worker.cache import CachedVerdict, Key, Lookup, VerdictCache
 from worker.completion import Completion, Record
 from worker.decode_pool import DecodeJob, DecodeLimits, DecodePool
@@ -379,6 +379,8 @@ class Pipeline:
             if items:
                 try:
                     self._score(items)
+                except EngineLost:  # no batch can be scored now: the stage dies, the work stays unanswered
+                    raise
                 except Exception as exc:  # a failed batch gets error verdicts, the loop goes on
                     log.exception("inference failed", batch=len(items))
                     for work in items:

@@ -20,10 +20,11 @@ from pathlib import Path
 
 import structlog
 
-from engine.backend import make_runner
+from engine import lifetime
 from engine.console import say
-from engine.hub import resolve_model
-from engine.model_dir import ModelDirError, load_model_dir
+from engine.contract import Runner
+from engine.manifest import Manifest, ModelDirError, read_manifest
+from engine.remote import RemoteRunner
 from worker import config as worker_config
 from worker.cache import VerdictCache, namespace_for
 from worker.cache_store import MemoryStore, RedisStore, Store
@@ -39,6 +40,7 @@ from worker.transport import Transport
 log = structlog.get_logger("dda.worker")
 STALL_AFTER_S = 60.0
 HARD_EXIT_AFTER_DRAIN_S = 8.0  # the process is gone within DDA_DRAIN_TIMEOUT_S + 10 s, whatever hangs
+POD_GRACE_S = 4.0  # a pod's parent outlasts its consumers' own hard exit
 
 
 def configure_logging(level: str) -> None:
@@ -78,6 +80,7 @@ def worker_command(args: argparse.Namespace) -> int:
                     networks=[str(n) for n in config.fetch_allow_networks])
     metrics = Metrics()
     checks: dict[str, Callable[[], bool]] = {"alive": lambda: False, "ready": lambda: False}
+    scrape: list[Callable[[], bytes]] = [metrics.render]  # a pod's parent shows its consumers' metrics instead
     endpoints = None
     if config.metrics_port:
         # Bound now, before minutes of model loading, so a busy port is a configuration error at once.
@@ -85,33 +88,74 @@ def worker_command(args: argparse.Namespace) -> int:
         explicit_host = "DDA_METRICS_HOST" in os.environ or getattr(args, "metrics_host", None) is not None
         host = config.metrics_host if explicit_host or config.kafka_bootstrap else "127.0.0.1"
         try:
-            endpoints = Endpoints(host, config.metrics_port, metrics, alive=lambda: checks["alive"](), ready=lambda: checks["ready"]())
+            endpoints = Endpoints(host, config.metrics_port, lambda: scrape[0](), alive=lambda: checks["alive"](), ready=lambda: checks["ready"]())
         except OSError as exc:
             say(f"error: cannot listen on {host}:{config.metrics_port} for /metrics, /healthz and /readyz: "
                 f"{exc.strerror or exc}. Choose another port with DDA_METRICS_PORT (or --metrics-port); 0 turns them off.")
             return 2
     try:
+        if config.consumers > 1:
+            return _serve_pod(config, checks, scrape, endpoints)
         return _serve(config, metrics, checks, endpoints)
     finally:
         if endpoints is not None:
             endpoints.stop()
 
 
+def _serve_pod(config: worker_config.WorkerConfig, checks: dict[str, Callable[[], bool]], scrape: list[Callable[[], bytes]],
+               endpoints: Endpoints | None) -> int:
+    from engine.hub import resolve_model
+    from worker.pod import Pod, serve_pod
+
+    try:
+        model_dir = resolve_model(config.model, progress=say)
+        read_manifest(model_dir)
+    except (ModelDirError, ValueError, RuntimeError, OSError) as exc:
+        say(f"error: cannot load the model: {exc}")
+        return 2
+    stop = threading.Event()
+    install_stop_signals(stop, config.drain_timeout_s + HARD_EXIT_AFTER_DRAIN_S + POD_GRACE_S)
+
+    def show(pod: Pod) -> None:
+        checks["alive"], checks["ready"], scrape[0] = pod.alive, pod.ready, pod.scrape
+        if endpoints is not None:
+            endpoints.start()
+
+    return serve_pod(config, model_dir, stop, config.drain_timeout_s + HARD_EXIT_AFTER_DRAIN_S, show)
+
+
+def _model(config: worker_config.WorkerConfig, metrics: Metrics) -> tuple[Manifest, Runner]:
+    """The manifest and a runner: the engine process's when DDA_ENGINE_SOCKET is set (a pod's
+    consumer: no torch, no weights in this process), else the model loaded here."""
+    if config.engine_socket:
+        if not config.model:
+            raise ModelDirError("DDA_ENGINE_SOCKET needs DDA_MODEL: the model directory the engine process loaded")
+        lifetime.die_with_parent(os.getppid())
+        manifest = read_manifest(Path(config.model))
+        return manifest, RemoteRunner(config.engine_socket, manifest.preprocessing, config.max_batch,
+                                      on_batch=metrics.engine_batch.observe)
+    from engine.backend import make_runner
+    from engine.hub import resolve_model
+    from engine.model_dir import load_model_dir
+
+    model_dir = resolve_model(config.model, progress=say)
+    loaded = load_model_dir(model_dir)
+    return loaded.manifest, make_runner(loaded, model_dir, backend=config.backend, device=config.device,
+                                        engine_dir=Path(config.engine_dir) if config.engine_dir else None,
+                                        precision=config.precision, max_batch=config.max_batch,
+                                        log=lambda message: log.info(message))
+
+
 def _serve(config: worker_config.WorkerConfig, metrics: Metrics, checks: dict[str, Callable[[], bool]],
            endpoints: Endpoints | None) -> int:
     try:
-        model_dir = resolve_model(config.model, progress=say)
-        loaded = load_model_dir(model_dir)
-        runner = make_runner(loaded, model_dir, backend=config.backend, device=config.device,
-                             engine_dir=Path(config.engine_dir) if config.engine_dir else None,
-                             precision=config.precision, max_batch=config.max_batch,
-                             log=lambda message: log.info(message))
-    except (ModelDirError, ValueError, RuntimeError, OSError, ImportError) as exc:
+        manifest, runner = _model(config, metrics)
+    except (ModelDirError, ValueError, RuntimeError, OSError, ImportError) as exc:  # EngineLost is a RuntimeError
         say(f"error: cannot load the model: {exc}")
         return 2
 
     store: Store = RedisStore(config.redis_url) if config.redis_url else MemoryStore()
-    cache = VerdictCache(store, namespace_for(loaded.manifest.version, loaded.manifest.threshold), config.cache_ttl_s,
+    cache = VerdictCache(store, namespace_for(manifest.version, manifest.threshold), config.cache_ttl_s,
                          on_error=lambda _e: metrics.redis_errors.inc(),
                          on_capped=lambda where, n: metrics.cache_index_capped.labels(where).inc(n))
     fetcher = Fetcher(FetchPolicy(
@@ -125,7 +169,7 @@ def _serve(config: worker_config.WorkerConfig, metrics: Metrics, checks: dict[st
     else:
         transport = StdinTransport(sys.stdin.buffer, sys.stdout, sys.stderr)
     pipeline = Pipeline(
-        manifest=loaded.manifest, runner=runner, cache=cache, fetcher=fetcher, metrics=metrics,
+        manifest=manifest, runner=runner, cache=cache, fetcher=fetcher, metrics=metrics,
         max_batch=config.max_batch, max_wait_ms=config.max_wait_ms, fetch_workers=config.fetch_workers,
         decode_workers=config.decode_workers, max_pixels=config.max_pixels, max_in_flight_bytes=config.max_in_flight_bytes,
         decode_limits=DecodeLimits(config.decode_timeout_s, config.decode_cpu_s, config.decode_memory_mb), allow_paths=transport.allows_paths,
@@ -148,7 +192,7 @@ def _serve(config: worker_config.WorkerConfig, metrics: Metrics, checks: dict[st
             say(f"error: cannot start the decode processes: {exc}")
             return EXIT_FATAL
         started.set()
-        log.info("worker started", model=loaded.manifest.version, mode="kafka" if config.kafka_bootstrap else "stdin",
+        log.info("worker started", model=manifest.version, mode="kafka" if config.kafka_bootstrap else "stdin",
                  input_topic=config.input_topic if config.kafka_bootstrap else None,
                  cache="redis" if config.redis_url else "memory")
         return delivery.run(stop, stop_stages=lambda: pipeline.close(timeout_s=1.0))

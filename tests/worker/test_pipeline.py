@@ -110,7 +110,7 @@ def test_a_dead_stage_makes_healthz_fail_within_5_s(tiny_model_dir: Path, files:
     transport = type("T", (), {"connected": lambda self: True})()
     started, stop = threading.Event(), threading.Event()
     alive, ready = health_checks(pipeline, delivery, transport, started, stop)  # type: ignore[arg-type]
-    endpoints = Endpoints("127.0.0.1", free_port(), pipeline.metrics, alive=alive, ready=ready)
+    endpoints = Endpoints("127.0.0.1", free_port(), pipeline.metrics.render, alive=alive, ready=ready)
     endpoints.start()
     pipeline.start()
     started.set()

@@ -1,0 +1,259 @@
+"""End to end, all cache misses: one worker process vs a pod (consumer processes + one engine
+process), side by side in one run, with a zero-cost model stub and with the tiny ViT.
+
+Real parts on 127.0.0.1: tansu (broker), redis-server (cache), nginx (Debian's; the image
+origin, serving distinct 640x480 JPEGs from a temporary directory). For each configuration:
+  1. flood: N requests for N distinct images produced at once; verdicts/s from the first
+     produce to the last verdict read, and CPU ms per verdict of each process class
+     (/proc utime+stime over the phase): the process that holds the GIL for the GPU is the
+     single worker in one-process mode and the engine process in a pod;
+  2. paced: requests produced at 70% of that rate for `--paced-s` seconds; latency p50/p99
+     from the produce call to the verdict being read.
+
+    python benchmarks/pipeline_rate.py [--requests 600] [--consumers 2] [--paced-s 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from machine import describe  # noqa: E402
+
+from engine.checkpoint import import_checkpoint  # noqa: E402
+from engine.synthetic import tiny_architecture, write_official_checkpoint  # noqa: E402
+from tests.conftest import encode, scene  # noqa: E402
+from tests.services import Broker, RedisServer, Worker, free_port, unique, wait_for  # noqa: E402
+
+TICK_MS = 1000 / os.sysconf("SC_CLK_TCK")
+STUB = str(ROOT / "benchmarks" / "stub_model")
+
+
+@contextmanager
+def nginx(root: Path) -> Iterator[str]:
+    """Debian's nginx on a free loopback port, serving `root`; stopped by PID."""
+    binary = shutil.which("nginx") or "/usr/sbin/nginx"
+    if not Path(binary).exists():
+        raise SystemExit("nginx is not installed: apt-get install -y nginx-light")
+    port = free_port()
+    conf = root.parent / "nginx.conf"
+    conf.write_text(f"""
+daemon off; worker_processes 1; pid {root.parent}/nginx.pid; error_log {root.parent}/nginx-error.log;
+events {{ worker_connections 1024; }}
+http {{
+  access_log off; sendfile on; keepalive_requests 100000;
+  client_body_temp_path {root.parent}/tmp; proxy_temp_path {root.parent}/tmp; fastcgi_temp_path {root.parent}/tmp;
+  uwsgi_temp_path {root.parent}/tmp; scgi_temp_path {root.parent}/tmp;
+  types {{ image/jpeg jpg; }}
+  server {{ listen 127.0.0.1:{port}; root {root}; }}
+}}
+""")
+    proc = subprocess.Popen([binary, "-c", str(conf), "-p", str(root.parent), "-e", f"{root.parent}/nginx-error.log"])
+    try:
+        import urllib.request
+
+        def up() -> bool:
+            try:
+                return bool(urllib.request.urlopen(f"http://127.0.0.1:{port}/0.jpg", timeout=1).status == 200)
+            except OSError:
+                return False
+
+        wait_for(up, 10, "nginx to serve")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def tree(root_pid: int) -> dict[int, str]:
+    """pid -> class (worker, consumer, engine, decode) of the worker's process tree."""
+    parents: dict[int, int] = {}
+    commands: dict[int, str] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                commands[int(entry.name)] = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except (OSError, IndexError, ValueError):
+                continue
+    found, frontier = {root_pid}, [root_pid]
+    while frontier:
+        pid = frontier.pop()
+        for child, parent in parents.items():
+            if parent == pid and child not in found:
+                found.add(child)
+                frontier.append(child)
+    classes = {}
+    for pid in found:
+        cmd = commands.get(pid, "")
+        if "engine.batcher" in cmd:
+            classes[pid] = "engine"
+        elif "decode_child" in cmd:
+            classes[pid] = "decode"
+        elif "dda worker" in cmd:
+            classes[pid] = "worker" if pid == root_pid else "consumer"
+    return classes
+
+
+def cpu_ticks(pids: dict[int, str]) -> dict[int, int]:
+    out = {}
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            out[pid] = int(fields[11]) + int(fields[12])
+        except (OSError, IndexError):
+            continue
+    return out
+
+
+def run_phase(broker: Broker, topic: str, reader, urls: list[str], tag: str, rate: float | None) -> dict[str, object]:  # type: ignore[no-untyped-def]
+    """Produce one request per URL (at once, or paced at `rate`/s); wait for every verdict."""
+    from kafka import KafkaProducer
+
+    producer = KafkaProducer(bootstrap_servers=broker.bootstrap, linger_ms=2)
+    sent: dict[str, float] = {}
+    received: dict[str, float] = {}
+    statuses: dict[str, str] = {}
+
+    def drain(timeout_ms: int) -> None:
+        for batch in reader.consumer.poll(timeout_ms=timeout_ms).values():
+            now = time.monotonic()
+            for record in batch:
+                v = json.loads(record.value)
+                if v["id"].startswith(tag) and v["id"] not in received:
+                    received[v["id"]] = now
+                    statuses[v["id"]] = v["status"]
+
+    start = time.monotonic()
+    for i, url in enumerate(urls):
+        rid = f"{tag}{i}"
+        if rate:
+            due = start + i / rate
+            while time.monotonic() < due:
+                drain(0)
+                time.sleep(min(0.002, max(0.0, due - time.monotonic())))
+        sent[rid] = time.monotonic()
+        producer.send(topic, json.dumps({"id": rid, "url": url}).encode())
+        if rate:
+            producer.flush()
+    producer.flush()
+    producer.close()
+    deadline = time.monotonic() + 600
+    while len(received) < len(urls) and time.monotonic() < deadline:
+        drain(100)
+    elapsed = max(received.values(), default=start) - start
+    latencies = np.array([received[k] - sent[k] for k in received]) * 1000
+    return {"verdicts": len(received), "ok": sum(s == "ok" for s in statuses.values()), "seconds": elapsed,
+            "rate": len(received) / elapsed if elapsed else 0.0,
+            "p50": float(np.percentile(latencies, 50)), "p99": float(np.percentile(latencies, 99))}
+
+
+def measure(name: str, consumers: int, stub: bool, model: Path, broker: Broker, redis: RedisServer, base: str,
+            images: list[str], args: argparse.Namespace, tmp: Path) -> dict[str, object]:
+    topics = {"input": unique("req"), "output": unique("out"), "dlq": unique("dlq")}
+    broker.create_topics({topics["input"]: 8, topics["output"]: 1, topics["dlq"]: 1})
+    subprocess.run(["redis-cli", "-p", str(redis.port), "FLUSHALL"], check=True, capture_output=True)
+    env = {"DDA_REDIS_URL": redis.url, "DDA_CONSUMERS": str(consumers), "DDA_DECODE_WORKERS": str(args.decode_workers),
+           "DDA_FETCH_WORKERS": "16", "DDA_MAX_BATCH": "32", "DDA_LOG_LEVEL": "warning", "DDA_FETCH_TIMEOUT_S": "30",
+           "PYTHONPATH": f"{STUB}{os.pathsep}{ROOT}"}
+    if stub:
+        env["DDA_BENCH_STUB"] = "1"
+    worker = Worker(model, broker, topics, unique("bench"), tmp / f"{name}.log", **env)
+    worker.start()
+    try:
+        worker.wait_ready(180)
+        reader = broker.reader(topics["output"])
+        urls = iter(f"{base}/{name}" for name in images)
+        run_phase(broker, topics["input"], reader, [next(urls) for _ in range(args.warmup)], "warm", None)
+        assert worker.proc is not None
+        pids = tree(worker.proc.pid)
+        before = cpu_ticks(pids)
+        flood = run_phase(broker, topics["input"], reader, [next(urls) for _ in range(args.requests)], "flood", None)
+        after = cpu_ticks(pids)
+        per_class: dict[str, float] = {}
+        for pid, cls in pids.items():
+            if pid in before and pid in after:
+                per_class[cls] = per_class.get(cls, 0.0) + (after[pid] - before[pid]) * TICK_MS
+        count = {cls: sum(1 for c in pids.values() if c == cls) for cls in set(pids.values())}
+        rate = 0.7 * float(flood["rate"])  # type: ignore[arg-type]
+        paced_n = min(args.paced_images, max(20, int(rate * args.paced_s)))
+        paced = run_phase(broker, topics["input"], reader, [next(urls) for _ in range(paced_n)], "paced", rate)
+        status = worker.terminate(60)
+        verdicts = int(flood["verdicts"])  # type: ignore[call-overload]
+        return {"name": name, "flood": flood, "paced": paced, "paced_rate": rate, "exit": status, "processes": count,
+                "cpu_ms_per_verdict": {cls: ms / verdicts for cls, ms in sorted(per_class.items())}}
+    finally:
+        worker.kill()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=600, help="flood phase size")
+    parser.add_argument("--warmup", type=int, default=40)
+    parser.add_argument("--paced-s", type=float, default=8.0, help="paced phase length (at most --paced-images requests)")
+    parser.add_argument("--paced-images", type=int, default=1500)
+    parser.add_argument("--consumers", type=int, default=2, help="consumer processes of the pod")
+    parser.add_argument("--decode-workers", type=int, default=2, help="decode processes (a pod splits them)")
+    parser.add_argument("--configs", default="one:stub,pod:stub,one:tiny,pod:tiny")
+    args = parser.parse_args()
+    configs = [c.split(":") for c in args.configs.split(",")]
+    per_config = args.warmup + args.requests + args.paced_images
+
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        model = tmp / "tiny"
+        import_checkpoint(write_official_checkpoint(tmp / "t.pth", tiny_architecture()), model)
+        root = tmp / "www"
+        root.mkdir()
+        tmp.chmod(0o755)  # nginx's workers drop to an unprivileged user when started as root
+        (tmp / "tmp").mkdir()
+        images = []
+        for i in range(per_config):
+            (root / f"{i}.jpg").write_bytes(encode(scene(640, 480, seed=i), "JPEG", quality=90))
+            images.append(f"{i}.jpg")
+        broker = Broker()
+        redis = RedisServer()
+        broker.start()
+        redis.start()
+        results = []
+        try:
+            with nginx(root) as base:
+                for mode, model_kind in configs:  # the same images each time: the cache is emptied in between
+                    consumers = args.consumers if mode == "pod" else 1
+                    results.append(measure(f"{mode}-{model_kind}", consumers, model_kind == "stub", model, broker, redis,
+                                           base, images, args, tmp))
+        finally:
+            broker.kill()
+            redis.stop()
+
+    print(f"machine: {json.dumps(describe())}")
+    print(f"{args.requests} distinct 640x480 JPEGs per flood (after {args.warmup} warm-up), all cache misses; nginx, tansu, "
+          f"redis-server on 127.0.0.1; {args.decode_workers} decode processes in all; pod = {args.consumers} consumer processes "
+          f"+ 1 engine process; max batch 32")
+    print("| configuration | processes | verdicts/s (flood) | paced at | p50 ms | p99 ms | CPU ms per verdict, by process class |")
+    print("|---|---|---|---|---|---|---|")
+    for r in results:
+        flood, paced = r["flood"], r["paced"]
+        cpu = ", ".join(f"{cls} {ms:.2f}" for cls, ms in r["cpu_ms_per_verdict"].items())  # type: ignore[attr-defined]
+        procs = ", ".join(f"{n} {cls}" for cls, n in sorted(r["processes"].items()))  # type: ignore[attr-defined]
+        print(f"| {r['name']} | {procs} | {flood['rate']:.0f} ({flood['ok']}/{flood['verdicts']} ok) | {r['paced_rate']:.0f}/s | "  # type: ignore[index]
+              f"{paced['p50']:.0f} | {paced['p99']:.0f} | {cpu} |")  # type: ignore[index]
+    print("exit statuses:", {r["name"]: r["exit"] for r in results})
+
+
+if __name__ == "__main__":
+    main()

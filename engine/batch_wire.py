@@ -1,0 +1,35 @@
+"""The wire between worker processes and the engine process (`engine.batcher`, `engine.remote`).
+
+One Unix SOCK_SEQPACKET connection per worker process: message boundaries are kept and a
+peer's death reads as end of file. The crops never cross the socket: each worker process
+makes a memfd of `capacity` crop slots, passes its descriptor once in the hello, and from
+then on writes crops there and sends only (sequence, count). Every message is fixed-layout
+bytes, never pickle: a process that parses hostile images must not be able to make the
+engine run code.
+
+    hello    worker -> engine   MAGIC, capacity, crop size         + the memfd (SCM_RIGHTS)
+    welcome  engine -> worker   MAGIC, max_batch
+    request  worker -> engine   sequence, count                    (crops 0..count-1 of the memfd)
+    answer   engine -> worker   sequence, status, engine batch     + count float32 logits, or a UTF-8 reason
+"""
+
+from __future__ import annotations
+
+import struct
+
+MAGIC = b"DDA1"
+HELLO = struct.Struct("<4sII")
+WELCOME = struct.Struct("<4sI")
+REQUEST = struct.Struct("<QI")
+ANSWER = struct.Struct("<QII")
+OK, FAILED = 0, 1
+MAX_REASON = 2048
+
+
+def answer_size(capacity: int) -> int:
+    """The largest answer a worker with `capacity` slots can be sent."""
+    return ANSWER.size + max(4 * capacity, MAX_REASON)
+
+
+def crop_bytes(crop_size: int) -> int:
+    return crop_size * crop_size * 3

@@ -1,0 +1,291 @@
+"""The engine process: owns the model (and the GPU) and scores crops for every worker process.
+
+Why a process of its own: a worker process spends milliseconds of Python per request
+(Kafka, fetch threads, cache lookups, pool feeding) under one GIL, which caps one process
+far below what a GPU scores. A pod therefore runs several worker processes and one engine
+process, whose work per request is a crop copy and two short messages (`engine.batch_wire`).
+
+Batching: each turn takes every request waiting, whole, up to `max_batch` crops, and scores
+them as one batch; requests that arrive meanwhile make the next batch. There is no wait
+timer here: the workers' own micro-batch window (DDA_MAX_WAIT_MS) already gathered them.
+Two host buffers are reused in turn; with a runner that can `start` a batch and answer
+later (torch on CUDA), the next batch is copied into one buffer while the other is on the
+GPU, and the buffers are page-locked so the copy to the device runs asynchronously.
+
+    python -m engine.batcher MODEL_DIR SOCKET PARENT_PID [options]
+
+prints one JSON line on stdout when it listens ({"ready": ..., "backend": ...}); exit 2 means
+the model or the options were refused (reason on stderr).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import mmap
+import os
+import selectors
+import signal
+import socket
+import stat
+import sys
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from engine import batch_wire as wire
+from engine.contract import Runner
+
+Waiter = Callable[[], np.ndarray]
+
+
+class StartingRunner(Protocol):
+    """A runner that can launch a batch and be waited on later (see `engine.runner.TorchRunner`)."""
+
+    def host_buffer(self, n: int) -> np.ndarray: ...
+
+    def start(self, crops: np.ndarray) -> Waiter: ...
+
+
+@dataclass
+class _Client:
+    sock: socket.socket
+    slots: np.ndarray  # [capacity, S, S, 3] uint8 over the worker's memfd
+    mapping: mmap.mmap
+
+
+@dataclass
+class _Request:
+    client: _Client
+    sequence: int
+    count: int
+
+
+class EngineServer:
+    """Serves workers on `address` until `stop()`; one thread, no locks."""
+
+    def __init__(self, runner: Runner, address: str, log: Callable[[str], None] = lambda _m: None) -> None:
+        self.runner = runner
+        self.size = runner.preprocessing.crop_size
+        self.max_batch = runner.max_batch
+        self.log = log
+        if os.path.exists(address) and stat.S_ISSOCK(os.stat(address).st_mode):
+            os.unlink(address)  # left by the engine process this one replaces
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.listener.bind(address)
+        self.listener.listen(64)
+        self.selector = selectors.DefaultSelector()
+        self.selector.register(self.listener, selectors.EVENT_READ)
+        self.queue: deque[_Request] = deque()
+        self.clients: dict[int, _Client] = {}
+        starting = hasattr(runner, "start") and hasattr(runner, "host_buffer")
+        self._starting: StartingRunner | None = runner if starting else None  # type: ignore[assignment]
+        self.buffers = [self._buffer(), self._buffer()]
+        self._wake_r, self._wake_w = os.pipe()
+        self.selector.register(self._wake_r, selectors.EVENT_READ)
+        self._stopping = False
+        self.batches = 0
+        self.images = 0
+
+    def _buffer(self) -> np.ndarray:
+        if self._starting is not None:
+            return self._starting.host_buffer(self.max_batch)
+        return np.empty((self.max_batch, self.size, self.size, 3), np.uint8)
+
+    def stop(self) -> None:
+        """Safe from a signal handler or another thread: `serve` returns after the batch it is on."""
+        os.write(self._wake_w, b"x")
+
+    def serve(self) -> None:
+        turn = 0
+        running: tuple[list[_Request], Waiter] | None = None
+        while not self._stopping:
+            self._read_messages(block=running is None and not self.queue)
+            started = self._launch(self.buffers[turn]) if self.queue else None
+            if running is not None:
+                self._answer(*running)
+            running = started
+            if started is not None:
+                turn ^= 1
+                if self._starting is None:  # already computed: answer now, not after the next batch
+                    self._answer(*started)
+                    running = None
+        if running is not None:
+            self._answer(*running)
+        for client in list(self.clients.values()):
+            self._drop(client)
+        self.listener.close()
+
+    def close(self) -> None:
+        """After `serve` has returned (a `stop` that comes later must still find its pipe)."""
+        self.selector.close()
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+
+    # --- messages -----------------------------------------------------------------------------
+
+    def _read_messages(self, block: bool) -> None:
+        for key, _ in self.selector.select(None if block else 0):
+            if key.fileobj is self.listener:
+                self._accept()
+            elif key.fileobj == self._wake_r:
+                os.read(self._wake_r, 64)
+                self._stopping = True
+            elif key.data is None:
+                self._greet(key.fileobj)  # type: ignore[arg-type]
+            else:
+                self._receive(key.data)
+
+    def _accept(self) -> None:
+        sock, _ = self.listener.accept()
+        sock.setblocking(False)  # a peer that never sends its hello, or never reads, cannot hold the loop
+        self.selector.register(sock, selectors.EVENT_READ, None)  # no client yet: its hello comes next
+
+    def _greet(self, sock: socket.socket) -> None:
+        self.selector.unregister(sock)
+        try:
+            client = self._hello(sock)
+        except (OSError, ValueError) as exc:
+            self.log(f"refused a worker connection: {exc}")
+            sock.close()
+            return
+        self.clients[sock.fileno()] = client
+        self.selector.register(sock, selectors.EVENT_READ, client)
+
+    def _hello(self, sock: socket.socket) -> _Client:
+        message, fds, _flags, _addr = socket.recv_fds(sock, wire.HELLO.size, 1)
+        if len(fds) != 1 or len(message) != wire.HELLO.size:
+            for fd in fds:
+                os.close(fd)
+            raise ValueError("malformed hello")
+        magic, capacity, size = wire.HELLO.unpack(message)
+        try:
+            if magic != wire.MAGIC or size != self.size or not 1 <= capacity <= self.max_batch:
+                raise ValueError(f"hello for crop size {size} x {capacity} slots; this engine takes {self.size}, "
+                                 f"at most {self.max_batch} per request")
+            length = capacity * wire.crop_bytes(size)
+            if os.fstat(fds[0]).st_size < length:
+                raise ValueError("the crop memory is smaller than its slots")
+            mapping = mmap.mmap(fds[0], length)
+        finally:
+            os.close(fds[0])
+        sock.send(wire.WELCOME.pack(wire.MAGIC, self.max_batch))
+        return _Client(sock, np.ndarray((capacity, size, size, 3), np.uint8, buffer=mapping), mapping)
+
+    def _receive(self, client: _Client) -> None:
+        try:
+            message = client.sock.recv(wire.REQUEST.size + 1)
+        except OSError:
+            message = b""
+        if len(message) != wire.REQUEST.size:  # end of file (the worker is gone) or not our protocol
+            self._drop(client)
+            return
+        sequence, count = wire.REQUEST.unpack(message)
+        if not 1 <= count <= len(client.slots):
+            self._send(client, wire.ANSWER.pack(sequence, wire.FAILED, 0) + f"count {count} outside 1..{len(client.slots)}".encode())
+            return
+        self.queue.append(_Request(client, sequence, count))
+
+    def _drop(self, client: _Client) -> None:
+        if self.clients.pop(client.sock.fileno(), None) is None:
+            return
+        self.selector.unregister(client.sock)
+        client.sock.close()
+        self.queue = deque(r for r in self.queue if r.client is not client)
+
+    def _send(self, client: _Client, message: bytes) -> None:
+        try:
+            client.sock.send(message)
+        except OSError:  # died while its batch ran, or does not read its answers (a full socket)
+            self._drop(client)
+
+    # --- batches ------------------------------------------------------------------------------
+
+    def _launch(self, buffer: np.ndarray) -> tuple[list[_Request], Waiter]:
+        taken: list[_Request] = []
+        filled = 0
+        while self.queue and filled + self.queue[0].count <= self.max_batch:
+            request = self.queue.popleft()
+            buffer[filled : filled + request.count] = request.client.slots[: request.count]
+            filled += request.count
+            taken.append(request)
+        batch = buffer[:filled]
+        try:
+            if self._starting is not None:
+                return taken, self._starting.start(batch)
+            logits = self.runner.logits(batch)
+        except Exception as exc:  # noqa: BLE001 - the batch's requests are told why; the engine goes on
+            return taken, _raiser(exc)
+        return taken, lambda: logits
+
+    def _answer(self, taken: list[_Request], wait: Waiter) -> None:
+        total = sum(r.count for r in taken)
+        try:
+            logits = np.asarray(wait(), dtype="<f4")
+        except Exception as exc:  # noqa: BLE001
+            reason = f"{type(exc).__name__}: {exc}".encode()[: wire.MAX_REASON]
+            for request in taken:
+                self._send(request.client, wire.ANSWER.pack(request.sequence, wire.FAILED, total) + reason)
+            return
+        self.batches += 1
+        self.images += total
+        start = 0
+        for request in taken:
+            part = logits[start : start + request.count]
+            start += request.count
+            self._send(request.client, wire.ANSWER.pack(request.sequence, wire.OK, total) + part.tobytes())
+
+
+def _raiser(exc: Exception) -> Waiter:
+    def wait() -> np.ndarray:
+        raise exc
+
+    return wait
+
+
+def main(argv: list[str] | None = None) -> int:
+    from engine import lifetime
+    from engine.backend import make_runner
+    from engine.model_dir import load_model_dir
+
+    parser = argparse.ArgumentParser(prog="python -m engine.batcher", description=__doc__.splitlines()[0])
+    parser.add_argument("model", type=Path)
+    parser.add_argument("socket")
+    parser.add_argument("parent_pid", type=int)
+    parser.add_argument("--backend", default="auto", choices=("auto", "torch", "tensorrt"))
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
+    parser.add_argument("--max-batch", type=int, default=32)
+    parser.add_argument("--engine-dir", type=Path)
+    args = parser.parse_args(argv)
+    lifetime.die_with_parent(args.parent_pid)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the pod decides
+
+    def log(message: str) -> None:
+        print(json.dumps({"event": message, "logger": "dda.engine", "pid": os.getpid(),
+                          "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}), file=sys.stderr, flush=True)
+
+    chosen: list[str] = []
+    try:
+        runner = make_runner(load_model_dir(args.model), args.model, backend=args.backend, device=args.device,
+                             precision=args.precision, max_batch=args.max_batch, engine_dir=args.engine_dir,
+                             log=chosen.append)
+        server = EngineServer(runner, args.socket, log)
+    except (ValueError, RuntimeError, OSError, ImportError) as exc:
+        print(f"error: cannot start the engine: {exc}", file=sys.stderr)
+        return 2
+    signal.signal(signal.SIGTERM, lambda _s, _f: server.stop())
+    print(json.dumps({"ready": True, "backend": chosen[-1] if chosen else "", "max_batch": args.max_batch}), flush=True)
+    server.serve()
+    server.close()
+    log(f"engine stopped after {server.batches} batches, {server.images} images")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

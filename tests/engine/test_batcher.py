@@ -1,0 +1,229 @@
+"""The engine process and the workers that score through it: a real process, a real Unix
+socket and shared memory, the tiny model; hostile peers; the engine's death."""
+
+from __future__ import annotations
+
+import json
+import mmap
+import os
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from engine import batch_wire as wire
+from engine.batcher import EngineServer
+from engine.contract import EngineLost
+from engine.model_dir import load_model_dir
+from engine.preprocess import Preprocessing
+from engine.remote import RemoteRunner
+from engine.runner import TorchRunner
+from tests.services import wait_for
+
+pytestmark = pytest.mark.timeout(120)
+MAX_BATCH = 8
+
+
+def crops(n: int, seed: int, size: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+
+
+@pytest.fixture()
+def engine(tiny_model_dir: Path, tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    address = str(tmp_path / "engine.sock")
+    proc = start_engine(tiny_model_dir, address)
+    yield proc, address
+    proc.kill()
+    proc.wait()
+
+
+def test_workers_get_the_logits_the_model_gives_in_process(tiny_model_dir: Path, engine: tuple[subprocess.Popen[bytes], str]) -> None:
+    """Two workers at once (capacities 8 and 3, so 20 crops go as several chunks each): every
+    logit equals the in-process runner's, whatever batch the engine put it in."""
+    loaded = load_model_dir(tiny_model_dir)
+    pre = loaded.manifest.preprocessing
+    local = TorchRunner(loaded.network, pre, max_batch=MAX_BATCH)
+    batches: list[int] = []
+    runners = [RemoteRunner(engine[1], pre, 8, on_batch=batches.append), RemoteRunner(engine[1], pre, 3, on_batch=batches.append)]
+    inputs = [crops(20, seed, pre.crop_size) for seed in (1, 2)]
+    results: dict[int, np.ndarray] = {}
+    threads = [threading.Thread(target=lambda i=i: results.__setitem__(i, runners[i].logits(inputs[i]))) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    for i in range(2):
+        assert results[i].shape == (20,) and results[i].dtype == np.float32
+        assert np.abs(results[i] - local.logits(inputs[i])).max() < 1e-5
+    assert len(batches) == 3 + 7 and all(1 <= b <= MAX_BATCH for b in batches)
+    for runner in runners:
+        runner.close()
+
+
+class _Gate:
+    """A runner that holds its first batch until released, and records every batch size."""
+
+    def __init__(self, size: int) -> None:
+        self.preprocessing = Preprocessing(crop_size=size)
+        self.max_batch = MAX_BATCH
+        self.sizes: list[int] = []
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def logits(self, batch: np.ndarray) -> np.ndarray:
+        self.sizes.append(len(batch))
+        self.entered.set()
+        self.release.wait(10)
+        if len(self.sizes) == 3:
+            raise RuntimeError("this batch failed")
+        return batch.reshape(len(batch), -1)[:, 0].astype(np.float32)  # the first byte of each crop
+
+
+class _WireClient:
+    """A worker speaking the wire by hand, to place requests exactly."""
+
+    def __init__(self, address: str, capacity: int, size: int, fds: bool = True) -> None:
+        fd = os.memfd_create("test-crops")
+        os.ftruncate(fd, capacity * wire.crop_bytes(size))
+        self.slots = np.ndarray((capacity, size, size, 3), np.uint8, buffer=mmap.mmap(fd, capacity * wire.crop_bytes(size)))
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.sock.settimeout(10)
+        self.sock.connect(address)
+        socket.send_fds(self.sock, [wire.HELLO.pack(wire.MAGIC, capacity, size)], [fd] if fds else [])
+        os.close(fd)
+        self.welcome = self.sock.recv(64)
+
+    def ask(self, sequence: int, values: list[int]) -> None:
+        for i, v in enumerate(values):
+            self.slots[i] = v
+        self.sock.send(wire.REQUEST.pack(sequence, len(values)))
+
+    def answer(self) -> tuple[int, int, int, bytes]:
+        message = self.sock.recv(wire.answer_size(len(self.slots)))
+        return (*wire.ANSWER.unpack_from(message), message[wire.ANSWER.size :])
+
+
+def test_requests_waiting_together_become_one_batch_and_a_failed_batch_fails_only_its_requests(tmp_path: Path) -> None:
+    gate = _Gate(14)
+    server = EngineServer(gate, str(tmp_path / "e.sock"))
+    thread = threading.Thread(target=server.serve)
+    thread.start()
+    try:
+        a, b, c = (_WireClient(str(tmp_path / "e.sock"), 4, 14) for _ in range(3))
+        a.ask(1, [10])
+        assert gate.entered.wait(10)  # the engine holds a's batch of 1
+        b.ask(1, [20, 21])
+        c.ask(1, [30, 31, 32])  # both wait in their sockets while the first batch runs
+        gate.release.set()
+        assert a.answer() == (1, wire.OK, 1, np.float32([10]).tobytes())
+        assert b.answer() == (1, wire.OK, 5, np.float32([20, 21]).tobytes())  # one batch of 5 for b and c
+        assert c.answer() == (1, wire.OK, 5, np.float32([30, 31, 32]).tobytes())
+        c.ask(2, [33])
+        sequence, status, _, reason = c.answer()  # the gate fails its third batch: only c's request
+        assert (sequence, status) == (2, wire.FAILED) and b"this batch failed" in reason
+        b.ask(2, [22])
+        assert b.answer()[:2] == (2, wire.OK) and gate.sizes == [1, 5, 1, 1]
+    finally:
+        server.stop()
+        thread.join(10)
+    assert not thread.is_alive()
+    server.close()
+
+
+def test_hostile_or_dying_peers_cost_only_their_own_connection(tiny_model_dir: Path, engine: tuple[subprocess.Popen[bytes], str]) -> None:
+    proc, address = engine
+    pre = load_model_dir(tiny_model_dir).manifest.preprocessing
+    size = pre.crop_size
+    no_fd = _WireClient(address, 2, size, fds=False)
+    assert no_fd.welcome == b""  # refused: closed without a welcome
+    wrong_size = _WireClient(address, 2, size + 1)
+    too_many = _WireClient(address, MAX_BATCH + 1, size)
+    assert wrong_size.welcome == b"" and too_many.welcome == b""
+    silent = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    silent.connect(address)
+    silent.close()  # connects and leaves before its hello
+    bad_count = _WireClient(address, 2, size)
+    bad_count.sock.send(wire.REQUEST.pack(7, 3))  # more crops than its slots
+    sequence, status, _, reason = bad_count.answer()
+    assert (sequence, status) == (7, wire.FAILED) and b"outside 1..2" in reason
+    garbage = _WireClient(address, 2, size)
+    garbage.sock.send(b"\xff" * 5)  # not a request: the connection is dropped
+    assert garbage.sock.recv(64) == b""
+    for n in range(5):  # workers that die with a batch in flight
+        leaver = _WireClient(address, 2, size)
+        leaver.ask(1, [n, n])
+        leaver.sock.close()
+    good = RemoteRunner(address, pre, 4)
+    batch = crops(4, 9, size)
+    first = good.logits(batch)
+    assert np.array_equal(good.logits(batch), first) and proc.poll() is None
+    good.close()
+
+
+def start_engine(model: Path, address: str) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen([sys.executable, "-m", "engine.batcher", str(model), address, str(os.getpid()),
+                             "--max-batch", str(MAX_BATCH)], stdout=subprocess.PIPE)
+    assert proc.stdout is not None
+    assert json.loads(proc.stdout.readline())["ready"] is True
+    return proc
+
+
+def test_a_restarted_engine_gets_the_batch_again_and_a_gone_one_is_engine_lost(
+    tiny_model_dir: Path, tmp_path: Path,
+) -> None:
+    loaded = load_model_dir(tiny_model_dir)
+    pre = loaded.manifest.preprocessing
+    address = str(tmp_path / "engine.sock")
+    proc = start_engine(tiny_model_dir, address)
+    reconnects: list[int] = []
+    runner = RemoteRunner(address, pre, 4, reconnect_s=60, on_reconnect=lambda: reconnects.append(1))
+    batch = crops(4, 3, pre.crop_size)
+    expected = TorchRunner(loaded.network, pre).logits(batch)
+    assert np.abs(runner.logits(batch) - expected).max() < 1e-5
+    proc.kill()
+    proc.wait()
+    results: list[np.ndarray] = []
+    waiting = threading.Thread(target=lambda: results.append(runner.logits(batch)))
+    waiting.start()  # it finds the engine gone and keeps trying while a new one loads
+    wait_for(lambda: reconnects, 10, "the runner to notice")
+    proc = start_engine(tiny_model_dir, address)  # the same socket path, as the pod restarts it
+    try:
+        waiting.join(60)
+        assert len(results) == 1 and np.abs(results[0] - expected).max() < 1e-5 and len(reconnects) == 1
+    finally:
+        proc.kill()
+        proc.wait()
+    runner.reconnect_s = 0.5
+    with pytest.raises(EngineLost, match="did not come back in 0.5 s"):
+        runner.logits(batch)
+    with pytest.raises(EngineLost, match="cannot reach the engine process"):
+        RemoteRunner(str(tmp_path / "nobody.sock"), pre, 2)
+    runner.close()
+
+
+def test_a_silent_engine_is_engine_lost_after_the_timeout(tmp_path: Path) -> None:
+    gate = _Gate(14)
+    server = EngineServer(gate, str(tmp_path / "e.sock"))
+    thread = threading.Thread(target=server.serve)
+    thread.start()
+    try:
+        runner = RemoteRunner(str(tmp_path / "e.sock"), gate.preprocessing, 2, timeout_s=0.5)
+        with pytest.raises(EngineLost, match="did not answer"):
+            runner.logits(np.zeros((1, 14, 14, 3), np.uint8))
+    finally:
+        gate.release.set()
+        server.stop()
+        thread.join(10)
+    server.close()
+
+
+def test_the_engine_process_refuses_a_model_it_cannot_load(tmp_path: Path) -> None:
+    result = subprocess.run([sys.executable, "-m", "engine.batcher", str(tmp_path), str(tmp_path / "s"), str(os.getpid())],
+                            capture_output=True, timeout=60)
+    assert result.returncode == 2 and b"cannot start the engine" in result.stderr and result.stdout == b""
+    wait_for(lambda: not (tmp_path / "s").exists(), 1, "no socket left")
