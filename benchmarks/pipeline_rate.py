@@ -37,7 +37,7 @@ from machine import describe  # noqa: E402
 from engine.checkpoint import import_checkpoint  # noqa: E402
 from engine.synthetic import tiny_architecture, write_official_checkpoint  # noqa: E402
 from tests.conftest import encode, scene  # noqa: E402
-from tests.services import Broker, RedisServer, Worker, free_port, unique, wait_for  # noqa: E402
+from tests.services import Broker, RedisServer, Worker, descendants, free_port, unique, wait_for  # noqa: E402
 
 TICK_MS = 1000 / os.sysconf("SC_CLK_TCK")
 STUB = str(ROOT / "benchmarks" / "stub_model")
@@ -81,31 +81,14 @@ http {{
 
 def tree(root_pid: int) -> dict[int, str]:
     """pid -> class (worker, consumer, engine, decode) of the worker's process tree."""
-    parents: dict[int, int] = {}
-    commands: dict[int, str] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-                commands[int(entry.name)] = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-            except (OSError, IndexError, ValueError):
-                continue
-    found, frontier = {root_pid}, [root_pid]
-    while frontier:
-        pid = frontier.pop()
-        for child, parent in parents.items():
-            if parent == pid and child not in found:
-                found.add(child)
-                frontier.append(child)
-    classes = {}
-    for pid in found:
-        cmd = commands.get(pid, "")
+    classes = {root_pid: "worker"}
+    for pid, cmd in descendants(root_pid).items():
         if "engine.batcher" in cmd:
             classes[pid] = "engine"
         elif "decode_child" in cmd:
             classes[pid] = "decode"
-        elif "dda worker" in cmd:
-            classes[pid] = "worker" if pid == root_pid else "consumer"
+        elif "worker.service" in cmd:
+            classes[pid] = "consumer"
     return classes
 
 

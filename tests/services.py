@@ -244,5 +244,27 @@ def metric_value(scrape: str, name: str, labels: str = "") -> float:
                if line.startswith(name) and line[len(name)] in " {" and labels in line)
 
 
+def descendants(root: int) -> dict[int, str]:
+    """Every living process below `root` (children, grandchildren, ...): pid -> command line."""
+    parents: dict[int, int] = {}
+    commands: dict[int, str] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                commands[int(entry.name)] = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except (OSError, IndexError, ValueError):
+                continue
+    found: dict[int, str] = {}
+    frontier = [root]
+    while frontier:
+        pid = frontier.pop()
+        for child, parent in parents.items():
+            if parent == pid and child not in found:
+                found[child] = commands[child]
+                frontier.append(child)
+    return found
+
+
 def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"

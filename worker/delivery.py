@@ -332,7 +332,7 @@ class Delivery:
     def _shutdown(self, stop_stages: Callable[[], None], fatal: str | None) -> int:
         self._draining = True
         drain_until = time.monotonic() + (0.0 if fatal else self.limits.drain_timeout_s)
-        while self.ledger.unfinished() and time.monotonic() < drain_until:
+        while self.ledger.unfinished() and time.monotonic() < drain_until and self.processor.failure is None:
             self.heartbeat = time.monotonic()
             self.transport.pause(self.transport.assignment())
             self.transport.poll(min(POLL_S, max(0.0, drain_until - time.monotonic())))  # keeps the membership
@@ -340,6 +340,7 @@ class Delivery:
                 self._pump()
                 self._commit()
         abandoned = self.ledger.unfinished()
+        fatal = fatal or self.processor.failure  # a stage that died during the drain is still a failure
         end = time.monotonic() + self.limits.post_drain_s
         stop_stages()
         self.transport.flush(max(0.0, min(2.0, end - time.monotonic())))

@@ -7,10 +7,11 @@ membership, pipeline, decode processes and delivery guarantees) that scores thro
 engine process (`engine.batcher`), the only process that loads the model. The consumers
 share the pod's cores; the engine's work per request is a crop copy and two messages.
 
-Supervision: every child dies with this process (even SIGKILLed). If one exits on its own,
-the pod stops the others (consumers drain and commit what is safe, as on SIGTERM) and
-exits 1 for Kubernetes to restart it; nothing unacknowledged was committed, so nothing is
-lost. /metrics merges the consumers' scrapes (label `consumer`); /healthz and /readyz hold
+Supervision: every child dies with this process (even SIGKILLed). An engine process that
+exits is started again (its consumers keep their work and resend the batch it held), a few
+times in ten minutes; past that, or when a consumer exits, the pod stops the others
+(consumers drain and commit what is safe, as on SIGTERM) and exits 1 for Kubernetes to
+restart it; nothing unacknowledged was committed, so nothing is lost. /metrics merges the consumers' scrapes (label `consumer`); /healthz and /readyz hold
 only while every child runs and every consumer says so.
 """
 
@@ -28,6 +29,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
@@ -43,6 +45,8 @@ from worker.delivery import EXIT_ABANDONED, EXIT_FATAL
 log = structlog.get_logger("dda.pod")
 POLL_S = 0.2
 STOP_ENGINE_S = 10.0
+ENGINE_RESTARTS = 3
+ENGINE_RESTART_WINDOW_S = 600.0
 
 
 class Pod:
@@ -56,6 +60,7 @@ class Pod:
         self.engine: subprocess.Popen[bytes] | None = None
         self.consumers: list[subprocess.Popen[bytes]] = []
         self.ports: list[int] = []
+        self.engine_restarts: deque[float] = deque()
 
     # --- children -----------------------------------------------------------------------------
 
@@ -80,7 +85,7 @@ class Pod:
             port = _free_loopback_port()
             env = {**os.environ, "DDA_CONSUMERS": "1", "DDA_ENGINE_SOCKET": self.socket, "DDA_MODEL": str(self.model_dir),
                    "DDA_METRICS_HOST": "127.0.0.1", "DDA_METRICS_PORT": str(port), "DDA_DECODE_WORKERS": str(share)}
-            self.consumers.append(subprocess.Popen([sys.executable, "-m", "dda", "worker"], env=env, stdin=subprocess.DEVNULL))
+            self.consumers.append(subprocess.Popen([sys.executable, "-m", "worker.service"], env=env, stdin=subprocess.DEVNULL))
             self.ports.append(port)
         log.info("consumer processes started", consumers=len(self.consumers), decode_workers_each=share,
                  pids=[p.pid for p in self.consumers])
@@ -92,14 +97,19 @@ class Pod:
     # --- running ------------------------------------------------------------------------------
 
     def run(self) -> int:
-        """Until a stop signal or a child's exit; then stop every child in order."""
+        """Until a stop signal or a child's exit; then stop every child in order. A dead engine
+        process is restarted (its workers resend their batch when it is back), at most
+        ENGINE_RESTARTS times in ENGINE_RESTART_WINDOW_S; a dead consumer stops the pod."""
         failed: tuple[str, int] | None = None
         while not self.stop.is_set() and failed is None:
             for name, proc in self.children():
                 status = proc.poll()
-                if status is not None:
-                    failed = (name, status)
-                    break
+                if status is None:
+                    continue
+                if name == "engine" and self._restart_engine(status):
+                    continue
+                failed = (name, status)
+                break
             else:
                 self.stop.wait(POLL_S)
         if failed is not None:
@@ -109,6 +119,19 @@ class Pod:
             return max(statuses, default=0)
         refused_settings = failed[1] == 2 and failed[0] != "engine"  # a consumer found its configuration bad
         return 2 if refused_settings else EXIT_FATAL
+
+    def _restart_engine(self, status: int) -> bool:
+        now = time.monotonic()
+        while self.engine_restarts and self.engine_restarts[0] < now - ENGINE_RESTART_WINDOW_S:
+            self.engine_restarts.popleft()
+        if len(self.engine_restarts) >= ENGINE_RESTARTS:
+            return False
+        self.engine_restarts.append(now)
+        log.error("the engine process exited; restarting it", exit_status=status, restarts_in_window=len(self.engine_restarts))
+        reason = self.start_engine()
+        if reason is not None:
+            log.error("the engine process could not be restarted", reason=reason)
+        return reason is None
 
     def shutdown(self) -> list[int]:
         """Consumers first (they drain and commit), then the engine they score through."""

@@ -133,7 +133,7 @@ def _model(config: worker_config.WorkerConfig, metrics: Metrics) -> tuple[Manife
         lifetime.die_with_parent(os.getppid())
         manifest = read_manifest(Path(config.model))
         return manifest, RemoteRunner(config.engine_socket, manifest.preprocessing, config.max_batch,
-                                      on_batch=metrics.engine_batch.observe)
+                                      on_batch=metrics.engine_batch.observe, on_reconnect=metrics.engine_reconnects.inc)
     from engine.backend import make_runner
     from engine.hub import resolve_model
     from engine.model_dir import load_model_dir
@@ -241,3 +241,15 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p = commands.add_parser("worker", help="run the moderation worker (Kafka, or stdin/stdout when no broker is set)")
     worker_config.add_arguments(p)
     p.set_defaults(handler=worker_command)
+
+
+def consumer_main() -> int:
+    """A pod's consumer process (`python -m worker.service`), configured by its environment alone:
+    started without the CLI root, whose other sub-commands would load torch into every consumer."""
+    parser = argparse.ArgumentParser(prog="dda worker")
+    worker_config.add_arguments(parser)
+    return worker_command(parser.parse_args([]))
+
+
+if __name__ == "__main__":
+    sys.exit(consumer_main())

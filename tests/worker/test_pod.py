@@ -1,0 +1,198 @@
+"""A pod (DDA_CONSUMERS > 1): consumer processes scoring through one engine process, against
+a real broker (tansu), a real HTTP origin and the tiny model.
+
+Every request id is accounted for: answered, lost (committed past with no verdict),
+duplicates; and every process of the pod is gone when it stops or is killed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from engine.decode import decode_rgb
+from engine.detector import Detector
+from engine.model_dir import load_model_dir
+from engine.runner import TorchRunner
+from tests.conftest import encode, scene
+from tests.http_server import LocalServer, Route
+from tests.services import Broker, Worker, descendants, unique, wait_for
+from tests.worker.conftest import INPUT_PARTITIONS
+from tests.worker.test_delivery_kafka import account, committed_all
+
+pytestmark = pytest.mark.timeout(300)
+POD = {"DDA_CONSUMERS": "2", "DDA_DECODE_WORKERS": "2", "DDA_DRAIN_TIMEOUT_S": "8", "DDA_REVOKE_TIMEOUT_S": "2",
+       "DDA_FETCH_WORKERS": "4", "DDA_MAX_IN_FLIGHT": "32"}
+
+
+@pytest.fixture(scope="module")
+def images() -> list[bytes]:
+    return [encode(scene(400 + 9 * i, 360, seed=900 + i), "JPEG", quality=90) for i in range(30)]
+
+
+@pytest.fixture(scope="module")
+def server(images: list[bytes]) -> Iterator[LocalServer]:
+    with LocalServer() as s:
+        for i, data in enumerate(images):
+            s.routes[f"/img/{i}"] = Route(body=data)
+            s.routes[f"/slow/{i}"] = Route(body=data, delay_s=0.2)
+        yield s
+
+
+@pytest.fixture()
+def pods() -> Iterator[list[Worker]]:
+    started: list[Worker] = []
+    yield started
+    for pod in started:
+        pod.kill()
+
+
+def start_pod(started: list[Worker], model: Path, broker: Broker, topics: dict[str, str], group: str, log: Path) -> Worker:
+    pod = Worker(model, broker, topics, group, log, **POD)
+    started.append(pod)
+    pod.start()
+    pod.wait_ready(120)
+    return pod
+
+
+def members(pod: Worker) -> dict[str, list[int]]:
+    assert pod.proc is not None
+    found: dict[str, list[int]] = {"engine": [], "consumer": [], "decode": []}
+    for pid, command in descendants(pod.proc.pid).items():
+        kind = "engine" if "engine.batcher" in command else "decode" if "decode_child" in command else "consumer"
+        found[kind].append(pid)
+    return found
+
+
+def maps_torch(pid: int) -> bool:
+    return "libtorch" in Path(f"/proc/{pid}/maps").read_text()
+
+
+def send(broker: Broker, topic: str, ids: list[str], url: str) -> dict[str, tuple[int, int]]:
+    values = [json.dumps({"id": i, "url": url.format(n=n % 30)}).encode() for n, i in enumerate(ids)]
+    return dict(zip(ids, broker.produce(topic, values, keys=[i.encode() for i in ids])))
+
+
+def test_a_pod_answers_every_request_once_with_the_models_logits(
+    tiny_model_dir: Path, broker: Broker, topics: dict[str, str], server: LocalServer, images: list[bytes], pods: list[Worker],
+    tmp_path: Path,
+) -> None:
+    group = unique("group")
+    pod = start_pod(pods, tiny_model_dir, broker, topics, group, tmp_path / "pod.log")
+    family = members(pod)
+    assert len(family["engine"]) == 1 and len(family["consumer"]) == 2 and len(family["decode"]) == 2
+    assert maps_torch(family["engine"][0])
+    assert not any(maps_torch(pid) for pid in family["consumer"] + family["decode"])  # one copy of the model, one torch
+
+    placed = send(broker, topics["input"], [f"p{n}" for n in range(180)], server.base + "/img/{n}")
+    missing = send(broker, topics["input"], [f"m{n}" for n in range(20)], server.base + "/missing/{n}")
+    reader = broker.reader(topics["output"])
+    reader.read_until(lambda r: {json.loads(x.value)["id"] for x in r} >= set(placed) | set(missing), 120)
+    every = placed | missing
+    wait_for(lambda: committed_all(broker, group, topics["input"], every), 30, "every offset committed")
+    verdicts = reader.values()
+    row = account("pod", every, verdicts, broker.committed(group, topics["input"], INPUT_PARTITIONS), [pod.proc.poll()])  # type: ignore[union-attr]
+    assert row == {"sent": 200, "answered": 200, "lost": 0, "duplicates": 0}
+
+    loaded = load_model_dir(tiny_model_dir)
+    detector = Detector(loaded.manifest, TorchRunner(loaded.network, loaded.manifest.preprocessing))
+    expected = [p.logit for p in detector.predict([decode_rgb(data) for data in images])]
+    for v in verdicts:
+        if v["id"].startswith("m"):
+            assert v["status"] == "error" and v["error"]["code"] == "fetch_http_status"
+        else:
+            n = int(v["id"][1:]) % 30
+            assert v["status"] == "ok" and abs(v["logit"] - expected[n]) < 1e-4, v
+
+    scrape = pod.get("/metrics")[1]
+    consumed = [float(line.rsplit(" ", 1)[1]) for line in scrape.splitlines() if line.startswith("dda_messages_consumed_total{")]
+    assert len(consumed) == 2 and sum(consumed) == 200 and min(consumed) > 0  # both consumers took partitions
+    assert 'consumer="0"' in scrape and 'consumer="1"' in scrape
+    assert pod.metric("dda_engine_batch_images_count") >= 1 and pod.metric("dda_duplicate_resolutions_total") == 0
+    assert pod.get("/healthz")[0] == 200
+    assert pod.terminate(40) == 0
+    wait_for(lambda: not descendants(pod.proc.pid), 10, "every pod process gone")  # type: ignore[union-attr]
+
+
+def test_a_killed_engine_process_is_restarted_and_its_work_scored(
+    tiny_model_dir: Path, broker: Broker, topics: dict[str, str], server: LocalServer, pods: list[Worker], tmp_path: Path,
+) -> None:
+    """SIGKILL of the engine process with work in flight: the pod starts a new one, the
+    consumers resend the batches it held, and every request gets one ok verdict: no error
+    verdict, no rebalance, nothing lost."""
+    group = unique("group")
+    pod = start_pod(pods, tiny_model_dir, broker, topics, group, tmp_path / "pod.log")
+    placed = send(broker, topics["input"], [f"k{n}" for n in range(160)], server.base + "/slow/{n}")
+    reader = broker.reader(topics["output"])
+    reader.read_until(lambda r: len(r) >= 20, 90)
+    old = members(pod)["engine"][0]
+    revoked = pod.metric("dda_rebalances_total", 'kind="revoked"')
+    os.kill(old, signal.SIGKILL)
+    wait_for(lambda: members(pod)["engine"] and members(pod)["engine"][0] != old, 60, "a new engine process")
+    assert len({v["id"] for v in reader.values()}) < len(placed)  # the kill landed with work left
+    reader.read_until(lambda r: {json.loads(x.value)["id"] for x in r} >= set(placed), 120)
+    wait_for(lambda: committed_all(broker, group, topics["input"], placed), 30, "every offset committed")
+    verdicts = reader.values()
+    row = account("pod-engine-killed", placed, verdicts, broker.committed(group, topics["input"], INPUT_PARTITIONS),
+                  [pod.proc.poll()])  # type: ignore[union-attr]
+    assert row == {"sent": 160, "answered": 160, "lost": 0, "duplicates": 0}
+    assert Counter(v["status"] for v in verdicts) == Counter(ok=160)  # no inference_failed from the kill
+    assert pod.metric("dda_engine_reconnects_total") >= 1 and pod.metric("dda_rebalances_total", 'kind="revoked"') == revoked
+    assert pod.terminate(40) == 0
+    assert "the engine process exited; restarting it" in (tmp_path / "pod.log").read_text()
+
+
+def test_a_dead_consumer_stops_the_pod_and_nothing_unanswered_is_committed(
+    tiny_model_dir: Path, broker: Broker, topics: dict[str, str], server: LocalServer, pods: list[Worker], tmp_path: Path,
+) -> None:
+    group = unique("group")
+    pod = start_pod(pods, tiny_model_dir, broker, topics, group, tmp_path / "pod.log")
+    placed = send(broker, topics["input"], [f"c{n}" for n in range(160)], server.base + "/slow/{n}")
+    reader = broker.reader(topics["output"])
+    reader.read_until(lambda r: len(r) >= 20, 90)
+    os.kill(members(pod)["consumer"][0], signal.SIGKILL)
+    assert pod.proc is not None
+    wait_for(lambda: pod.proc.poll() is not None, 60, "the pod to stop")  # type: ignore[union-attr]
+    assert pod.proc.returncode == 1
+    committed = broker.committed(group, topics["input"], INPUT_PARTITIONS)
+    due = {i for i, (p, o) in placed.items() if o < committed.get(p, 0)}  # committed: each must have its verdict
+    reader.read_until(lambda r: {json.loads(x.value)["id"] for x in r} >= due, 30)
+    row = account("pod-consumer-killed", placed, reader.values(), committed, [pod.proc.returncode])
+    assert row["lost"] == 0 and row["answered"] < row["sent"]  # the rest is redelivered to the group's next member
+    assert '"process": "consumer-0"' in (tmp_path / "pod.log").read_text()
+
+
+def test_a_sigkilled_pod_takes_every_process_with_it(
+    tiny_model_dir: Path, broker: Broker, topics: dict[str, str], pods: list[Worker], tmp_path: Path,
+) -> None:
+    pod = start_pod(pods, tiny_model_dir, broker, topics, unique("group"), tmp_path / "pod.log")
+    family = [pid for pids in members(pod).values() for pid in pids]
+    assert len(family) == 5
+    pod.kill()
+    wait_for(lambda: not any(Path(f"/proc/{pid}").exists() and "Z" not in _state(pid) for pid in family), 15,
+             "the engine, consumer and decode processes to die with the pod")
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return "Z"
+
+
+def test_a_pod_refuses_what_it_cannot_run(tmp_path: Path, tiny_model_dir: Path) -> None:
+    import subprocess
+    import sys
+
+    env = {**os.environ, "DDA_CONSUMERS": "2", "DDA_MODEL": str(tiny_model_dir), "DDA_METRICS_PORT": "0"}
+    stdin_pod = subprocess.run([sys.executable, "-m", "dda", "worker"], env=env, capture_output=True, timeout=60, input=b"")
+    assert stdin_pod.returncode == 2 and b"DDA_CONSUMERS=2 needs DDA_KAFKA_BOOTSTRAP" in stdin_pod.stderr
+    broken = {**env, "DDA_KAFKA_BOOTSTRAP": "127.0.0.1:9", "DDA_MODEL": str(tmp_path)}
+    no_model = subprocess.run([sys.executable, "-m", "dda", "worker"], env=broken, capture_output=True, timeout=60)
+    assert no_model.returncode == 2 and b"cannot load the model" in no_model.stderr
