@@ -94,13 +94,16 @@ class Delivery:
         self._next_commit = 0.0
         self._next_lag = 0.0
         self._lag_labels: set[Partition] = set()
-        self._lock = threading.Lock()  # listener (transport thread) vs. loop: never both, but be explicit
+        self._lock = threading.Lock()  # loop, publisher and listener (transport thread) take turns
+        self._wake = threading.Event()  # a record resolved: the publisher sends it now, not at the loop's next turn
 
     # --- the loop ----------------------------------------------------------------------------
 
     def run(self, stop: threading.Event, stop_stages: Callable[[], None]) -> int:
         """Consume until `stop` (or the input ends, or a stage dies); then shut down in order."""
         self.transport.start(self)
+        publisher = threading.Thread(target=self._publish_loop, name="publisher", daemon=True)
+        publisher.start()
         fatal = None
         while not stop.is_set():
             self.heartbeat = time.monotonic()
@@ -116,7 +119,23 @@ class Delivery:
                 self._commit()
                 self._backpressure()
             self._report_lag()
-        return self._shutdown(stop_stages, fatal)
+        try:
+            return self._shutdown(stop_stages, fatal)
+        finally:
+            self._closing = True  # set by the shutdown already, unless it raised
+            self._wake.set()
+            publisher.join(COMMIT_TIMEOUT_S)
+
+    def _publish_loop(self) -> None:
+        """Publishes records as they resolve. The loop publishes too, at each turn, but a turn
+        waits up to POLL_S in the consumer's poll, which held every verdict up to 100 ms
+        (measured); the producer is thread-safe, the ledger is under the lock."""
+        while not self._closing:
+            self._wake.wait(POLL_S)
+            self._wake.clear()
+            if self._ready:
+                with self._lock:
+                    self._pump()
 
     def _report_lag(self) -> None:
         """Refresh `dda_consumer_lag` from the broker every lag_every_s; a failure only skips a refresh."""
@@ -161,8 +180,9 @@ class Delivery:
         entry.completion.add_done_callback(functools.partial(self._resolved, entry))
 
     def _resolved(self, entry: Entry, _completion: Completion) -> None:
-        """On a stage thread: a record is ready; the delivery thread publishes it."""
+        """On a stage thread: a record is ready; the publisher (or the loop) sends it."""
         self._ready.append(entry)
+        self._wake.set()
 
     # --- publishing --------------------------------------------------------------------------
 
