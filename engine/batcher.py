@@ -248,6 +248,15 @@ def _raiser(exc: Exception) -> Waiter:
     return wait
 
 
+def warm_up(runner: Runner, log: Callable[[str], None]) -> None:
+    """A compiled runner compiles each of its batch buckets now, before it says it is ready."""
+    buckets = getattr(runner, "buckets", ())
+    if buckets:
+        started = time.monotonic()
+        runner.warm_up()  # type: ignore[attr-defined]
+        log(f"compiled batch buckets {list(buckets)} in {time.monotonic() - started:.1f} s")
+
+
 def main(argv: list[str] | None = None) -> int:
     from engine import lifetime
     from engine.backend import make_runner
@@ -262,6 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
     parser.add_argument("--max-batch", type=int, default=32)
     parser.add_argument("--engine-dir", type=Path)
+    parser.add_argument("--compile", action="store_true", help="torch.compile per batch bucket, each compiled before ready")
     args = parser.parse_args(argv)
     lifetime.die_with_parent(args.parent_pid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the pod decides
@@ -274,7 +284,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         runner = make_runner(load_model_dir(args.model), args.model, backend=args.backend, device=args.device,
                              precision=args.precision, max_batch=args.max_batch, engine_dir=args.engine_dir,
-                             log=chosen.append)
+                             compile=args.compile, log=chosen.append)
+        warm_up(runner, log)
         server = EngineServer(runner, args.socket, log)
     except (ValueError, RuntimeError, OSError, ImportError) as exc:
         print(f"error: cannot start the engine: {exc}", file=sys.stderr)

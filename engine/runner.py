@@ -78,6 +78,12 @@ class TorchRunner:
         check_crops(crops, self.preprocessing.crop_size)
         return run_in_chunks(crops, self.max_batch, lambda chunk: self.start(chunk)())
 
+    def warm_up(self) -> None:
+        """Compile every bucket now (a first batch of each size would otherwise pay for it)."""
+        size = self.preprocessing.crop_size
+        for bucket in self.buckets:
+            self.logits(np.zeros((bucket, size, size, 3), np.uint8))
+
     def host_buffer(self, n: int) -> np.ndarray:
         """A reusable uint8 [n, S, S, 3] host buffer; page-locked on CUDA."""
         size = self.preprocessing.crop_size

@@ -72,6 +72,12 @@ def _choice(*allowed: str) -> Callable[[str], str]:
     return parse
 
 
+def _switch(text: str) -> bool:
+    if text not in ("on", "off"):
+        raise argparse.ArgumentTypeError("must be on or off")
+    return text == "on"
+
+
 def _optional(text: str) -> str | None:
     return text or None
 
@@ -125,6 +131,8 @@ class WorkerConfig:
                                                       "torch precision; auto: bf16 on cuda, fp32 (the reference's numerics) on cpu")
     engine_dir: str | None = setting("DDA_ENGINE_DIR", "", _optional, "TensorRT engines searched before MODEL/engines/ (a writable cache per GPU type)")
     backend: Backend = setting("DDA_BACKEND", "auto", _choice("auto", "torch", "tensorrt"), "inference backend")
+    compile: bool = setting("DDA_COMPILE", "off", _switch,
+                            "torch.compile the network for batch buckets 8, 16, ... DDA_MAX_BATCH, each compiled at start (CUDA graphs on cuda)")
     consumers: int = setting("DDA_CONSUMERS", "1", positive_int,
                              "consumer processes sharing one engine process (Kafka only); 1: one process does everything")
     engine_socket: str | None = setting("DDA_ENGINE_SOCKET", "", _optional,
@@ -133,7 +141,7 @@ class WorkerConfig:
     max_wait_ms: int = setting("DDA_MAX_WAIT_MS", "20", _non_negative_int, "how long a partial batch waits for more images")
     max_in_flight: int = setting("DDA_MAX_IN_FLIGHT", "256", positive_int, "requests in the pipeline before partitions are paused")
     fetch_workers: int = setting("DDA_FETCH_WORKERS", "32", positive_int, "concurrent fetches")
-    decode_workers: int = setting("DDA_DECODE_WORKERS", str(max(1, (os.cpu_count() or 2) - 1)), positive_int, "decode/hash processes")
+    decode_workers: int = setting("DDA_DECODE_WORKERS", str(max(1, (os.cpu_count() or 2) - 1)), positive_int, "decode/hash processes (a pod's total, split among its consumers)")
     fetch_allow_networks: tuple[IPNetwork, ...] = setting("DDA_FETCH_ALLOW_NETWORKS", "", parse_networks, "CIDRs exempt from the private-address block")
     fetch_timeout_s: float = setting("DDA_FETCH_TIMEOUT_S", "30", positive_float, "whole-request deadline per URL")
     fetch_max_bytes: int = setting("DDA_FETCH_MAX_BYTES", str(50 * 1024 * 1024), positive_int, "largest image body fetched")

@@ -71,6 +71,8 @@ class Pod:
                    "--backend", c.backend, "--device", c.device, "--precision", c.precision, "--max-batch", str(c.max_batch)]
         if c.engine_dir:
             command += ["--engine-dir", c.engine_dir]
+        if c.compile:
+            command.append("--compile")
         self.engine = subprocess.Popen(command, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
         assert self.engine.stdout is not None
         line = self.engine.stdout.readline()  # the model loads first: minutes for ViT-L from a slow volume

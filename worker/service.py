@@ -21,6 +21,7 @@ from pathlib import Path
 import structlog
 
 from engine import lifetime
+from engine.batcher import warm_up
 from engine.console import say
 from engine.contract import Runner
 from engine.manifest import Manifest, ModelDirError, read_manifest
@@ -140,10 +141,11 @@ def _model(config: worker_config.WorkerConfig, metrics: Metrics) -> tuple[Manife
 
     model_dir = resolve_model(config.model, progress=say)
     loaded = load_model_dir(model_dir)
-    return loaded.manifest, make_runner(loaded, model_dir, backend=config.backend, device=config.device,
-                                        engine_dir=Path(config.engine_dir) if config.engine_dir else None,
-                                        precision=config.precision, max_batch=config.max_batch,
-                                        log=lambda message: log.info(message))
+    runner = make_runner(loaded, model_dir, backend=config.backend, device=config.device,
+                         engine_dir=Path(config.engine_dir) if config.engine_dir else None, precision=config.precision,
+                         max_batch=config.max_batch, compile=config.compile, log=lambda message: log.info(message))
+    warm_up(runner, lambda message: log.info(message))
+    return loaded.manifest, runner
 
 
 def _serve(config: worker_config.WorkerConfig, metrics: Metrics, checks: dict[str, Callable[[], bool]],

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -108,12 +109,25 @@ class _WireClient:
         return (*wire.ANSWER.unpack_from(message), message[wire.ANSWER.size :])
 
 
-def test_requests_waiting_together_become_one_batch_and_a_failed_batch_fails_only_its_requests(tmp_path: Path) -> None:
-    gate = _Gate(14)
-    server = EngineServer(gate, str(tmp_path / "e.sock"))
+@contextmanager
+def serving(runner: _Gate, address: str) -> Iterator[EngineServer]:
+    """An engine server on a thread of this process, stopped and closed at the end."""
+    server = EngineServer(runner, address)
     thread = threading.Thread(target=server.serve)
     thread.start()
     try:
+        yield server
+    finally:
+        runner.release.set()
+        server.stop()
+        thread.join(10)
+    assert not thread.is_alive()
+    server.close()
+
+
+def test_requests_waiting_together_become_one_batch_and_a_failed_batch_fails_only_its_requests(tmp_path: Path) -> None:
+    gate = _Gate(14)
+    with serving(gate, str(tmp_path / "e.sock")):
         a, b, c = (_WireClient(str(tmp_path / "e.sock"), 4, 14) for _ in range(3))
         a.ask(1, [10])
         assert gate.entered.wait(10)  # the engine holds a's batch of 1
@@ -128,11 +142,6 @@ def test_requests_waiting_together_become_one_batch_and_a_failed_batch_fails_onl
         assert (sequence, status) == (2, wire.FAILED) and b"this batch failed" in reason
         b.ask(2, [22])
         assert b.answer()[:2] == (2, wire.OK) and gate.sizes == [1, 5, 1, 1]
-    finally:
-        server.stop()
-        thread.join(10)
-    assert not thread.is_alive()
-    server.close()
 
 
 def test_hostile_or_dying_peers_cost_only_their_own_connection(tiny_model_dir: Path, engine: tuple[subprocess.Popen[bytes], str]) -> None:
@@ -208,18 +217,11 @@ def test_a_restarted_engine_gets_the_batch_again_and_a_gone_one_is_engine_lost(
 
 def test_a_silent_engine_is_engine_lost_after_the_timeout(tmp_path: Path) -> None:
     gate = _Gate(14)
-    server = EngineServer(gate, str(tmp_path / "e.sock"))
-    thread = threading.Thread(target=server.serve)
-    thread.start()
-    try:
+    with serving(gate, str(tmp_path / "e.sock")):
         runner = RemoteRunner(str(tmp_path / "e.sock"), gate.preprocessing, 2, timeout_s=0.5)
         with pytest.raises(EngineLost, match="did not answer"):
             runner.logits(np.zeros((1, 14, 14, 3), np.uint8))
-    finally:
-        gate.release.set()
-        server.stop()
-        thread.join(10)
-    server.close()
+        runner.close()
 
 
 def test_the_engine_process_refuses_a_model_it_cannot_load(tmp_path: Path) -> None:
@@ -227,3 +229,22 @@ def test_the_engine_process_refuses_a_model_it_cannot_load(tmp_path: Path) -> No
                             capture_output=True, timeout=60)
     assert result.returncode == 2 and b"cannot start the engine" in result.stderr and result.stdout == b""
     wait_for(lambda: not (tmp_path / "s").exists(), 1, "no socket left")
+
+
+def test_a_compiling_engine_compiles_its_buckets_before_it_is_ready(tiny_model_dir: Path, tmp_path: Path) -> None:
+    loaded = load_model_dir(tiny_model_dir)
+    pre = loaded.manifest.preprocessing
+    address = str(tmp_path / "engine.sock")
+    proc = subprocess.Popen([sys.executable, "-m", "engine.batcher", str(tiny_model_dir), address, str(os.getpid()),
+                             "--max-batch", "8", "--compile"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert proc.stdout is not None and proc.stderr is not None
+        assert json.loads(proc.stdout.readline())["ready"] is True
+        runner = RemoteRunner(address, pre, 8)
+        batch = crops(3, 5, pre.crop_size)  # padded to the bucket of 8 on the engine's side
+        assert np.abs(runner.logits(batch) - TorchRunner(loaded.network, pre).logits(batch)).max() < 1e-4
+        runner.close()
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=30)
+    assert b"compiled batch buckets [8]" in err
