@@ -5,10 +5,13 @@ the rows compare like with like. With more than one precision, logits are also c
 with fp32 (max |difference| and decision flips at the model threshold).
 
     python benchmarks/engine_throughput.py --model DIR [--device cuda] \
-        [--configs fp32:1,fp32:16,bf16:32,bf16:64,bf16:128] [--images 256]
+        [--configs fp32:1,bf16:32,bf16:64,bf16:128,bf16:64:graphs] [--images 512]
 
-Without --model a random full-size ViT-L (the official layout) is built in a temporary
-directory. Images come from ../shared/data/dev when present, else random noise.
+A third field `graphs` compiles the network (torch.compile, CUDA graphs on cuda) for the
+runner's batch buckets before timing: eager vs graphs side by side. Without --model a random
+full-size ViT-L (the official layout) is built in a temporary directory. Crops are real: the
+five views (centre and corners) of every image under ../shared/data, so 512 crops are
+distinct pictures, not repeats; random noise only where that folder is absent.
 """
 
 from __future__ import annotations
@@ -29,16 +32,16 @@ from machine import describe
 from engine.checkpoint import import_checkpoint
 from engine.decode import decode_folder
 from engine.model_dir import load_model_dir
-from engine.preprocess import center_crop
+from engine.preprocess import views
 from engine.runner import TorchRunner
 from engine.synthetic import VIT_L, write_official_checkpoint
 
-DEV_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "dev"
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 GFLOP_PER_IMAGE_VITL = 382.0  # ../shared/DESIGN.md, 336 input, LoRA merged
 
 
 def load_crops(count: int, size: int) -> np.ndarray:
-    crops = [center_crop(pixels, size) for _, pixels in decode_folder(DEV_DATA)]  # manifest.csv is skipped
+    crops = [view for _, pixels in decode_folder(SHARED_DATA) for view in views(pixels, 5, size)]  # non-images skipped
     if not crops:
         rng = np.random.default_rng(0)
         crops = [rng.integers(0, 256, (size, size, 3), dtype=np.uint8)]
@@ -47,7 +50,8 @@ def load_crops(count: int, size: int) -> np.ndarray:
 
 
 def measure(runner: TorchRunner, crops: np.ndarray, repeats: int) -> tuple[float, np.ndarray]:
-    runner.logits(crops[: runner.max_batch])  # warm-up: allocator, kernels, compile
+    runner.warm_up()  # compiled: every bucket now
+    runner.logits(crops[: runner.max_batch])  # warm-up: allocator, kernels
     if runner.device.type == "cuda":
         torch.cuda.synchronize()
     best = float("inf")
@@ -81,11 +85,12 @@ def main() -> None:
         crops = load_crops(args.images, manifest.preprocessing.crop_size)
         rows, reference = [], None
         for config in args.configs.split(","):
-            precision, batch = config.split(":")
+            precision, batch, *mode = config.split(":")
             network = load_model_dir(model_dir).network  # fresh fp32 copy per row
-            runner = TorchRunner(network, manifest.preprocessing, device=args.device, precision=precision, max_batch=int(batch))
+            runner = TorchRunner(network, manifest.preprocessing, device=args.device, precision=precision, max_batch=int(batch),
+                                 compile=mode == ["graphs"])
             rate, logits = measure(runner, crops, args.repeats)
-            row = {"precision": precision, "batch": int(batch), "images_per_s": rate}
+            row = {"precision": precision, "batch": int(batch), "mode": mode[0] if mode else "eager", "images_per_s": rate}
             if manifest.architecture == VIT_L and args.peak_tflops:
                 row["fraction_of_peak"] = rate * GFLOP_PER_IMAGE_VITL / (args.peak_tflops * 1000)
             if reference is None:
@@ -100,11 +105,12 @@ def main() -> None:
               "architecture": manifest.architecture.to_json(), "images": len(crops), "rows": rows}
     base = rows[0]["images_per_s"]
     print(f"machine: {json.dumps(result['machine'])}\nmodel {manifest.version}, {len(crops)} images, device {args.device}")
-    print("| precision | batch | images/s | speed-up vs first | max |dlogit| | flips |")
-    print("|---|---|---|---|---|---|")
+    print("| precision | batch | mode | images/s | speed-up vs first | max |dlogit| | flips |")
+    print("|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['precision']} | {r['batch']} | {r['images_per_s']:.2f} | {r['images_per_s'] / base:.2f}x | "
-              f"{r.get('max_abs_logit_diff_vs_baseline', 0):.2e} | {r.get('decision_flips', 0)} |")
+        print(f"| {r['precision']} | {r['batch']} | {r['mode']} | {r['images_per_s']:.2f} | {r['images_per_s'] / base:.2f}x | "
+              f"{r.get('max_abs_logit_diff_vs_baseline', 0):.2e} | {r.get('decision_flips', 0)} |"
+              + (f" {r['fraction_of_peak']:.1%} of peak" if "fraction_of_peak" in r else ""))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
 

@@ -1,5 +1,6 @@
 """End to end, all cache misses: one worker process vs a pod (consumer processes + one engine
-process), side by side in one run, with a zero-cost model stub and with the tiny ViT.
+process), side by side in one run, with a zero-cost model stub, the tiny ViT, or (on a GPU) a
+random full-size ViT-L in the official layout.
 
 Real parts on 127.0.0.1: tansu (broker), redis-server (cache), nginx (Debian's; the image
 origin, serving distinct 640x480 JPEGs from a temporary directory). For each configuration:
@@ -8,9 +9,14 @@ origin, serving distinct 640x480 JPEGs from a temporary directory). For each con
      (/proc utime+stime over the phase): the process that holds the GIL for the GPU is the
      single worker in one-process mode and the engine process in a pod;
   2. paced: requests produced at 70% of that rate for `--paced-s` seconds; latency p50/p99
-     from the produce call to the verdict being read.
+     from the produce call to the verdict being read. tansu answers a waiting fetch late, so
+     a request reaches the worker about 90 ms after it was produced (measured with the
+     verdicts' processed_at): that much of every latency is the broker's. noida-db is no
+     better here: it answers fetches at once and an idle worker's consumer spins a core on it.
 
     python benchmarks/pipeline_rate.py [--requests 600] [--consumers 2] [--paced-s 8]
+        [--baseline DIR --configs base:stub,one:stub,pod:stub,...]
+    on a GPU:  --device cuda --consumers 4 --decode-workers 15 --configs pod:stub,pod:vitl
 """
 
 from __future__ import annotations
@@ -35,7 +41,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from machine import describe  # noqa: E402
 
 from engine.checkpoint import import_checkpoint  # noqa: E402
-from engine.synthetic import tiny_architecture, write_official_checkpoint  # noqa: E402
+from engine.synthetic import VIT_L, tiny_architecture, write_official_checkpoint  # noqa: E402
 from tests.conftest import encode, scene  # noqa: E402
 from tests.services import Broker, RedisServer, Worker, descendants, free_port, unique, wait_for  # noqa: E402
 
@@ -79,7 +85,7 @@ http {{
         proc.wait(10)
 
 
-def tree(root_pid: int) -> dict[int, str]:
+def process_classes(root_pid: int) -> dict[int, str]:
     """pid -> class (worker, consumer, engine, decode) of the worker's process tree."""
     classes = {root_pid: "worker"}
     for pid, cmd in descendants(root_pid).items():
@@ -146,24 +152,25 @@ def run_phase(broker: Broker, topic: str, reader, urls: list[str], tag: str, rat
 
 
 def measure(name: str, consumers: int, stub: bool, model: Path, broker: Broker, redis: RedisServer, base: str,
-            images: list[str], args: argparse.Namespace, tmp: Path) -> dict[str, object]:
+            images: list[str], args: argparse.Namespace, tmp: Path, tree: Path = ROOT) -> dict[str, object]:
     topics = {"input": unique("req"), "output": unique("out"), "dlq": unique("dlq")}
     broker.create_topics({topics["input"]: 8, topics["output"]: 1, topics["dlq"]: 1})
     subprocess.run(["redis-cli", "-p", str(redis.port), "FLUSHALL"], check=True, capture_output=True)
     env = {"DDA_REDIS_URL": redis.url, "DDA_CONSUMERS": str(consumers), "DDA_DECODE_WORKERS": str(args.decode_workers),
-           "DDA_FETCH_WORKERS": "16", "DDA_MAX_BATCH": "32", "DDA_LOG_LEVEL": "warning", "DDA_FETCH_TIMEOUT_S": "30",
-           "PYTHONPATH": f"{STUB}{os.pathsep}{ROOT}"}
+           "DDA_FETCH_WORKERS": "16", "DDA_MAX_BATCH": str(args.max_batch), "DDA_LOG_LEVEL": "warning", "DDA_FETCH_TIMEOUT_S": "30",
+           "DDA_DEVICE": args.device,
+           "PYTHONPATH": f"{STUB}{os.pathsep}{tree}"}
     if stub:
         env["DDA_BENCH_STUB"] = "1"
-    worker = Worker(model, broker, topics, unique("bench"), tmp / f"{name}.log", **env)
+    worker = Worker(model, broker, topics, unique("bench"), tmp / f"{name}.log", cwd=tree, **env)
     worker.start()
     try:
         worker.wait_ready(180)
-        reader = broker.reader(topics["output"])
+        reader = broker.reader(topics["output"], fetch_max_wait_ms=10)
         urls = iter(f"{base}/{name}" for name in images)
         run_phase(broker, topics["input"], reader, [next(urls) for _ in range(args.warmup)], "warm", None)
         assert worker.proc is not None
-        pids = tree(worker.proc.pid)
+        pids = process_classes(worker.proc.pid)
         before = cpu_ticks(pids)
         flood = run_phase(broker, topics["input"], reader, [next(urls) for _ in range(args.requests)], "flood", None)
         after = cpu_ticks(pids)
@@ -172,10 +179,12 @@ def measure(name: str, consumers: int, stub: bool, model: Path, broker: Broker, 
             if pid in before and pid in after:
                 per_class[cls] = per_class.get(cls, 0.0) + (after[pid] - before[pid]) * TICK_MS
         count = {cls: sum(1 for c in pids.values() if c == cls) for cls in set(pids.values())}
-        rate = 0.7 * float(flood["rate"])  # type: ignore[arg-type]
+        rate = args.paced_rate or 0.7 * float(flood["rate"])  # type: ignore[arg-type]
         paced_n = min(args.paced_images, max(20, int(rate * args.paced_s)))
         paced = run_phase(broker, topics["input"], reader, [next(urls) for _ in range(paced_n)], "paced", rate)
         status = worker.terminate(60)
+        if status != 0:  # say why beside the figures
+            print(f"{name}: exit status {status}; the end of its log:", *(tmp / f"{name}.log").read_text().splitlines()[-15:], sep="\n")
         verdicts = int(flood["verdicts"])  # type: ignore[call-overload]
         return {"name": name, "flood": flood, "paced": paced, "paced_rate": rate, "exit": status, "processes": count,
                 "cpu_ms_per_verdict": {cls: ms / verdicts for cls, ms in sorted(per_class.items())}}
@@ -189,17 +198,25 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=40)
     parser.add_argument("--paced-s", type=float, default=8.0, help="paced phase length (at most --paced-images requests)")
     parser.add_argument("--paced-images", type=int, default=1500)
+    parser.add_argument("--paced-rate", type=float, help="requests/s of the paced phase (default: 70%% of the flood's rate)")
     parser.add_argument("--consumers", type=int, default=2, help="consumer processes of the pod")
     parser.add_argument("--decode-workers", type=int, default=2, help="decode processes (a pod splits them)")
-    parser.add_argument("--configs", default="one:stub,pod:stub,one:tiny,pod:tiny")
+    parser.add_argument("--configs", default="one:stub,pod:stub,one:tiny,pod:tiny",
+                        help="MODE:MODEL,...: MODE one (one process), pod, or base (one process of --baseline's code)")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    parser.add_argument("--max-batch", type=int, default=32)
+    parser.add_argument("--baseline", type=Path, help="a checkout of the code before (its engine/_jpeg built) for MODE base")
     args = parser.parse_args()
     configs = [c.split(":") for c in args.configs.split(",")]
     per_config = args.warmup + args.requests + args.paced_images
 
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        model = tmp / "tiny"
-        import_checkpoint(write_official_checkpoint(tmp / "t.pth", tiny_architecture()), model)
+        models = {}
+        for kind in {k for _, k in configs}:
+            models[kind] = tmp / kind
+            architecture = VIT_L if kind == "vitl" else tiny_architecture()  # the stub loads (and ignores) the tiny one
+            import_checkpoint(write_official_checkpoint(tmp / f"{kind}.pth", architecture), models[kind])
         root = tmp / "www"
         root.mkdir()
         tmp.chmod(0o755)  # nginx's workers drop to an unprivileged user when started as root
@@ -208,7 +225,7 @@ def main() -> None:
         for i in range(per_config):
             (root / f"{i}.jpg").write_bytes(encode(scene(640, 480, seed=i), "JPEG", quality=90))
             images.append(f"{i}.jpg")
-        broker = Broker()
+        broker = Broker()  # tansu; noida-db answers fetches at once, so an idle worker spins a core on it (measured)
         redis = RedisServer()
         broker.start()
         redis.start()
@@ -217,8 +234,9 @@ def main() -> None:
             with nginx(root) as base:
                 for mode, model_kind in configs:  # the same images each time: the cache is emptied in between
                     consumers = args.consumers if mode == "pod" else 1
-                    results.append(measure(f"{mode}-{model_kind}", consumers, model_kind == "stub", model, broker, redis,
-                                           base, images, args, tmp))
+                    tree = args.baseline if mode == "base" else ROOT
+                    results.append(measure(f"{mode}-{model_kind}", consumers, model_kind == "stub", models[model_kind], broker, redis,
+                                           base, images, args, tmp, tree))
         finally:
             broker.kill()
             redis.stop()
@@ -226,7 +244,7 @@ def main() -> None:
     print(f"machine: {json.dumps(describe())}")
     print(f"{args.requests} distinct 640x480 JPEGs per flood (after {args.warmup} warm-up), all cache misses; nginx, tansu, "
           f"redis-server on 127.0.0.1; {args.decode_workers} decode processes in all; pod = {args.consumers} consumer processes "
-          f"+ 1 engine process; max batch 32")
+          f"+ 1 engine process; max batch {args.max_batch}; device {args.device}")
     print("| configuration | processes | verdicts/s (flood) | paced at | p50 ms | p99 ms | CPU ms per verdict, by process class |")
     print("|---|---|---|---|---|---|---|")
     for r in results:

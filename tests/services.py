@@ -59,15 +59,16 @@ def tansu_binary() -> Path:
 
 
 class Process:
-    def __init__(self, args: list[str], env: dict[str, str] | None = None, log: Path | None = None) -> None:
+    def __init__(self, args: list[str], env: dict[str, str] | None = None, log: Path | None = None, cwd: Path | None = None) -> None:
         self.args = args
         self.env = env
         self.log = log
+        self.cwd = cwd
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         out = open(self.log, "ab") if self.log else subprocess.DEVNULL
-        self.proc = subprocess.Popen(self.args, env=self.env, stdout=out, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(self.args, env=self.env, stdout=out, stderr=subprocess.STDOUT, cwd=self.cwd)
 
     def kill(self) -> None:
         if self.proc and self.proc.poll() is None:
@@ -113,8 +114,8 @@ class Broker(Process):
         finally:
             producer.close()
 
-    def reader(self, topic: str) -> TopicReader:
-        return TopicReader(self.bootstrap, topic)
+    def reader(self, topic: str, fetch_max_wait_ms: int = 500) -> TopicReader:
+        return TopicReader(self.bootstrap, topic, fetch_max_wait_ms)
 
     def committed(self, group: str, topic: str, partitions: int) -> dict[int, int]:
         consumer = KafkaConsumer(bootstrap_servers=self.bootstrap, group_id=group, enable_auto_commit=False)
@@ -157,10 +158,14 @@ class NoidaBroker(Broker):
 
 
 class TopicReader:
-    """Reads a whole topic from the start, without a group (tansu's end offsets are not trusted)."""
+    """Reads a whole topic from the start, without a group (tansu's end offsets are not trusted).
 
-    def __init__(self, bootstrap: str, topic: str) -> None:
-        self.consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest")
+    A benchmark timing verdicts passes a short `fetch_max_wait_ms`: tansu answers a waiting
+    fetch late (about 250 ms) instead of when a record arrives."""
+
+    def __init__(self, bootstrap: str, topic: str, fetch_max_wait_ms: int = 500) -> None:
+        self.consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest",
+                                      fetch_max_wait_ms=fetch_max_wait_ms)
         partitions = self.consumer.partitions_for_topic(topic) or {0}
         self.consumer.assign([TopicPartition(topic, p) for p in partitions])
         self.consumer.seek_to_beginning()
@@ -210,7 +215,9 @@ class RedisServer(Process):
 class Worker(Process):
     """`dda worker` in a subprocess with test-sized settings; logs go to a file for the test to read."""
 
-    def __init__(self, model_dir: Path, broker: Broker, topics: dict[str, str], group: str, log: Path, **env: str) -> None:
+    def __init__(self, model_dir: Path, broker: Broker, topics: dict[str, str], group: str, log: Path, cwd: Path | None = None,
+                 **env: str) -> None:
+        """`cwd`: run the worker of another checkout (a benchmark's baseline)."""
         self.metrics_port = free_port()
         settings = {
             "DDA_KAFKA_BOOTSTRAP": broker.bootstrap, "DDA_INPUT_TOPIC": topics["input"], "DDA_OUTPUT_TOPIC": topics["output"],
@@ -219,7 +226,7 @@ class Worker(Process):
             "DDA_KAFKA_SESSION_TIMEOUT_MS": "6000", "DDA_DECODE_WORKERS": "1", "DDA_FETCH_WORKERS": "8",
             "DDA_FETCH_TIMEOUT_S": "5", "DDA_MAX_WAIT_MS": "20", "DDA_LOG_LEVEL": "info", **env,
         }
-        super().__init__([sys.executable, "-m", "dda", "worker"], env={**os.environ, **settings}, log=log)
+        super().__init__([sys.executable, "-m", "dda", "worker"], env={**os.environ, **settings}, log=log, cwd=cwd)
 
     def get(self, path: str) -> tuple[int, str]:
         try:

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.services import Broker, unique
+from tests.services import Broker, Worker, unique
 
 INPUT_PARTITIONS = 4
 
@@ -25,3 +25,12 @@ def topics(broker: Broker) -> dict[str, str]:
     names = {"input": unique("requests"), "output": unique("verdicts"), "dlq": unique("dead")}
     broker.create_topics({names["input"]: INPUT_PARTITIONS, names["output"]: 2, names["dlq"]: 1})
     return names
+
+
+@pytest.fixture()
+def workers() -> Iterator[list[Worker]]:
+    """Workers (or pods) a test started: killed by PID at its end, whatever happened."""
+    started: list[Worker] = []
+    yield started
+    for w in started:
+        w.kill()

@@ -38,14 +38,6 @@ def server() -> Iterator[LocalServer]:
         yield s
 
 
-@pytest.fixture()
-def workers() -> Iterator[list[Worker]]:
-    started: list[Worker] = []
-    yield started
-    for w in started:
-        w.kill()
-
-
 def start(started: list[Worker], model: Path, broker: Broker, topics: dict[str, str], group: str, log: Path, **env: str) -> Worker:
     worker = Worker(model, broker, topics, group, log, **{**FAST, **env})
     started.append(worker)

@@ -45,14 +45,6 @@ def server(images: list[bytes]) -> Iterator[LocalServer]:
         yield s
 
 
-@pytest.fixture()
-def pods() -> Iterator[list[Worker]]:
-    started: list[Worker] = []
-    yield started
-    for pod in started:
-        pod.kill()
-
-
 def start_pod(started: list[Worker], model: Path, broker: Broker, topics: dict[str, str], group: str, log: Path) -> Worker:
     pod = Worker(model, broker, topics, group, log, **POD)
     started.append(pod)
@@ -80,11 +72,11 @@ def send(broker: Broker, topic: str, ids: list[str], url: str) -> dict[str, tupl
 
 
 def test_a_pod_answers_every_request_once_with_the_models_logits(
-    tiny_model_dir: Path, broker: Broker, topics: dict[str, str], server: LocalServer, images: list[bytes], pods: list[Worker],
+    tiny_model_dir: Path, broker: Broker, topics: dict[str, str], server: LocalServer, images: list[bytes], workers: list[Worker],
     tmp_path: Path,
 ) -> None:
     group = unique("group")
-    pod = start_pod(pods, tiny_model_dir, broker, topics, group, tmp_path / "pod.log")
+    pod = start_pod(workers, tiny_model_dir, broker, topics, group, tmp_path / "pod.log")
     family = members(pod)
     assert len(family["engine"]) == 1 and len(family["consumer"]) == 2 and len(family["decode"]) == 2
     assert maps_torch(family["engine"][0])
@@ -121,13 +113,13 @@ def test_a_pod_answers_every_request_once_with_the_models_logits(
 
 
 def test_a_killed_engine_process_is_restarted_and_its_work_scored(
-    tiny_model_dir: Path, broker: Broker, topics: dict[str, str], server: LocalServer, pods: list[Worker], tmp_path: Path,
+    tiny_model_dir: Path, broker: Broker, topics: dict[str, str], server: LocalServer, workers: list[Worker], tmp_path: Path,
 ) -> None:
     """SIGKILL of the engine process with work in flight: the pod starts a new one, the
     consumers resend the batches it held, and every request gets one ok verdict: no error
     verdict, no rebalance, nothing lost."""
     group = unique("group")
-    pod = start_pod(pods, tiny_model_dir, broker, topics, group, tmp_path / "pod.log")
+    pod = start_pod(workers, tiny_model_dir, broker, topics, group, tmp_path / "pod.log")
     placed = send(broker, topics["input"], [f"k{n}" for n in range(160)], server.base + "/slow/{n}")
     reader = broker.reader(topics["output"])
     reader.read_until(lambda r: len(r) >= 20, 90)
@@ -149,10 +141,10 @@ def test_a_killed_engine_process_is_restarted_and_its_work_scored(
 
 
 def test_a_dead_consumer_stops_the_pod_and_nothing_unanswered_is_committed(
-    tiny_model_dir: Path, broker: Broker, topics: dict[str, str], server: LocalServer, pods: list[Worker], tmp_path: Path,
+    tiny_model_dir: Path, broker: Broker, topics: dict[str, str], server: LocalServer, workers: list[Worker], tmp_path: Path,
 ) -> None:
     group = unique("group")
-    pod = start_pod(pods, tiny_model_dir, broker, topics, group, tmp_path / "pod.log")
+    pod = start_pod(workers, tiny_model_dir, broker, topics, group, tmp_path / "pod.log")
     placed = send(broker, topics["input"], [f"c{n}" for n in range(160)], server.base + "/slow/{n}")
     reader = broker.reader(topics["output"])
     reader.read_until(lambda r: len(r) >= 20, 90)
@@ -169,9 +161,9 @@ def test_a_dead_consumer_stops_the_pod_and_nothing_unanswered_is_committed(
 
 
 def test_a_sigkilled_pod_takes_every_process_with_it(
-    tiny_model_dir: Path, broker: Broker, topics: dict[str, str], pods: list[Worker], tmp_path: Path,
+    tiny_model_dir: Path, broker: Broker, topics: dict[str, str], workers: list[Worker], tmp_path: Path,
 ) -> None:
-    pod = start_pod(pods, tiny_model_dir, broker, topics, unique("group"), tmp_path / "pod.log")
+    pod = start_pod(workers, tiny_model_dir, broker, topics, unique("group"), tmp_path / "pod.log")
     family = [pid for pids in members(pod).values() for pid in pids]
     assert len(family) == 5
     pod.kill()

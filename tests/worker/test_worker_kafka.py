@@ -58,14 +58,6 @@ def server(images: list[bytes]) -> Iterator[LocalServer]:
         yield s
 
 
-@pytest.fixture()
-def workers(tmp_path: Path) -> Iterator[list[Worker]]:
-    started: list[Worker] = []
-    yield started
-    for w in started:
-        w.kill()
-
-
 def start_worker(started: list[Worker], model: Path, broker: Broker, topics: dict[str, str], group: str, log: Path, **env: str) -> Worker:
     worker = Worker(model, broker, topics, group, log, **env)
     started.append(worker)
