@@ -45,7 +45,9 @@ Waiter = Callable[[], np.ndarray]
 
 
 class StartingRunner(Protocol):
-    """A runner that can launch a batch and be waited on later (see `engine.runner.TorchRunner`)."""
+    """A runner that launches a batch and is waited on later (`engine.runner.TorchRunner` on CUDA)."""
+
+    asynchronous: bool
 
     def host_buffer(self, n: int) -> np.ndarray: ...
 
@@ -83,7 +85,9 @@ class EngineServer:
         self.selector.register(self.listener, selectors.EVENT_READ)
         self.queue: deque[_Request] = deque()
         self.clients: dict[int, _Client] = {}
-        starting = hasattr(runner, "start") and hasattr(runner, "host_buffer")
+        # Overlap only where a launch returns before the batch is computed (CUDA): on the CPU,
+        # launching the next batch first would hold the previous batch's answer for a whole batch.
+        starting = getattr(runner, "asynchronous", False)
         self._starting: StartingRunner | None = runner if starting else None  # type: ignore[assignment]
         self.buffers = [self._buffer(), self._buffer()]
         self._wake_r, self._wake_w = os.pipe()

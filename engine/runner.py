@@ -67,6 +67,7 @@ class TorchRunner:
         self.network.refresh_pos_table()
         self.buckets = buckets_for(max_batch) if compile else ()
         self._cuda = self.device.type == "cuda"
+        self.asynchronous = self._cuda  # `start` returns before the batch is computed
         self._forward: Callable[[Tensor], Tensor] = self.network
         if compile:
             mode = "reduce-overhead" if self._cuda else None

@@ -10,7 +10,7 @@ import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -142,6 +142,46 @@ def test_requests_waiting_together_become_one_batch_and_a_failed_batch_fails_onl
         assert (sequence, status) == (2, wire.FAILED) and b"this batch failed" in reason
         b.ask(2, [22])
         assert b.answer()[:2] == (2, wire.OK) and gate.sizes == [1, 5, 1, 1]
+
+
+class _Launcher(_Gate):
+    """An asynchronous runner (as torch on CUDA): `start` returns a waiter; events are recorded."""
+
+    asynchronous = True
+
+    def __init__(self, size: int) -> None:
+        super().__init__(size)
+        self.events: list[str] = []
+        self.second_sent = threading.Event()
+
+    def host_buffer(self, n: int) -> np.ndarray:
+        return np.empty((n, 14, 14, 3), np.uint8)
+
+    def start(self, batch: np.ndarray) -> Callable[[], np.ndarray]:
+        n = len(self.events) + 1
+        self.events.append(f"start {len(batch)}")
+        if n == 1:
+            self.second_sent.wait(10)  # the next request is queued while this batch "computes"
+        logits = batch.reshape(len(batch), -1)[:, 0].astype(np.float32)
+
+        def wait() -> np.ndarray:
+            self.events.append(f"wait {len(batch)}")
+            return logits
+
+        return wait
+
+
+def test_an_asynchronous_runner_gets_the_next_batch_before_the_previous_is_awaited(tmp_path: Path) -> None:
+    launcher = _Launcher(14)
+    with serving(launcher, str(tmp_path / "e.sock")) as server:
+        a, b = (_WireClient(str(tmp_path / "e.sock"), 4, 14) for _ in range(2))
+        a.ask(1, [10])
+        wait_for(lambda: launcher.events, 10, "the first launch")
+        b.ask(1, [20, 21])
+        launcher.second_sent.set()
+        assert a.answer()[3] == np.float32([10]).tobytes() and b.answer()[3] == np.float32([20, 21]).tobytes()
+        assert launcher.events == ["start 1", "start 2", "wait 1", "wait 2"]  # copy and compute overlap
+        assert server.buffers[0] is not server.buffers[1]
 
 
 def test_hostile_or_dying_peers_cost_only_their_own_connection(tiny_model_dir: Path, engine: tuple[subprocess.Popen[bytes], str]) -> None:
