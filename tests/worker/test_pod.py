@@ -29,6 +29,7 @@ from tests.worker.test_delivery_kafka import account, committed_all
 pytestmark = pytest.mark.timeout(300)
 POD = {"DDA_CONSUMERS": "2", "DDA_DECODE_WORKERS": "2", "DDA_DRAIN_TIMEOUT_S": "8", "DDA_REVOKE_TIMEOUT_S": "2",
        "DDA_FETCH_WORKERS": "4", "DDA_MAX_IN_FLIGHT": "32"}
+SLOW = 160
 
 
 @pytest.fixture(scope="module")
@@ -38,10 +39,12 @@ def images() -> list[bytes]:
 
 @pytest.fixture(scope="module")
 def server(images: list[bytes]) -> Iterator[LocalServer]:
+    """/img/0..29: the images above; /slow/0..159: 160 other images (all cache misses), 0.2 s each."""
     with LocalServer() as s:
         for i, data in enumerate(images):
             s.routes[f"/img/{i}"] = Route(body=data)
-            s.routes[f"/slow/{i}"] = Route(body=data, delay_s=0.2)
+        for i in range(SLOW):
+            s.routes[f"/slow/{i}"] = Route(body=encode(scene(240, 200, seed=2000 + i), "JPEG", quality=85), delay_s=0.2)
         yield s
 
 
@@ -66,12 +69,13 @@ def maps_torch(pid: int) -> bool:
     return "libtorch" in Path(f"/proc/{pid}/maps").read_text()
 
 
-def send(broker: Broker, topic: str, ids: list[str], url: str) -> dict[str, tuple[int, int]]:
-    values = [json.dumps({"id": i, "url": url.format(n=n % 30)}).encode() for n, i in enumerate(ids)]
+def send(broker: Broker, topic: str, ids: list[str], url: str, distinct: int = SLOW) -> dict[str, tuple[int, int]]:
+    """Request i fetches `url` with n = i modulo `distinct`."""
+    values = [json.dumps({"id": i, "url": url.format(n=n % distinct)}).encode() for n, i in enumerate(ids)]
     return dict(zip(ids, broker.produce(topic, values, keys=[i.encode() for i in ids])))
 
 
-def test_a_pod_answers_every_request_once_with_the_models_logits(
+def test_a_pod_answers_every_request_once_and_outlives_its_engine_process(
     tiny_model_dir: Path, broker: Broker, topics: dict[str, str], server: LocalServer, images: list[bytes], workers: list[Worker],
     tmp_path: Path,
 ) -> None:
@@ -82,7 +86,7 @@ def test_a_pod_answers_every_request_once_with_the_models_logits(
     assert maps_torch(family["engine"][0])
     assert not any(maps_torch(pid) for pid in family["consumer"] + family["decode"])  # one copy of the model, one torch
 
-    placed = send(broker, topics["input"], [f"p{n}" for n in range(180)], server.base + "/img/{n}")
+    placed = send(broker, topics["input"], [f"p{n}" for n in range(180)], server.base + "/img/{n}", distinct=30)
     missing = send(broker, topics["input"], [f"m{n}" for n in range(20)], server.base + "/missing/{n}")
     reader = broker.reader(topics["output"])
     reader.read_until(lambda r: {json.loads(x.value)["id"] for x in r} >= set(placed) | set(missing), 120)
@@ -108,36 +112,28 @@ def test_a_pod_answers_every_request_once_with_the_models_logits(
     assert 'consumer="0"' in scrape and 'consumer="1"' in scrape
     assert pod.metric("dda_engine_batch_images_count") >= 1 and pod.metric("dda_duplicate_resolutions_total") == 0
     assert pod.get("/healthz")[0] == 200
-    assert pod.terminate(40) == 0
-    wait_for(lambda: not descendants(pod.proc.pid), 10, "every pod process gone")  # type: ignore[union-attr]
 
-
-def test_a_killed_engine_process_is_restarted_and_its_work_scored(
-    tiny_model_dir: Path, broker: Broker, topics: dict[str, str], server: LocalServer, workers: list[Worker], tmp_path: Path,
-) -> None:
-    """SIGKILL of the engine process with work in flight: the pod starts a new one, the
-    consumers resend the batches it held, and every request gets one ok verdict: no error
-    verdict, no rebalance, nothing lost."""
-    group = unique("group")
-    pod = start_pod(workers, tiny_model_dir, broker, topics, group, tmp_path / "pod.log")
+    # The engine process SIGKILLed with work in flight: the pod starts a new one, the consumers
+    # resend the batches it held, and every request gets one ok verdict: no error verdict, no
+    # rebalance, nothing lost.
     placed = send(broker, topics["input"], [f"k{n}" for n in range(160)], server.base + "/slow/{n}")
-    reader = broker.reader(topics["output"])
-    reader.read_until(lambda r: len(r) >= 20, 90)
+    reader.read_until(lambda r: len(r) >= 220, 90)
     old = members(pod)["engine"][0]
     revoked = pod.metric("dda_rebalances_total", 'kind="revoked"')
     os.kill(old, signal.SIGKILL)
     wait_for(lambda: members(pod)["engine"] and members(pod)["engine"][0] != old, 60, "a new engine process")
-    assert len({v["id"] for v in reader.values()}) < len(placed)  # the kill landed with work left
+    assert len({v["id"] for v in reader.values()} & set(placed)) < len(placed)  # the kill landed with work left
     reader.read_until(lambda r: {json.loads(x.value)["id"] for x in r} >= set(placed), 120)
     wait_for(lambda: committed_all(broker, group, topics["input"], placed), 30, "every offset committed")
-    verdicts = reader.values()
+    verdicts = [v for v in reader.values() if v["id"] in placed]
     row = account("pod-engine-killed", placed, verdicts, broker.committed(group, topics["input"], INPUT_PARTITIONS),
                   [pod.proc.poll()])  # type: ignore[union-attr]
     assert row == {"sent": 160, "answered": 160, "lost": 0, "duplicates": 0}
     assert Counter(v["status"] for v in verdicts) == Counter(ok=160)  # no inference_failed from the kill
     assert pod.metric("dda_engine_reconnects_total") >= 1 and pod.metric("dda_rebalances_total", 'kind="revoked"') == revoked
-    assert pod.terminate(40) == 0
     assert "the engine process exited; restarting it" in (tmp_path / "pod.log").read_text()
+    assert pod.terminate(40) == 0
+    wait_for(lambda: not descendants(pod.proc.pid), 10, "every pod process gone")  # type: ignore[union-attr]
 
 
 def test_a_dead_consumer_stops_the_pod_and_nothing_unanswered_is_committed(
