@@ -159,9 +159,11 @@ def test_a_dead_consumer_stops_the_pod_and_nothing_unanswered_is_committed(
 def test_a_sigkilled_pod_takes_every_process_with_it(
     tiny_model_dir: Path, broker: Broker, topics: dict[str, str], workers: list[Worker], tmp_path: Path,
 ) -> None:
-    pod = start_pod(workers, tiny_model_dir, broker, topics, unique("group"), tmp_path / "pod.log")
+    pod = Worker(tiny_model_dir, broker, topics, unique("group"), tmp_path / "pod.log", **POD)
+    workers.append(pod)
+    pod.start()  # no need to wait for the group: killed as soon as all its processes exist
+    wait_for(lambda: len([pid for pids in members(pod).values() for pid in pids]) == 5, 60, "the pod's 5 processes")
     family = [pid for pids in members(pod).values() for pid in pids]
-    assert len(family) == 5
     pod.kill()
     wait_for(lambda: not any(Path(f"/proc/{pid}").exists() and "Z" not in _state(pid) for pid in family), 15,
              "the engine, consumer and decode processes to die with the pod")
