@@ -47,6 +47,15 @@ POLL_S = 0.2
 STOP_ENGINE_S = 10.0
 ENGINE_RESTARTS = 3
 ENGINE_RESTART_WINDOW_S = 600.0
+WORKDIR_PREFIX = "dda-pod-"
+
+
+def remove_stale_workdirs() -> None:
+    """Directories of pods that were SIGKILLed (no clean-up ran): named after their pod's pid."""
+    for path in Path(tempfile.gettempdir()).glob(f"{WORKDIR_PREFIX}*-*"):
+        pid = path.name[len(WORKDIR_PREFIX):].split("-", 1)[0]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            shutil.rmtree(path, ignore_errors=True)
 
 
 class Pod:
@@ -55,7 +64,8 @@ class Pod:
         self.model_dir = model_dir
         self.stop = stop
         self.hard_deadline_s = hard_deadline_s
-        self.workdir = Path(tempfile.mkdtemp(prefix="dda-pod-"))  # 0700: only this user reaches the socket
+        remove_stale_workdirs()
+        self.workdir = Path(tempfile.mkdtemp(prefix=f"{WORKDIR_PREFIX}{os.getpid()}-"))  # 0700: only this user reaches it
         self.socket = str(self.workdir / "engine.sock")
         self.engine: subprocess.Popen[bytes] | None = None
         self.consumers: list[subprocess.Popen[bytes]] = []
@@ -144,7 +154,6 @@ class Pod:
         if self.engine is not None:
             _signal(self.engine, signal.SIGTERM)
             _wait(self.engine, time.monotonic() + STOP_ENGINE_S)
-        shutil.rmtree(self.workdir, ignore_errors=True)
         return [EXIT_ABANDONED if s is None else s for s in statuses]
 
     # --- what the endpoints show --------------------------------------------------------------

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import tempfile
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +26,7 @@ from tests.http_server import LocalServer, Route
 from tests.services import Broker, Worker, descendants, unique, wait_for
 from tests.worker.conftest import INPUT_PARTITIONS
 from tests.worker.test_delivery_kafka import account, committed_all
+from worker.pod import remove_stale_workdirs
 
 pytestmark = pytest.mark.timeout(300)
 POD = {"DDA_CONSUMERS": "2", "DDA_DECODE_WORKERS": "2", "DDA_DRAIN_TIMEOUT_S": "8", "DDA_REVOKE_TIMEOUT_S": "2",
@@ -167,6 +169,11 @@ def test_a_sigkilled_pod_takes_every_process_with_it(
     pod.kill()
     wait_for(lambda: not any(Path(f"/proc/{pid}").exists() and "Z" not in _state(pid) for pid in family), 15,
              "the engine, consumer and decode processes to die with the pod")
+    assert pod.proc is not None
+    left = list(Path(tempfile.gettempdir()).glob(f"dda-pod-{pod.proc.pid}-*"))
+    assert len(left) == 1  # SIGKILL ran no clean-up; the next pod's start removes it
+    remove_stale_workdirs()
+    assert not left[0].exists()
 
 
 def _state(pid: int) -> str:
