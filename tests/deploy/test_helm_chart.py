@@ -12,9 +12,12 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from worker import config as worker_config
 from worker.config import _settings
 
 CHART = Path(__file__).resolve().parents[2] / "deploy" / "helm" / "dda-worker"
+EXAMPLES = sorted((CHART / "examples").glob("*.yaml"))
+VALUES_EXAMPLES = [p for p in EXAMPLES if "kind" not in yaml.safe_load(p.read_text())]  # the rest are plain manifests
 KUBE_VERSION = "1.35.0"
 CRD_KINDS = {"ScaledObject", "TriggerAuthentication", "ServiceMonitor", "PrometheusRule"}  # not in the Kubernetes schemas
 FROM_SECRETS = {"DDA_REDIS_URL", "DDA_KAFKA_SASL_USERNAME", "DDA_KAFKA_SASL_PASSWORD", "DDA_KAFKA_SSL_CAFILE",
@@ -197,3 +200,40 @@ def test_prebuilt_engines_mount_the_cache_only_when_it_is_shared() -> None:
     shared = kinds(render({"engine": {"mode": "prebuilt", "cache": {"type": "pvc", "existingClaim": "e"}}}))["Deployment"]["spec"]["template"]["spec"]
     assert "initContainers" not in plain and "engines" not in {v["name"] for v in plain["volumes"]}
     assert "initContainers" not in shared and "engines" in {v["name"] for v in shared["volumes"]}
+
+
+def _merged(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in over.items():
+        out[key] = _merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+@pytest.mark.parametrize("example", [None, *VALUES_EXAMPLES], ids=["defaults", *(p.stem for p in VALUES_EXAMPLES)])
+def test_every_rendered_setting_is_accepted_by_the_worker_as_given(example: Path | None, tmp_path: Path) -> None:
+    """Helm reads YAML numbers as floats: a default install once rendered DDA_FETCH_MAX_BYTES="5.24288e+07",
+    which the worker refuses, so every pod crash-looped. Each rendered value goes through the worker's
+    own parser and must mean what the values file says."""
+    given = yaml.safe_load(example.read_text()) if example else {}
+    docs = render(given)
+    for doc in docs:
+        if doc["kind"] not in CRD_KINDS:
+            kubernetes_validate.validate(doc, KUBE_VERSION, strict=True)
+    worker = _merged(yaml.safe_load((CHART / "values.yaml").read_text()), given)["worker"]
+    env = {e["name"]: e["value"] for e in worker_container(docs)["env"] if "value" in e}
+    settings = dict(s for _, s in _settings() for s in [(s.env, s)])
+    for key, value in worker.items():
+        name = f"DDA_{''.join('_' + c if c.isupper() else c for c in key).upper()}"
+        parse = settings[name].parse
+        assert parse(env[name]) == parse(str(value)), (name, env[name], value)
+    pem = tmp_path / "anchors.pem"
+    pem.write_text("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n")
+    files = {name: str(pem) for name in env if name == "DDA_C2PA_TRUST_ANCHORS"}  # a mounted file, here a stand-in
+    config = worker_config.load({**env, **files})
+    assert config.fetch_max_bytes == worker["fetchMaxBytes"] and config.max_pixels == worker["maxPixels"]
+
+
+@pytest.mark.parametrize("manifest", [p for p in EXAMPLES if p not in VALUES_EXAMPLES], ids=lambda p: p.stem)
+def test_example_manifests_validate(manifest: Path) -> None:
+    for doc in yaml.safe_load_all(manifest.read_text()):
+        kubernetes_validate.validate(doc, KUBE_VERSION, strict=True)

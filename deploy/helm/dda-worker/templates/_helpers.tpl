@@ -64,3 +64,14 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 true
 {{- end -}}
 {{- end -}}
+
+{{/* A worker value as its environment text. Helm reads every YAML number as a float, and
+     toString writes a large whole one in scientific notation ("5.24288e+07"), which the
+     worker refuses as "not a whole number": whole numbers are written as integers. */}}
+{{- define "dda.envValue" -}}
+{{- if and (kindIs "float64" .) (eq . (floor .)) -}}
+{{- printf "%.0f" . -}}
+{{- else -}}
+{{- toString . -}}
+{{- end -}}
+{{- end -}}
