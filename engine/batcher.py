@@ -15,7 +15,8 @@ GPU, and the buffers are page-locked so the copy to the device runs asynchronous
     python -m engine.batcher MODEL_DIR SOCKET PARENT_PID [options]
 
 prints one JSON line on stdout when it listens ({"ready": ..., "backend": ...}); exit 2 means
-the model or the options were refused (reason on stderr).
+the model or the options were refused (reason on stderr). Its log lines are JSON on stderr, in the
+worker's format (`engine.logs`), with `"process": "engine"`.
 """
 
 from __future__ import annotations
@@ -262,8 +263,11 @@ def warm_up(runner: Runner, log: Callable[[str], None]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import structlog
+
     from engine import lifetime
     from engine.backend import make_runner
+    from engine.logs import configure_logging
     from engine.model_dir import load_model_dir
 
     parser = argparse.ArgumentParser(prog="python -m engine.batcher", description=__doc__.splitlines()[0])
@@ -276,13 +280,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-batch", type=int, default=32)
     parser.add_argument("--engine-dir", type=Path)
     parser.add_argument("--compile", action="store_true", help="torch.compile per batch bucket, each compiled before ready")
+    parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     args = parser.parse_args(argv)
     lifetime.die_with_parent(args.parent_pid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the pod decides
+    configure_logging(args.log_level, process="engine", pid=os.getpid())
+    logger = structlog.get_logger("dda.engine")
 
     def log(message: str) -> None:
-        print(json.dumps({"event": message, "logger": "dda.engine", "pid": os.getpid(),
-                          "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}), file=sys.stderr, flush=True)
+        logger.info(message)
 
     chosen: list[str] = []
     try:
@@ -292,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
         warm_up(runner, log)
         server = EngineServer(runner, args.socket, log)
     except (ValueError, RuntimeError, OSError, ImportError) as exc:
-        print(f"error: cannot start the engine: {exc}", file=sys.stderr)
+        logger.error(f"cannot start the engine: {exc}", exit_status=2)
         return 2
     signal.signal(signal.SIGTERM, lambda _s, _f: server.stop())
     print(json.dumps({"ready": True, "backend": chosen[-1] if chosen else "", "max_batch": args.max_batch}), flush=True)

@@ -18,6 +18,18 @@ from dataclasses import dataclass, field
 from worker.transport import Ack, CommitFailed, DoneAck, Kind, Listener, Message, Partition, Transport
 
 
+class Unanswered(Ack):
+    """A publish the broker never acknowledges nor refuses (a broker that lost the producer's state)."""
+
+    @property
+    def done(self) -> bool:
+        return False
+
+    @property
+    def error(self) -> BaseException | None:
+        return None
+
+
 @dataclass
 class Rebalance:
     assign: set[Partition]
@@ -50,6 +62,9 @@ class FakeTransport(Transport):
         self.fail_commits = False
         self.commits: list[dict[Partition, int]] = []
         self.closed = False
+        self.reachable = True
+        self.renewals = 0
+        self.on_renew: Callable[[], bool] = lambda: False  # what a producer replacement does; False: none possible
 
     def rebalance(self, assign: set[Partition], lost: bool = False) -> None:
         """Queue an eager rebalance: the next poll revokes (or loses) everything, then assigns `assign`."""
@@ -120,7 +135,11 @@ class FakeTransport(Transport):
         pass
 
     def connected(self) -> bool:
-        return True
+        return self.reachable
+
+    def renew(self) -> bool:
+        self.renewals += 1
+        return self.on_renew()
 
     def close(self, timeout_s: float) -> None:
         self.closed = True

@@ -122,6 +122,8 @@ class WorkerConfig:
     kafka_ssl_cafile: str | None = setting("DDA_KAFKA_SSL_CAFILE", "", _optional, "CA bundle for the brokers' certificates")
     kafka_ssl_certfile: str | None = setting("DDA_KAFKA_SSL_CERTFILE", "", _optional, "client certificate (mutual TLS)")
     kafka_ssl_keyfile: str | None = setting("DDA_KAFKA_SSL_KEYFILE", "", _optional, "client key (mutual TLS)")
+    kafka_connect_timeout_s: float = setting("DDA_KAFKA_CONNECT_TIMEOUT_S", "30", positive_float,
+                                             "how long the worker waits at start for a broker to answer before it exits 1")
     session_timeout_ms: int = setting("DDA_KAFKA_SESSION_TIMEOUT_MS", "10000", positive_int, "consumer group session timeout")
     redis_url: str | None = setting("DDA_REDIS_URL", "", _optional, "Redis URL for the verdict cache; unset: in-process cache")
     cache_ttl_s: int = setting("DDA_CACHE_TTL_S", "604800", positive_int, "verdict cache TTL, seconds")

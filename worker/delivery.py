@@ -17,6 +17,14 @@ Rebalances (the transport calls the Listener methods from inside `poll`):
   partitions that come straight back, which would skip the work dropped at revocation.
   Offsets past that prefix whose verdicts were already acknowledged are not redone.
 
+Publishing that stalls while the broker is reachable (a broker that lost its state: a
+restarted memory-only broker, an expired or fenced producer id, a recreated topic) is not an
+outage: the producer may never recover by itself. After `publish_unready_s` without any
+acknowledgement the worker reports not ready; after `publish_renew_s` the transport replaces
+its producer and every unacknowledged record is resent; after `publish_give_up_s` the loop
+ends as if a stage had died (exit 1, for a restart). Time only counts while the broker is
+reachable: an outage is waited out, and readiness already says so.
+
 Shutdown, in order under one deadline: stop intake -> drain (DDA_DRAIN_TIMEOUT_S) -> stop
 the stages -> flush -> commit -> leave the group and close. Nothing past unfinished work
 is ever committed, so whatever is abandoned is redelivered.
@@ -49,7 +57,8 @@ PUBLISH_BLOCKED_S = 1.0
 STEP_S = 0.005
 
 EXIT_OK = 0  # drained and committed everything
-EXIT_FATAL = 1  # a pipeline stage died; what was safe was committed
+EXIT_FATAL = 1  # a pipeline stage died, or the broker could not be reached at start; what was safe was committed
+EXIT_CONFIG = 2  # bad configuration or model: nothing was consumed
 EXIT_ABANDONED = 3  # stopped with work unfinished or uncommitted; it is redelivered
 
 
@@ -73,6 +82,9 @@ class Limits:
     post_drain_s: float = 6.0  # stop stages, flush, commit, close: well inside the 10 s after the drain
     lag_every_s: float = 10.0  # how often consumer lag is asked of the broker
     retry_base_s: float = 0.2  # first retry of a refused record; doubles, capped at 10 s
+    publish_unready_s: float = 15.0  # records unacknowledged this long, broker reachable: /readyz false
+    publish_renew_s: float = 20.0  # ... the transport replaces its producer and everything is resent
+    publish_give_up_s: float = 50.0  # ... still nothing: stop (exit 1) for a restart
 
 
 class Delivery:
@@ -94,6 +106,10 @@ class Delivery:
         self._next_commit = 0.0
         self._next_lag = 0.0
         self._lag_labels: set[Partition] = set()
+        self._stalled_s = 0.0  # broker reachable, records waiting, no acknowledgement: for this long
+        self._watched_at = time.monotonic()
+        self._renewed = False
+        self.publish_failure: str | None = None
         self._lock = threading.Lock()  # loop, publisher and listener (transport thread) take turns
         self._wake = threading.Event()  # a record resolved: the publisher sends it now, not at the loop's next turn
 
@@ -107,7 +123,7 @@ class Delivery:
         fatal = None
         while not stop.is_set():
             self.heartbeat = time.monotonic()
-            fatal = self.processor.failure
+            fatal = self.processor.failure or self.publish_failure
             if fatal is not None:
                 break
             if self.transport.exhausted() and not self.ledger.unfinished():
@@ -116,6 +132,7 @@ class Delivery:
                 self._accept(message)
             with self._lock:
                 self._pump()
+                self._watch_publishing(time.monotonic())
                 self._commit()
                 self._backpressure()
             self._report_lag()
@@ -225,7 +242,41 @@ class Delivery:
                 self._refused(entry, ack.error, ack.too_large, now)
         self._outstanding = pending
 
+    @property
+    def publishing(self) -> bool:
+        """False while records wait for acknowledgements that do not come, the broker reachable (readiness)."""
+        return self._stalled_s < self.limits.publish_unready_s
+
+    def _watch_publishing(self, now: float) -> None:
+        """Counts how long records wait without any acknowledgement while the broker is reachable;
+        renews the producer, then gives up (see the module's docstring)."""
+        elapsed, self._watched_at = now - self._watched_at, now
+        if not (self._outstanding or self._retry):
+            self._stalled_s, self._renewed = 0.0, False
+            return
+        if not self.transport.connected():
+            return  # an outage: waited out, and the readiness probe says so already
+        self._stalled_s += elapsed
+        if self._stalled_s >= self.limits.publish_renew_s and not self._renewed:
+            self._renewed = True
+            if self.transport.renew():
+                self.metrics.producer_renewals.inc()
+                log.error("no record acknowledged with the broker reachable; the producer was replaced and every "
+                          "unacknowledged record is resent", stalled_s=round(self._stalled_s, 1),
+                          records=len(self._outstanding) + len(self._retry))
+                for entry in self._outstanding:
+                    entry.ack = None
+                self._retry += self._outstanding
+                self._outstanding = []
+                for entry in self._retry:
+                    entry.retry_at = now
+                self._publish_blocked_until = 0.0
+        if self._stalled_s >= self.limits.publish_give_up_s and self.publish_failure is None:
+            self.publish_failure = (f"no record acknowledged for {self._stalled_s:.0f} s with the broker reachable, "
+                                    "a new producer included (the broker may have lost its state); stopping for a restart")
+
     def _acked(self, entry: Entry) -> None:
+        self._stalled_s, self._renewed = 0.0, False
         entry.acked = True
         record = entry.completion.record
         if entry.kind == "verdict" and record is not None:

@@ -31,6 +31,11 @@ log = structlog.get_logger("dda.kafka")
 PROBE_EVERY_S = 2.0
 LAG_TIMEOUT_MS = 1000  # per broker question when refreshing dda_consumer_lag
 PRODUCER_MAX_BLOCK_MS = 2000  # send() waits this long for metadata at most; delivery retries later
+RENEW_BOOTSTRAP_MS = 5000  # a replacement producer's connection, made on the delivery thread
+
+
+class BrokerUnavailable(Exception):
+    """No broker answered within the bootstrap timeout at start."""
 
 
 class _FutureAck(Ack):
@@ -91,13 +96,24 @@ class KafkaTransport(Transport):
             raise ValueError("KafkaTransport needs DDA_KAFKA_BOOTSTRAP")
         self._common: dict[str, Any] = {"bootstrap_servers": config.kafka_bootstrap.split(","),
                                         **config.kafka_client_options()}
-        self.producer = KafkaProducer(acks="all", enable_idempotence=True, linger_ms=5, max_block_ms=PRODUCER_MAX_BLOCK_MS,
-                                      max_request_size=config.kafka_max_request_bytes, **self._common)
-        self.consumer = KafkaConsumer(
-            group_id=config.group_id, enable_auto_commit=False, auto_offset_reset="earliest",
-            session_timeout_ms=config.session_timeout_ms, heartbeat_interval_ms=config.session_timeout_ms // 3,
-            max_poll_records=max(1, config.max_in_flight // 2), **self._common,
-        )
+        bootstrap_timeout = {"bootstrap_timeout_ms": int(config.kafka_connect_timeout_s * 1000)}
+        started = time.monotonic()
+        producer = None
+        try:
+            producer = self._producer(**bootstrap_timeout)
+            self.consumer = KafkaConsumer(
+                group_id=config.group_id, enable_auto_commit=False, auto_offset_reset="earliest",
+                session_timeout_ms=config.session_timeout_ms, heartbeat_interval_ms=config.session_timeout_ms // 3,
+                max_poll_records=max(1, config.max_in_flight // 2), **self._common, **bootstrap_timeout,
+            )
+        except (KafkaError, OSError) as exc:  # kafka-python retries for DDA_KAFKA_CONNECT_TIMEOUT_S first
+            if producer is not None:
+                producer.close(timeout=0)
+            raise BrokerUnavailable(
+                f"cannot reach the Kafka brokers {config.kafka_bootstrap} (waited {time.monotonic() - started:.0f} s: "
+                f"{exc if str(exc).startswith(type(exc).__name__) else f'{type(exc).__name__}: {exc}'}); check DDA_KAFKA_BOOTSTRAP, the network and the security settings. "
+                "Exiting; nothing was consumed") from None
+        self.producer = producer
         self._probe = threading.Thread(target=self._probe_loop, name="broker-probe", daemon=True)
 
     def start(self, listener: Listener) -> None:
@@ -119,6 +135,21 @@ class KafkaTransport(Transport):
             return DoneAck(exc, too_large=True)
         except KafkaError as exc:  # KafkaTimeoutError: no metadata within max_block_ms (broker down)
             return DoneAck(exc)
+
+    def _producer(self, **options: Any) -> KafkaProducer:
+        return KafkaProducer(acks="all", enable_idempotence=True, linger_ms=5, max_block_ms=PRODUCER_MAX_BLOCK_MS,
+                             max_request_size=self.config.kafka_max_request_bytes, **self._common, **options)
+
+    def renew(self) -> bool:
+        """A new producer (a new producer id); the old one is closed without waiting, failing what it held."""
+        try:
+            fresh = self._producer(bootstrap_timeout_ms=RENEW_BOOTSTRAP_MS)
+        except KafkaError as exc:
+            log.warning("a new producer could not connect; the old one is kept", error=f"{type(exc).__name__}: {exc}")
+            return False
+        old, self.producer = self.producer, fresh
+        old.close(timeout=0)
+        return True
 
     def commit(self, positions: dict[Partition, int], timeout_s: float) -> None:
         offsets = {TopicPartition(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in positions.items()}

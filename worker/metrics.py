@@ -33,6 +33,7 @@ class Metrics:
         self.cancelled = Counter("dda_requests_cancelled", "Requests dropped unfinished (partition revoked or lost, shutdown); redone by the partition's owner", registry=r)
         self.publish_failures = Counter("dda_publish_failures", "Records the broker refused or timed out, by kind (verdict, dead_letter); retried", ["kind"], registry=r)
         self.dead_letters_dropped = Counter("dda_dead_letters_dropped", "Dead letters given up after their retries (logged with source, size and SHA-256)", registry=r)
+        self.producer_renewals = Counter("dda_producer_renewals", "Producers replaced because no record was acknowledged for DDA publish-stall time with the broker reachable (it lost its state)", registry=r)
         self.rebalances = Counter("dda_rebalances", "Partition events, by kind (assigned, revoked, lost)", ["kind"], registry=r)
         self.commit_failures = Counter("dda_commit_failures", "Offset commits that failed (retried on the next commit)", registry=r)
         self.consumer_lag = Gauge("dda_consumer_lag", "Input messages not yet committed: the partition's end offset minus the group's committed offset (refreshed every DDA_LAG_EVERY_S)",

@@ -38,9 +38,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
-from engine.console import say
 from worker.config import WorkerConfig
-from worker.delivery import EXIT_ABANDONED, EXIT_FATAL
+from worker.delivery import EXIT_ABANDONED, EXIT_CONFIG, EXIT_FATAL
 
 log = structlog.get_logger("dda.pod")
 POLL_S = 0.2
@@ -78,7 +77,7 @@ class Pod:
         """The engine process, up and listening; None, or why it could not start."""
         c = self.config
         command = [sys.executable, "-m", "engine.batcher", str(self.model_dir), self.socket, str(os.getpid()),
-                   "--backend", c.backend, "--device", c.device, "--precision", c.precision, "--max-batch", str(c.max_batch)]
+                   "--backend", c.backend, "--device", c.device, "--precision", c.precision, "--max-batch", str(c.max_batch), "--log-level", c.log_level]
         if c.engine_dir:
             command += ["--engine-dir", c.engine_dir]
         if c.compile:
@@ -229,8 +228,8 @@ def serve_pod(config: WorkerConfig, model_dir: Path, stop: threading.Event, hard
     try:
         reason = pod.start_engine()
         if reason is not None:
-            say(f"error: cannot start the engine process: {reason}")
-            return 2
+            log.error(f"cannot start the engine process: {reason}", exit_status=EXIT_CONFIG)
+            return EXIT_CONFIG
         if stop.is_set():
             return pod.run()
         pod.start_consumers()

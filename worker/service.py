@@ -9,7 +9,6 @@ Exit status: 0 drained and committed; 1 a stage died (what was safe was committe
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import signal
 import sys
@@ -17,20 +16,21 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import NoReturn
 
 import structlog
 
 from engine import lifetime
 from engine.batcher import warm_up
-from engine.console import say
 from engine.contract import Runner
+from engine.logs import configure_logging
 from engine.manifest import Manifest, ModelDirError, read_manifest
 from engine.remote import RemoteRunner
 from worker import config as worker_config
 from worker.cache import VerdictCache, namespace_for
 from worker.cache_store import MemoryStore, RedisStore, Store
 from worker.decode_pool import DecodeLimits
-from worker.delivery import EXIT_ABANDONED, EXIT_FATAL, Delivery, Limits
+from worker.delivery import EXIT_ABANDONED, EXIT_CONFIG, EXIT_FATAL, Delivery, Limits
 from worker.endpoints import Endpoints
 from worker.fetch import Fetcher, FetchPolicy
 from worker.local_io import StdinTransport
@@ -44,37 +44,15 @@ HARD_EXIT_AFTER_DRAIN_S = 8.0  # the process is gone within DDA_DRAIN_TIMEOUT_S 
 POD_GRACE_S = 4.0  # a pod's parent outlasts its consumers' own hard exit
 
 
-def configure_logging(level: str) -> None:
-    """JSON lines on stderr; stdout is reserved for verdicts in the embedded mode.
-
-    Libraries' own records (kafka-python, redis, httpx, urllib3) go through the same JSON
-    renderer, with their logger's name, at WARNING and above: one format for the log pipeline."""
-    numeric = getattr(logging, level.upper())
-    shared: list[structlog.typing.Processor] = [structlog.processors.add_log_level,
-                                                structlog.processors.TimeStamper(fmt="iso", utc=True)]
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(structlog.stdlib.ProcessorFormatter(
-        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, structlog.processors.format_exc_info,
-                    structlog.processors.JSONRenderer()],
-        foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name, structlog.stdlib.ExtraAdder()]))
-    root = logging.getLogger()
-    root.handlers = [handler]
-    root.setLevel(max(numeric, logging.WARNING))
-    logging.captureWarnings(True)  # Python warnings too, as JSON from the "py.warnings" logger
-    structlog.configure(
-        processors=[*shared, structlog.processors.format_exc_info, structlog.processors.JSONRenderer()],
-        wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
-        cache_logger_on_first_use=False,
-    )
-
-
 def worker_command(args: argparse.Namespace) -> int:
+    """Runs the worker; a process that served ends here without interpreter finalisation
+    (see `_end_process`). Every line on stderr is JSON (engine.logs)."""
+    configure_logging()
     try:
         config = worker_config.load(os.environ, vars(args))
     except worker_config.ConfigError as exc:
-        say(f"error: invalid configuration: {exc}")
-        return 2
+        log.error(f"invalid configuration: {exc}", exit_status=EXIT_CONFIG)
+        return EXIT_CONFIG
     configure_logging(config.log_level)
     if config.fetch_allow_networks:
         log.warning("fetch allow-list is set: image URLs may reach these private networks",
@@ -91,16 +69,33 @@ def worker_command(args: argparse.Namespace) -> int:
         try:
             endpoints = Endpoints(host, config.metrics_port, lambda: scrape[0](), alive=lambda: checks["alive"](), ready=lambda: checks["ready"]())
         except OSError as exc:
-            say(f"error: cannot listen on {host}:{config.metrics_port} for /metrics, /healthz and /readyz: "
-                f"{exc.strerror or exc}. Choose another port with DDA_METRICS_PORT (or --metrics-port); 0 turns them off.")
-            return 2
+            log.error(f"cannot listen on {host}:{config.metrics_port} for /metrics, /healthz and /readyz: "
+                      f"{exc.strerror or exc}. Choose another port with DDA_METRICS_PORT (or --metrics-port); 0 turns them off.",
+                      exit_status=EXIT_CONFIG)
+            return EXIT_CONFIG
     try:
         if config.consumers > 1:
-            return _serve_pod(config, checks, scrape, endpoints)
-        return _serve(config, metrics, checks, endpoints)
+            status = _serve_pod(config, checks, scrape, endpoints)
+        else:
+            status = _serve(config, metrics, checks, endpoints)
     finally:
         if endpoints is not None:
             endpoints.stop()
+    _end_process(status)
+
+
+def _end_process(status: int) -> NoReturn:
+    """The worker's own shutdown has committed, flushed and closed what matters; interpreter
+    finalisation adds nothing but risk. A CPU batch still running at the drain deadline is a
+    thread inside libtorch, and finalising under it aborted the process (SIGABRT, "terminate
+    called without an active exception") after it had logged exit status 3; kafka-python's
+    finalisers print plain tracebacks when the broker is gone. So: flush, and exit now."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed or broken pipe: nothing more can be said there
+            pass
+    os._exit(status)
 
 
 def _serve_pod(config: worker_config.WorkerConfig, checks: dict[str, Callable[[], bool]], scrape: list[Callable[[], bytes]],
@@ -109,11 +104,11 @@ def _serve_pod(config: worker_config.WorkerConfig, checks: dict[str, Callable[[]
     from worker.pod import Pod, serve_pod
 
     try:
-        model_dir = resolve_model(config.model, progress=say)
+        model_dir = resolve_model(config.model, progress=_progress)
         read_manifest(model_dir)
     except (ModelDirError, ValueError, RuntimeError, OSError) as exc:
-        say(f"error: cannot load the model: {exc}")
-        return 2
+        log.error(f"cannot load the model: {exc}", exit_status=EXIT_CONFIG)
+        return EXIT_CONFIG
     stop = threading.Event()
     install_stop_signals(stop, config.drain_timeout_s + HARD_EXIT_AFTER_DRAIN_S + POD_GRACE_S)
 
@@ -123,6 +118,10 @@ def _serve_pod(config: worker_config.WorkerConfig, checks: dict[str, Callable[[]
             endpoints.start()
 
     return serve_pod(config, model_dir, stop, config.drain_timeout_s + HARD_EXIT_AFTER_DRAIN_S, show)
+
+
+def _progress(message: str) -> None:
+    log.info(message)
 
 
 def _model(config: worker_config.WorkerConfig, metrics: Metrics) -> tuple[Manifest, Runner]:
@@ -139,7 +138,7 @@ def _model(config: worker_config.WorkerConfig, metrics: Metrics) -> tuple[Manife
     from engine.hub import resolve_model
     from engine.model_dir import load_model_dir
 
-    model_dir = resolve_model(config.model, progress=say)
+    model_dir = resolve_model(config.model, progress=_progress)
     loaded = load_model_dir(model_dir)
     runner = make_runner(loaded, model_dir, backend=config.backend, device=config.device,
                          engine_dir=Path(config.engine_dir) if config.engine_dir else None, precision=config.precision,
@@ -153,8 +152,8 @@ def _serve(config: worker_config.WorkerConfig, metrics: Metrics, checks: dict[st
     try:
         manifest, runner = _model(config, metrics)
     except (ModelDirError, ValueError, RuntimeError, OSError, ImportError) as exc:  # EngineLost is a RuntimeError
-        say(f"error: cannot load the model: {exc}")
-        return 2
+        log.error(f"cannot load the model: {exc}", exit_status=EXIT_CONFIG)
+        return EXIT_CONFIG
 
     store: Store = RedisStore(config.redis_url) if config.redis_url else MemoryStore()
     cache = VerdictCache(store, namespace_for(manifest.version, manifest.threshold), config.cache_ttl_s,
@@ -165,9 +164,13 @@ def _serve(config: worker_config.WorkerConfig, metrics: Metrics, checks: dict[st
         allow_networks=config.fetch_allow_networks,
     ), max_connections=config.fetch_workers)
     if config.kafka_bootstrap:
-        from worker.kafka_io import KafkaTransport
+        from worker.kafka_io import BrokerUnavailable, KafkaTransport
 
-        transport: Transport = KafkaTransport(config)
+        try:
+            transport: Transport = KafkaTransport(config)
+        except BrokerUnavailable as exc:
+            log.error(str(exc), exit_status=EXIT_FATAL)
+            return EXIT_FATAL
     else:
         transport = StdinTransport(sys.stdin.buffer, sys.stdout, sys.stderr)
     pipeline = Pipeline(
@@ -191,7 +194,7 @@ def _serve(config: worker_config.WorkerConfig, metrics: Metrics, checks: dict[st
         try:
             pipeline.start()
         except RuntimeError as exc:
-            say(f"error: cannot start the decode processes: {exc}")
+            log.error(f"cannot start the decode processes: {exc}", exit_status=EXIT_FATAL)
             return EXIT_FATAL
         started.set()
         log.info("worker started", model=manifest.version, mode="kafka" if config.kafka_bootstrap else "stdin",
@@ -206,13 +209,14 @@ def _serve(config: worker_config.WorkerConfig, metrics: Metrics, checks: dict[st
 def health_checks(pipeline: Pipeline, delivery: Delivery, transport: Transport, started: threading.Event,
                   stop: threading.Event) -> tuple[Callable[[], bool], Callable[[], bool]]:
     """/healthz: every stage alive and the consume loop turning. /readyz: that, started, not
-    stopping, and the broker reachable now (checked continuously, not once at join)."""
+    stopping, the broker reachable now (checked continuously, not once at join), and records
+    being acknowledged (a broker that lost its state accepts connections but not records)."""
 
     def alive() -> bool:
         return pipeline.failure is None and time.monotonic() - delivery.heartbeat < STALL_AFTER_S
 
     def ready() -> bool:
-        return started.is_set() and not stop.is_set() and alive() and transport.connected()
+        return started.is_set() and not stop.is_set() and alive() and transport.connected() and delivery.publishing
 
     return alive, ready
 

@@ -132,6 +132,12 @@ class Transport(ABC):
         broker: the operator's lag, the number KEDA scales on); {} where there is no such notion."""
         return {}
 
+    def renew(self) -> bool:
+        """Replace the producer: records were not acknowledged for long with the broker reachable
+        (it lost its state, and the producer may never recover). Records not yet acknowledged
+        may be lost with the old one; the delivery resends them. False: nothing to renew."""
+        return False
+
     def exhausted(self) -> bool:
         """The input has ended for good (stdin at EOF); a broker's never does."""
         return False

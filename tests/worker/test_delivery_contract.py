@@ -15,7 +15,7 @@ from collections.abc import Hashable, Iterable, Iterator
 
 import pytest
 
-from tests.fake_broker import FakeBroker, FakeTransport
+from tests.fake_broker import FakeBroker, FakeTransport, Unanswered
 from tests.services import wait_for
 from worker.completion import Completion
 from worker.delivery import EXIT_ABANDONED, EXIT_FATAL, EXIT_OK, Delivery, Limits
@@ -247,3 +247,54 @@ def test_a_second_resolution_is_dropped_and_counted() -> None:
     assert not completion.cancel()
     late = Completion("y", on_duplicate=seen.append)
     assert late.cancel() and not late.resolve({"n": 3}) and seen == ["x"]  # late work after a cancel is not a bug
+
+
+STALL = Limits(max_in_flight=64, max_message_bytes=65536, revoke_timeout_s=0.4, drain_timeout_s=1.0, retry_base_s=0.001,
+               publish_unready_s=0.3, publish_renew_s=0.6, publish_give_up_s=1.5)
+
+
+def test_a_broker_that_lost_its_state_gets_a_new_producer_and_every_record_resent() -> None:
+    h = Harness(STALL)
+    answered = [False]
+    h.transport.refuse = lambda _kind, _value: None if answered[0] else Unanswered()
+
+    def renew() -> bool:
+        answered[0] = True  # the new producer's records are acknowledged
+        return True
+
+    h.transport.on_renew = renew
+    h.broker.produce(P0, [req(f"a{i}") for i in range(5)])
+    h.start({P0})
+    wait_for(lambda: not h.delivery.publishing, 10, "readiness to drop while nothing is acknowledged")
+    assert h.committed(P0) == 0 and h.verdict_ids() == Counter()
+    wait_for(lambda: h.committed(P0) == 5, 10, "every record resent through the new producer and committed")
+    assert h.verdict_ids() == Counter({f"a{i}": 1 for i in range(5)}) and h.transport.renewals == 1
+    assert h.delivery.publishing and h.metrics.producer_renewals._value.get() == 1  # noqa: SLF001
+    assert h.finish() == EXIT_OK
+
+
+def test_when_a_new_producer_does_not_help_the_worker_stops_for_a_restart() -> None:
+    h = Harness(STALL)
+    h.transport.refuse = lambda _kind, _value: Unanswered()
+    h.transport.on_renew = lambda: True
+    h.broker.produce(P0, [req(f"a{i}") for i in range(3)])
+    started = time.monotonic()
+    h.start({P0})
+    h.thread.join(20)
+    assert h.status == EXIT_FATAL and h.transport.renewals == 1
+    assert STALL.publish_give_up_s <= time.monotonic() - started < STALL.publish_give_up_s + 5
+    assert h.committed(P0) == 0 and h.transport.closed  # nothing unacknowledged was committed: all redelivered
+
+
+def test_a_broker_outage_is_waited_out_without_renewing_or_stopping() -> None:
+    h = Harness(STALL)
+    h.transport.reachable = False
+    h.transport.refuse = lambda _kind, _value: None if h.transport.reachable else DoneAck(ConnectionError("no broker"))
+    h.broker.produce(P0, [req(f"a{i}") for i in range(3)])
+    h.start({P0})
+    wait_for(lambda: h.metrics.publish_failures.labels("verdict")._value.get() >= 3, 10, "refusals")  # noqa: SLF001
+    time.sleep(STALL.publish_give_up_s + 0.5)  # the outage lasts past every stall limit: nothing may happen
+    assert h.thread.is_alive() and h.transport.renewals == 0 and h.delivery.publishing
+    h.transport.reachable = True
+    wait_for(lambda: h.committed(P0) == 3, 20, "the verdicts once the broker is back")
+    assert h.verdict_ids() == Counter({f"a{i}": 1 for i in range(3)}) and h.finish() == EXIT_OK
