@@ -7,6 +7,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any, cast
 
+from dda import local_stack
 from engine import cli as engine_cli
 from engine import compile_cli
 from training import cli as training_cli
@@ -42,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     scan.register(commands)
     service.register(commands)
     trust_cli.register(commands)
+    local_stack.register(commands)
     training_cli.register(commands)
     return parser
 

@@ -144,8 +144,10 @@ def import_checkpoint(
     threshold: float = DEFAULT_THRESHOLD,
     source_uri: str | None = None,
     progress: Callable[[str], None] = lambda _msg: None,
+    name: str = "dda",
+    warning: str | None = None,
 ) -> Manifest:
-    """Validate `src`, merge LoRA and write the model directory `dest`."""
+    """Validate `src`, merge LoRA and write the model directory `dest` (version: `name`-digest)."""
     progress(f"hashing {src}")
     digest = sha256_file(src)
     progress("reading checkpoint (weights only, memory-mapped)")
@@ -157,8 +159,8 @@ def import_checkpoint(
     rank = _lora_rank(state)
     _check(state, arch, rank)
     manifest = Manifest(
-        name="dda",
-        version=f"dda-{digest[:12]}",
+        name=name,
+        version=f"{name}-{digest[:12]}",
         architecture=arch,
         preprocessing=Preprocessing(),
         threshold=threshold,
@@ -168,6 +170,7 @@ def import_checkpoint(
             "sha256": digest,
             "lora": {"rank": rank, "alpha": lora_alpha, "merged_layers": arch.depth * len(LORA_TARGETS)},
         },
+        warning=warning,
     )
     progress(f"merging LoRA (rank {rank}) into {arch.depth * len(LORA_TARGETS)} layers and writing {dest}")
     write_model_dir(dest, manifest, _merged_tensors(state, arch, lora_alpha / rank))

@@ -30,6 +30,19 @@ def import_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def make_test_model_command(args: argparse.Namespace) -> int:
+    from engine.synthetic import write_test_model
+
+    dest = Path(args.dest)
+    if dest.exists() and any(dest.iterdir()):
+        say(f"error: {dest} exists and is not empty")
+        return 2
+    manifest = write_test_model(dest, seed=args.seed)
+    say(f"wrote {dest}: model {manifest.version}, RANDOM WEIGHTS ({manifest.warning}). "
+        f"Use it to try the worker: DDA_MODEL={dest} dda worker")
+    return 0
+
+
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = commands.add_parser("import-checkpoint", help="convert an official DDA checkpoint into a model directory")
     p.add_argument("src", help="DDA_ckpt.pth path, or hf://OWNER/REPO/FILE")
@@ -37,3 +50,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p.add_argument("--lora-alpha", type=float, default=DEFAULT_LORA_ALPHA, help="LoRA alpha of the training run (default 1)")
     p.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD, help="P(AI) decision threshold (default 0.5)")
     p.set_defaults(handler=import_command)
+    p = commands.add_parser("make-test-model", help="write a small random model to try the worker offline (not a detector: every verdict says so)")
+    p.add_argument("dest", help="model directory to write")
+    p.add_argument("--seed", type=int, default=0, help="random seed of the weights")
+    p.set_defaults(handler=make_test_model_command)

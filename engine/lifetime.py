@@ -12,15 +12,20 @@ import threading
 import time
 
 
-def die_with_parent(parent_pid: int) -> None:
-    """SIGKILL on the parent's death where Linux offers it; a watchdog thread everywhere."""
+def end_with_parent() -> None:
+    """SIGKILL on the parent's death where Linux offers it (PR_SET_PDEATHSIG). Also a
+    subprocess `preexec_fn`: the setting survives exec, so it holds for any program."""
     try:
         import ctypes
 
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)
     except (OSError, AttributeError):
         pass
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """`end_with_parent`, and a watchdog thread for systems without it."""
+    end_with_parent()
     if os.getppid() != parent_pid:  # the parent died before prctl took effect
         os._exit(0)
 

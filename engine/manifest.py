@@ -32,6 +32,7 @@ class Manifest:
     preprocessing: Preprocessing
     threshold: float
     source: dict[str, Any]
+    warning: str | None = None  # set for models that are not detectors (`dda make-test-model`); every verdict carries it
 
     @property
     def threshold_logit(self) -> float:
@@ -39,7 +40,7 @@ class Manifest:
         return math.log(self.threshold / (1.0 - self.threshold))
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        data = {
             "format": FORMAT,
             "name": self.name,
             "version": self.version,
@@ -48,6 +49,12 @@ class Manifest:
             "threshold": self.threshold,
             "source": self.source,
         }
+        return {**data, "warning": self.warning} if self.warning else data
+
+    def describe(self) -> dict[str, str]:
+        """The model as a verdict names it: name, version, and the warning of a model that is not a detector."""
+        info = {"name": self.name, "version": self.version}
+        return {**info, "warning": self.warning} if self.warning else info
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Manifest:
@@ -63,6 +70,7 @@ class Manifest:
             preprocessing=Preprocessing.from_json(data["preprocessing"]),
             threshold=threshold,
             source=dict(data.get("source", {})),
+            warning=str(data["warning"]) if data.get("warning") else None,
         )
 
 

@@ -6,12 +6,14 @@ must get right, so tests build files with the same keys, shapes and nesting, at 
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import torch
 
 from engine.arch import HEAD_DIM, LORA_TARGETS, Architecture, expected_shapes
-from engine.checkpoint import BACKBONE, HEAD
+from engine.checkpoint import BACKBONE, HEAD, import_checkpoint
+from engine.manifest import Manifest
 
 VIT_L = Architecture(width=1024, depth=24, heads=16, mlp_hidden=4096, patch_size=14, pos_grid=37)
 
@@ -66,3 +68,15 @@ def random_dinov2_state(arch: Architecture, seed: int = 0) -> dict[str, torch.Te
     state = {name: _init(name, shape, gen) for name, shape in expected_shapes(arch).items() if not name.startswith("head.")}
     state["mask_token"] = torch.zeros(1, arch.width)
     return state
+
+
+TEST_MODEL_WARNING = "random weights: a test model, not a detector; its labels and scores mean nothing"
+
+
+def write_test_model(dest: Path, seed: int = 0) -> Manifest:
+    """A small random model directory for trying the worker without the released checkpoint;
+    its manifest carries TEST_MODEL_WARNING, which every verdict it produces repeats."""
+    with tempfile.TemporaryDirectory(prefix="dda-test-model-") as tmp:
+        checkpoint = write_official_checkpoint(Path(tmp) / "random.pth", tiny_architecture(), seed=seed)
+        return import_checkpoint(checkpoint, dest, source_uri=f"dda make-test-model --seed {seed}", name="dda-test-model",
+                                 warning=TEST_MODEL_WARNING)

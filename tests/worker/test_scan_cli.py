@@ -83,10 +83,18 @@ def test_scan_prints_one_verdict_per_input_in_order(tiny_model_dir: Path, images
     inputs = [str(images[n]) for n in ("odd.png", "rgba.png", "palette.png", "gray.png", "cmyk.jpg", "narrow.jpg", "tiny.webp")]
     inputs += [str(images["notes.txt"]), str(images["odd.png"].parent / "missing.jpg"),
                f"{server.base}/img.png", f"{server.base}/moved", f"{server.base}/absent.png", "gopher://example.com/x"]
-    proc = dda("scan", "--model", str(tiny_model_dir), "--batch-size", "3", "--allow-networks", "127.0.0.0/8", *inputs)
+    folder = images["odd.png"].parent
+    proc = dda("scan", "--model", str(tiny_model_dir), "--batch-size", "3", "--allow-networks", "127.0.0.0/8", *inputs, str(folder))
     assert proc.returncode == 0, proc.stderr
     out = records(proc)
-    assert [r["input"] for r in out] == inputs
+    # A folder is every file below it, in path order, each answered as if named on its own.
+    files = sorted(str(p) for p in folder.iterdir())
+    assert [r["input"] for r in out] == inputs + files
+    by_input = {r["input"]: r for r in out[: len(inputs)]}
+    for record in out[len(inputs):]:  # another batch: the same logit within float noise
+        twin = by_input[record["input"]]
+        assert record["status"] == twin["status"] and (record["logit"] is None) == (twin["logit"] is None)
+        assert record["logit"] is None or record["logit"] == pytest.approx(twin["logit"], abs=1e-5)
 
     version = json.loads((tiny_model_dir / "manifest.json").read_text())["version"]
     loaded = load_model_dir(tiny_model_dir)
@@ -118,9 +126,13 @@ def test_model_errors_exit_non_zero(tmp_path: Path, images: dict[str, Path]) -> 
     assert "not a model directory" in proc.stderr
 
 
-def test_usage_errors_exit_non_zero(tiny_model_dir: Path) -> None:
+def test_usage_errors_exit_non_zero(tiny_model_dir: Path, tmp_path: Path) -> None:
     assert dda("scan", "--model", str(tiny_model_dir)).returncode == 2  # no INPUT
     assert dda("scan", "--model", str(tiny_model_dir), "--crops", "3", "x.jpg").returncode == 2
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    nothing = dda("scan", "--model", str(tiny_model_dir), str(empty))
+    assert nothing.returncode == 2 and "no files in" in nothing.stderr
     zero = dda("scan", "--model", str(tiny_model_dir), "--batch-size", "0", "x.jpg")
     assert zero.returncode == 2 and "must be at least 1" in zero.stderr
 
