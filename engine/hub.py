@@ -37,12 +37,19 @@ class ModelUnavailable(RuntimeError):
     """The model must come from the hub and cannot; the message says how to go on without it."""
 
     def __init__(self, uri: str, reason: str) -> None:
+        never = "" if hub_offline() else " Set HF_HUB_OFFLINE=1 to never try the hub."
         super().__init__(
             f"the model {uri} is not in {cache_dir() / 'models'} and cannot be downloaded from the Hugging Face hub "
             f"({reason}). To run without the hub: import a copy of the checkpoint once with "
             f"`dda import-checkpoint DDA_ckpt.pth DIR`, then pass `--model DIR` (or DDA_MODEL=DIR); a model imported "
-            f"before is reused from the cache without the network. Set HF_HUB_OFFLINE=1 to never try the hub; "
-            f"set HF_ENDPOINT to use a mirror.")
+            f"before is reused from the cache without the network.{never} Set HF_ENDPOINT to use a mirror. "
+            f"To try the worker without any checkpoint: `dda make-test-model DIR` writes a random model "
+            f"(not a detector; every verdict says so).")
+
+
+def hub_offline() -> bool:
+    """HF_HUB_OFFLINE, read as huggingface_hub reads it."""
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
 
 
 def _hub_reachable(timeout_s: float = HUB_PROBE_S) -> str | None:
@@ -68,7 +75,7 @@ def download_hf(uri: str) -> Path:
         raise ValueError(f"{uri!r} is not of the form hf://OWNER/REPO/PATH[@REVISION]")
     from huggingface_hub import hf_hub_download
 
-    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+    offline = hub_offline()
     proxied = any(os.environ.get(name) for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"))
     if not offline and not proxied:  # behind a proxy a direct connect says nothing: let huggingface_hub try
         unreachable = _hub_reachable()
@@ -97,7 +104,10 @@ def resolve_model(spec: str | None, progress: Callable[[str], None] = lambda _m:
     dest = cache_dir() / "models" / slug
     if (dest / MANIFEST).is_file():
         return dest
-    progress(f"model {spec} is not in {dest.parent} yet: downloading it from the Hugging Face hub (first use only)")
+    if hub_offline():
+        progress(f"model {spec} is not in {dest.parent} yet; HF_HUB_OFFLINE is set: looking in the hub's local cache only")
+    else:
+        progress(f"model {spec} is not in {dest.parent} yet: downloading it from the Hugging Face hub (first use only)")
     checkpoint = download_hf(spec)
     progress(f"importing {checkpoint} into {dest}")
     import_checkpoint(checkpoint, dest, source_uri=spec, progress=progress)

@@ -16,23 +16,33 @@ system_packages() {
 }
 TORCH="torch==2.13.0"
 TORCH_CPU_INDEX="https://download.pytorch.org/whl/cpu"
-# torch first and pinned, from PyTorch's own CPU index when it answers (a few hundred MB); PyPI
-# otherwise (its Linux build of this version may pull several GB of CUDA libraries, unless the
-# machine's pip is configured with a local CPU wheel, as CI's is).
+# torch first and pinned, from PyTorch's own CPU index when it answers (a few hundred MB); pip's
+# configured index otherwise (PyPI's Linux build of this version may pull several GB of CUDA
+# libraries, unless pip is configured with a local CPU wheel, as CI's is). The line it prints names
+# the source pip really used.
 install_torch() {
-    local source="PyPI"
+    local index=() report
     if "$VENV/bin/python" - "$TORCH_CPU_INDEX" <<'PY' 2>/dev/null; then
 import sys, urllib.request
 urllib.request.urlopen(sys.argv[1] + "/torch/", timeout=5).close()
 PY
-        source="the PyTorch CPU index"
-        "$VENV/bin/pip" install --quiet --index-url "$TORCH_CPU_INDEX" "$TORCH" >&2
-    else
-        "$VENV/bin/pip" install --quiet "$TORCH" >&2
+        index=(--index-url "$TORCH_CPU_INDEX")
     fi
-    local size
+    report=$(mktemp)
+    "$VENV/bin/pip" install --quiet --report "$report" "${index[@]}" "$TORCH" >&2
+    # Where pip actually took the wheel from (its install report), not where we hoped it would.
+    local source size
+    source=$("$VENV/bin/python" - "$report" <<'PY'
+import json, sys, urllib.parse
+for item in json.load(open(sys.argv[1])).get("install", []):
+    if item["metadata"]["name"].lower() == "torch":
+        url = urllib.parse.urlsplit(item["download_info"]["url"])
+        print(f"the local file {urllib.parse.unquote(url.path)}" if url.scheme == "file" else f"{url.scheme}://{url.netloc}")
+PY
+)
+    rm -f "$report"
     size=$(du -sm "$("$VENV/bin/python" -c 'import os, torch; print(os.path.dirname(torch.__file__))')" | cut -f1)
-    echo "dda: $TORCH from $source ($size MB installed)" >&2
+    echo "dda: $TORCH from ${source:-an already downloaded wheel} ($size MB installed)" >&2
 }
 # One stamp for both scripts: it records the source hash and the extras installed, and an
 # install for more extras (the tests') also serves a run that needs fewer (scripts/dda).

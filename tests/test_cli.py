@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from tests.conftest import encode, photo
+from worker.config import GROUPS, _settings
 
 
 def dda(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -63,7 +64,15 @@ def test_help_shows_defaults_and_choices() -> None:
     scan = " ".join(dda("scan", "--help").stdout.split())
     assert "(default: 16)" in scan and "{cpu,cuda}" in scan and "--max-batch" in scan and "--batch-size" not in scan
     worker = " ".join(dda("worker", "--help").stdout.split())
-    assert "--max-batch" in worker and "default '32'" in worker and "--fetch-timeout-s" in worker
+    assert "--max-batch N" in worker and "[DDA_MAX_BATCH; default: 32]" in worker and "--fetch-timeout-s SECONDS" in worker
+    assert "--device {cpu,cuda}" in worker and "--backend {auto,torch,tensorrt}" in worker and "--compile {on,off}" in worker
+    assert "--log-level {debug,info,warning,error}" in worker and "--engine-socket" not in worker  # the pod sets it
+    assert all(f"{title}:" in worker for title, _ in GROUPS) and "--max-batch DDA_MAX_BATCH" not in worker
+
+
+def test_every_worker_setting_is_in_exactly_one_help_group() -> None:
+    grouped = [name for _, names in GROUPS for name in names]
+    assert sorted(grouped) == sorted(name for name, _ in _settings())
 
 
 def test_a_busy_metrics_port_is_reported_before_the_model_loads() -> None:
@@ -106,7 +115,9 @@ def test_without_the_hub_the_first_run_says_how_to_go_on(tmp_path: Path) -> None
     clean_error(proc, 2, "dda import-checkpoint", "--model", "HF_HUB_OFFLINE", "unreachable")
     offline = subprocess.run([sys.executable, "-m", "dda", "worker", "--metrics-port", "0"], input="x\n", text=True,
                              capture_output=True, timeout=60, env={**os.environ, **env, "HF_HUB_OFFLINE": "1"})
-    clean_error(offline, 2, "HF_HUB_OFFLINE is set")
+    clean_error(offline, 2, "HF_HUB_OFFLINE is set", "make-test-model")
+    # Offline, nothing claims a download, and the advice is not to set what is set already.
+    assert "downloading" not in offline.stderr and "Set HF_HUB_OFFLINE=1" not in offline.stderr, offline.stderr
 
 
 def test_ctrl_c_stops_a_scan_with_one_line_and_status_130(tiny_model_dir: Path, tmp_path: Path) -> None:

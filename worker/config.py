@@ -69,6 +69,7 @@ def _choice(*allowed: str) -> Callable[[str], str]:
             raise argparse.ArgumentTypeError(f"must be one of {', '.join(allowed)}")
         return text
 
+    parse.allowed = allowed  # type: ignore[attr-defined]  # shown as the flag's choices in --help
     return parse
 
 
@@ -76,6 +77,9 @@ def _switch(text: str) -> bool:
     if text not in ("on", "off"):
         raise argparse.ArgumentTypeError("must be on or off")
     return text == "on"
+
+
+_switch.allowed = ("on", "off")  # type: ignore[attr-defined]
 
 
 def _optional(text: str) -> str | None:
@@ -184,10 +188,47 @@ def _settings() -> list[tuple[str, Setting]]:
     return [(f.name, f.metadata["setting"]) for f in fields(WorkerConfig)]
 
 
+# --help shows the settings in these groups, in this order (a test checks that each is in exactly one).
+GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("Kafka", ("kafka_bootstrap", "input_topic", "output_topic", "dlq_topic", "group_id", "kafka_security_protocol",
+               "kafka_sasl_mechanism", "kafka_sasl_username", "kafka_sasl_password", "kafka_ssl_cafile", "kafka_ssl_certfile",
+               "kafka_ssl_keyfile", "kafka_connect_timeout_s", "session_timeout_ms", "revoke_timeout_s", "kafka_max_request_bytes",
+               "max_message_bytes", "lag_every_s")),
+    ("model and engine", ("model", "device", "backend", "precision", "compile", "engine_dir", "consumers", "engine_socket",
+                          "max_batch", "max_wait_ms")),
+    ("fetching", ("fetch_workers", "fetch_timeout_s", "fetch_retries", "fetch_max_bytes", "fetch_allow_networks", "max_in_flight",
+                  "max_in_flight_bytes")),
+    ("decoding and provenance", ("decode_workers", "max_pixels", "decode_timeout_s", "decode_cpu_s", "decode_memory_mb",
+                                 "provenance_policy", "c2pa_trust_anchors")),
+    ("cache", ("redis_url", "cache_ttl_s", "near_duplicates")),
+    ("operations", ("metrics_host", "metrics_port", "drain_timeout_s", "log_level")),
+)
+HIDDEN = {"engine_socket"}  # set by a pod for its consumer processes, never by hand
+_UNIT_METAVARS = (("_ms", "MS"), ("_s", "SECONDS"), ("_bytes", "BYTES"), ("_mb", "MB"), ("_topic", "TOPIC"), ("_url", "URL"),
+                  ("file", "FILE"), ("_networks", "CIDRS"), ("_anchors", "PEM"), ("port", "PORT"), ("bootstrap", "HOST:PORT,..."),
+                  ("model", "DIR"), ("_dir", "DIR"), ("_id", "ID"), ("_host", "HOST"), ("mechanism", "NAME"), ("username", "NAME"),
+                  ("password", "SECRET"))
+
+
+def _metavar(name: str, s: Setting) -> str:
+    allowed = getattr(s.parse, "allowed", None)
+    if allowed:
+        return "{" + ",".join(allowed) + "}"
+    for suffix, metavar in _UNIT_METAVARS:
+        if name.endswith(suffix):
+            return metavar
+    return "N" if s.parse in (positive_int, _non_negative_int) else "VALUE"
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    for name, s in _settings():
-        flag = "--" + name.replace("_", "-")
-        parser.add_argument(flag, dest=name, default=None, metavar=s.env, help=f"{s.help} (env {s.env}, default {s.default!r})")
+    """One flag per setting, grouped, with its environment variable and default."""
+    settings = dict(_settings())
+    for title, names in GROUPS:
+        group = parser.add_argument_group(title)
+        for name in names:
+            s = settings[name]
+            text = argparse.SUPPRESS if name in HIDDEN else f"{s.help} [{s.env}; default: {s.default or 'unset'}]"
+            group.add_argument("--" + name.replace("_", "-"), dest=name, default=None, metavar=_metavar(name, s), help=text)
 
 
 def load(env: Mapping[str, str], flags: Mapping[str, Any] | None = None) -> WorkerConfig:

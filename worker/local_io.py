@@ -1,6 +1,8 @@
 """The embedded default behind the transport contract: stdin in, stdout verdicts, stderr dead letters.
 
-One partition ("stdin", 0) whose offsets are line numbers (blank lines are skipped). A
+One partition ("stdin", 0) whose offsets are line numbers. Every line is a request, a blank one
+too: it gets a dead letter (`empty`) as an empty Kafka message does, so each input line has
+exactly one answer. A
 reader thread fills a bounded queue, so the delivery loop never blocks on input and
 SIGTERM or Ctrl-C are honoured while waiting for it; the queue bound and pausing keep
 memory bounded however fast lines arrive. Writes are acknowledged as soon as they are
@@ -62,8 +64,7 @@ class StdinTransport(Transport):
         self._lines.put(None)
 
     def _line(self, number: int, line: bytes) -> None:
-        if line.strip():
-            self._lines.put((number, line.rstrip(b"\r")))
+        self._lines.put((number, line.rstrip(b"\r")))
 
     def poll(self, timeout_s: float) -> list[Message]:
         if self._paused or self._eof:

@@ -197,6 +197,8 @@ def _serve(config: worker_config.WorkerConfig, metrics: Metrics, checks: dict[st
             log.error(f"cannot start the decode processes: {exc}", exit_status=EXIT_FATAL)
             return EXIT_FATAL
         started.set()
+        if manifest.warning:
+            log.warning(f"model {manifest.version}: {manifest.warning}")
         log.info("worker started", model=manifest.version, mode="kafka" if config.kafka_bootstrap else "stdin",
                  input_topic=config.input_topic if config.kafka_bootstrap else None,
                  cache="redis" if config.redis_url else "memory")
@@ -244,7 +246,12 @@ def install_stop_signals(stop: threading.Event, hard_deadline_s: float) -> None:
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = commands.add_parser("worker", help="run the moderation worker (Kafka, or stdin/stdout when no broker is set)")
+    p = commands.add_parser("worker", help="run the moderation worker (Kafka, or stdin/stdout when no broker is set)",
+                            description="Kafka in, one verdict per request out; with no DDA_KAFKA_BOOTSTRAP, JSON lines or URLs "
+                                        "on stdin and verdicts on stdout. Every setting is an environment variable (in "
+                                        "brackets) and a flag; the flag wins. Exit status: 0 drained and committed, 1 a stage "
+                                        "died or no broker answered, 2 bad configuration or model, 3 stopped with work "
+                                        "abandoned (redelivered).")
     worker_config.add_arguments(p)
     p.set_defaults(handler=worker_command)
 
