@@ -169,6 +169,9 @@ class WorkerConfig:
                                     "memory one decode process may add to what it maps at start; raise with DDA_MAX_PIXELS")
     kafka_max_request_bytes: int = setting("DDA_KAFKA_MAX_REQUEST_BYTES", "1048576", positive_int, "largest record the producer sends (keep <= the topics' max.message.bytes)")
     revoke_timeout_s: float = setting("DDA_REVOKE_TIMEOUT_S", "2", positive_float, "on a rebalance, how long revoked partitions' work may finish and be acknowledged")
+    publish_stall_s: float = setting("DDA_PUBLISH_STALL_S", "20", positive_float,
+                                     "broker reachable, records waiting, none acknowledged this long: a new producer resends them "
+                                     "(/readyz false from 3/4 of it; exit 1 at 2.5 times it)")
     lag_every_s: float = setting("DDA_LAG_EVERY_S", "10", positive_float, "how often dda_consumer_lag is refreshed from the broker's offsets")
     drain_timeout_s: float = setting("DDA_DRAIN_TIMEOUT_S", "25", positive_float, "on SIGTERM, how long in-flight work may finish")
     log_level: str = setting("DDA_LOG_LEVEL", "info", _choice("debug", "info", "warning", "error"), "log level")
@@ -193,7 +196,7 @@ GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("Kafka", ("kafka_bootstrap", "input_topic", "output_topic", "dlq_topic", "group_id", "kafka_security_protocol",
                "kafka_sasl_mechanism", "kafka_sasl_username", "kafka_sasl_password", "kafka_ssl_cafile", "kafka_ssl_certfile",
                "kafka_ssl_keyfile", "kafka_connect_timeout_s", "session_timeout_ms", "revoke_timeout_s", "kafka_max_request_bytes",
-               "max_message_bytes", "lag_every_s")),
+               "max_message_bytes", "publish_stall_s", "lag_every_s")),
     ("model and engine", ("model", "device", "backend", "precision", "compile", "engine_dir", "consumers", "engine_socket",
                           "max_batch", "max_wait_ms")),
     ("fetching", ("fetch_workers", "fetch_timeout_s", "fetch_retries", "fetch_max_bytes", "fetch_allow_networks", "max_in_flight",

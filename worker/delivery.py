@@ -19,10 +19,10 @@ Rebalances (the transport calls the Listener methods from inside `poll`):
 
 Publishing that stalls while the broker is reachable (a broker that lost its state: a
 restarted memory-only broker, an expired or fenced producer id, a recreated topic) is not an
-outage: the producer may never recover by itself. After `publish_unready_s` without any
-acknowledgement the worker reports not ready; after `publish_renew_s` the transport replaces
-its producer and every unacknowledged record is resent; after `publish_give_up_s` the loop
-ends as if a stage had died (exit 1, for a restart). Time only counts while the broker is
+outage: the producer may never recover by itself. After 3/4 of `publish_stall_s`
+(DDA_PUBLISH_STALL_S) without any acknowledgement the worker reports not ready; after all of
+it the transport replaces its producer and every unacknowledged record is resent; after 2.5
+times it the loop ends as if a stage had died (exit 1, for a restart). Time only counts while the broker is
 reachable: an outage is waited out, and readiness already says so.
 
 Shutdown, in order under one deadline: stop intake -> drain (DDA_DRAIN_TIMEOUT_S) -> stop
@@ -55,6 +55,8 @@ COMMIT_TIMEOUT_S = 2.0
 DEAD_LETTER_ATTEMPTS = 5
 PUBLISH_BLOCKED_S = 1.0
 STEP_S = 0.005
+UNREADY_AT = 0.75  # of publish_stall_s: /readyz false
+GIVE_UP_AT = 2.5  # of publish_stall_s: a new producer did not help either; exit 1
 
 EXIT_OK = 0  # drained and committed everything
 EXIT_FATAL = 1  # a pipeline stage died, or the broker could not be reached at start; what was safe was committed
@@ -82,9 +84,7 @@ class Limits:
     post_drain_s: float = 6.0  # stop stages, flush, commit, close: well inside the 10 s after the drain
     lag_every_s: float = 10.0  # how often consumer lag is asked of the broker
     retry_base_s: float = 0.2  # first retry of a refused record; doubles, capped at 10 s
-    publish_unready_s: float = 15.0  # records unacknowledged this long, broker reachable: /readyz false
-    publish_renew_s: float = 20.0  # ... the transport replaces its producer and everything is resent
-    publish_give_up_s: float = 50.0  # ... still nothing: stop (exit 1) for a restart
+    publish_stall_s: float = 20.0  # records unacknowledged this long, broker reachable: a new producer (see above)
 
 
 class Delivery:
@@ -245,7 +245,7 @@ class Delivery:
     @property
     def publishing(self) -> bool:
         """False while records wait for acknowledgements that do not come, the broker reachable (readiness)."""
-        return self._stalled_s < self.limits.publish_unready_s
+        return self._stalled_s < UNREADY_AT * self.limits.publish_stall_s
 
     def _watch_publishing(self, now: float) -> None:
         """Counts how long records wait without any acknowledgement while the broker is reachable;
@@ -257,7 +257,7 @@ class Delivery:
         if not self.transport.connected():
             return  # an outage: waited out, and the readiness probe says so already
         self._stalled_s += elapsed
-        if self._stalled_s >= self.limits.publish_renew_s and not self._renewed:
+        if self._stalled_s >= self.limits.publish_stall_s and not self._renewed:
             self._renewed = True
             if self.transport.renew():
                 self.metrics.producer_renewals.inc()
@@ -271,7 +271,7 @@ class Delivery:
                 for entry in self._retry:
                     entry.retry_at = now
                 self._publish_blocked_until = 0.0
-        if self._stalled_s >= self.limits.publish_give_up_s and self.publish_failure is None:
+        if self._stalled_s >= GIVE_UP_AT * self.limits.publish_stall_s and self.publish_failure is None:
             self.publish_failure = (f"no record acknowledged for {self._stalled_s:.0f} s with the broker reachable, "
                                     "a new producer included (the broker may have lost its state); stopping for a restart")
 

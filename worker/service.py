@@ -183,7 +183,8 @@ def _serve(config: worker_config.WorkerConfig, metrics: Metrics, checks: dict[st
     )
     delivery = Delivery(transport, pipeline, metrics, Limits(
         max_in_flight=config.max_in_flight, max_message_bytes=config.max_message_bytes,
-        revoke_timeout_s=config.revoke_timeout_s, drain_timeout_s=config.drain_timeout_s, lag_every_s=config.lag_every_s))
+        revoke_timeout_s=config.revoke_timeout_s, drain_timeout_s=config.drain_timeout_s, lag_every_s=config.lag_every_s,
+        publish_stall_s=config.publish_stall_s))
     stop = threading.Event()
     install_stop_signals(stop, config.drain_timeout_s + HARD_EXIT_AFTER_DRAIN_S)
     started = threading.Event()

@@ -106,7 +106,7 @@ def test_a_dead_stage_makes_healthz_fail_within_5_s(tiny_model_dir: Path, files:
     from worker.service import health_checks
 
     pipeline, fetcher = make_pipeline(tiny_model_dir, runner=DyingRunner())
-    delivery = type("D", (), {"heartbeat": time.monotonic()})()
+    delivery = type("D", (), {"heartbeat": time.monotonic(), "publishing": True})()
     transport = type("T", (), {"connected": lambda self: True})()
     started, stop = threading.Event(), threading.Event()
     alive, ready = health_checks(pipeline, delivery, transport, started, stop)  # type: ignore[arg-type]
