@@ -288,3 +288,8 @@ def test_a_compiling_engine_compiles_its_buckets_before_it_is_ready(tiny_model_d
         proc.terminate()
         _, err = proc.communicate(timeout=30)
     assert b"compiled batch buckets [8]" in err
+    # The engine process logs as the worker does: one JSON object a line, with level and an ISO UTC timestamp.
+    for line in err.decode().splitlines():
+        record = json.loads(line)
+        assert record["process"] == "engine" and record["level"] in ("info", "warning", "error"), record
+        assert record["timestamp"].endswith("Z") and "T" in record["timestamp"], record
