@@ -4,9 +4,8 @@ For 12 MP camera JPEGs (../shared/data/pdq/reg-test-input/exif-rotn) and 2000x15
 made from them (resized, JPEG quality 92, 4:2:0), in one run: the model's centre crop by
 Pillow's full decode + `center_crop` (the reference's way, the baseline), by our strict full
 decode (`decode_rgb`), and by `decode_center_crop(...)` (region colour conversion, the rest
-entropy-decoded for integrity), checked bit-identical; and PDQ on a full decode vs on the
-DCT-scaled decode, with the Hamming distance between the two hashes. Best of --repeats
-timings, milliseconds per image.
+entropy-decoded for integrity), checked bit-identical. Best of --repeats timings, milliseconds
+per image. (PDQ's cost: benchmarks/pdq_cost.py; crop and hash together: benchmarks/prepare_cost.py.)
 
     python benchmarks/decode_crop.py [--repeats 5]
 """
@@ -29,7 +28,6 @@ from machine import describe
 
 from engine.decode import decode_center_crop, decode_rgb
 from engine.preprocess import center_crop
-from worker import hashing
 
 CAMERA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "pdq" / "reg-test-input" / "exif-rotn"
 
@@ -65,22 +63,16 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     print(f"machine: {json.dumps(describe())}")
-    print("| images | crop: Pillow full decode ms | crop: our full decode ms | crop: region ms | speed-up vs Pillow | identical "
-          "| PDQ full ms | PDQ draft ms | speed-up | max PDQ distance |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| images | crop: Pillow full decode ms | crop: our full decode ms | crop: region ms | speed-up vs Pillow | identical |")
+    print("|---|---|---|---|---|---|")
     for name, images in photo_sets().items():
         pillow = [best_ms(lambda d=d: center_crop(pillow_rgb(d)), args.repeats) for d in images]
         full = [best_ms(lambda d=d: center_crop(decode_rgb(d)), args.repeats) for d in images]
         fast = [best_ms(lambda d=d: decode_center_crop(d), args.repeats) for d in images]
         same = all(np.array_equal(decode_center_crop(d), center_crop(pillow_rgb(d)))
                    and np.array_equal(decode_rgb(d), pillow_rgb(d)) for d in images)
-        pdq_full = [best_ms(lambda d=d: hashing.pdq_from_pixels(hashing.pdq_pixels(d, draft=False)), args.repeats) for d in images]
-        pdq_draft = [best_ms(lambda d=d: hashing.pdq_from_pixels(hashing.pdq_pixels(d)), args.repeats) for d in images]
-        distance = max(hashing.hamming(hashing.pdq_from_pixels(hashing.pdq_pixels(d, draft=False))[0],
-                                       hashing.pdq_from_pixels(hashing.pdq_pixels(d))[0]) for d in images)
-        p, f, r, pf, pd = (float(np.mean(v)) for v in (pillow, full, fast, pdq_full, pdq_draft))
-        print(f"| {name} x{len(images)} | {p:.1f} | {f:.1f} | {r:.1f} | {p / r:.1f}x | {same} | {pf:.0f} | {pd:.0f} | {pf / pd:.1f}x "
-              f"| {distance} |")
+        p, f, r = (float(np.mean(v)) for v in (pillow, full, fast))
+        print(f"| {name} x{len(images)} | {p:.1f} | {f:.1f} | {r:.1f} | {p / r:.1f}x | {same} |")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 /* Every JPEG pixel the worker uses comes from here: libjpeg-turbo with strict integrity rules.
  *
- * decode(data, scale_denom, top, left, height, width, max_scans, check_tail) -> (bytes, height, width, channels)
+ * decode(data, scale_denom, top, left, height, width, max_scans, check_tail, luma_per_block)
+ *     -> (bytes, height, width, channels, luma)
  *
  * - Whole image (height == 0): RGB, or raw CMYK for 4-component files (the caller converts
  *   those as Pillow does), DCT-scaled by 1/scale_denom (1, 2, 4, 8) in the IDCT itself.
@@ -19,6 +20,15 @@
  * refuses files with more than max_scans scans: a progressive file can repeat scans to make
  * the decoder re-read its whole coefficient buffer thousands of times.
  *
+ * - luma_per_block (region decodes that check the tail: 1 or 2; else 0): the same single pass
+ *   also yields the image's luminance at 1/8 or 1/4 scale, read from the Y coefficients as the
+ *   entropy decoder produces them (libjpeg-turbo hands every MCU of the skipped rows to
+ *   decode_mcu too): each 8x8 Y block gives its mean (DC) or the means of its four 4x4
+ *   quadrants (the exact quadrant means of its IDCT, from the coefficients with odd or zero
+ *   frequencies). That is PDQ's input: the hash needs no second decode of the file. luma is
+ *   (bytes, height, width), or None when not asked for or when the tap saw an MCU count other
+ *   than the scan's (the caller then decodes a scaled copy instead).
+ *
  * Errors raise engine._jpeg.Error(kind, message), kind one of "truncated", "corrupt",
  * "too_complex", "unsupported", or "no_region" when a region was asked of a file that needs a
  * full decode (progressive, multi-scan, CMYK).
@@ -28,8 +38,11 @@
 #include <setjmp.h>
 #include <stdio.h>
 #include <string.h>
+#include <math.h>
+#include <stdlib.h>
 #include <jpeglib.h>
 #include <jerror.h>
+#include <jpegint.h>
 
 static PyObject *JpegError;
 
@@ -85,10 +98,135 @@ static void on_progress(j_common_ptr cinfo) {
     }
 }
 
+/* The luminance tap: wraps the entropy decoder's decode_mcu and keeps each Y block's mean (or
+ * quadrant means) as the block goes by. Found from cinfo->client_data. */
+struct luma_tap {
+    boolean (*decode_mcu)(j_decompress_ptr, JBLOCKROW *);
+    JBLOCK scratch[D_MAX_BLOCKS_IN_MCU];
+    JBLOCKROW scratch_rows[D_MAX_BLOCKS_IN_MCU];
+    JDIMENSION mcus, mcus_per_row;
+    int per;                 /* samples per block side: 1 (DC) or 2 (quadrants) */
+    int y_blocks;            /* Y blocks in an MCU (its first h_samp x v_samp blocks) */
+    int h_samp, v_samp;
+    JDIMENSION blocks_wide, blocks_high;
+    const UINT16 *quant;     /* Y's quantisation table, natural order */
+    unsigned char *plane;    /* blocks_high * per rows of blocks_wide * per */
+};
+
+/* quadrant[q][k]: the mean over pixels 4q..4q+3 of IDCT basis function k along one axis. */
+static float quadrant[2][DCTSIZE];
+
+static void init_quadrant(void) {
+    for (int q = 0; q < 2; q++)
+        for (int k = 0; k < DCTSIZE; k++) {
+            double sum = 0.0, norm = k == 0 ? 1.0 / sqrt(2.0) : 1.0;
+            for (int x = 4 * q; x < 4 * q + 4; x++)
+                sum += 0.5 * norm * cos((2 * x + 1) * k * M_PI / 16.0);
+            quadrant[q][k] = (float)(sum / 4.0);
+        }
+}
+
+static unsigned char level(double value) {
+    value += 128.0;
+    return value <= 0.0 ? 0 : value >= 255.0 ? 255 : (unsigned char)(value + 0.5);
+}
+
+static void tap_block(struct luma_tap *tap, const JCOEF *coef, JDIMENSION by, JDIMENSION bx) {
+    size_t width = (size_t)tap->blocks_wide * tap->per;
+    unsigned char *out = tap->plane + (size_t)by * tap->per * width + (size_t)bx * tap->per;
+    if (tap->per == 1) {
+        /* libjpeg's own 1/8-scale IDCT of a block: the dequantised DC, descaled by 8 with rounding */
+        int dc = coef[0] * tap->quant[0];
+        int value = ((dc + 4) >> 3) + 128;
+        out[0] = (unsigned char)(value < 0 ? 0 : value > 255 ? 255 : value);
+        return;
+    }
+    float rows[DCTSIZE][2];  /* per vertical frequency v: the row's horizontal quadrant sums */
+    for (int v = 0; v < DCTSIZE; v++) {
+        rows[v][0] = rows[v][1] = 0.0f;
+        for (int u = 0; u < DCTSIZE; u++) {
+            JCOEF c = coef[v * DCTSIZE + u];
+            if (c) {
+                float f = (float)(c * tap->quant[v * DCTSIZE + u]);
+                rows[v][0] += f * quadrant[0][u];
+                rows[v][1] += f * quadrant[1][u];
+            }
+        }
+    }
+    for (int qy = 0; qy < 2; qy++)
+        for (int qx = 0; qx < 2; qx++) {
+            double sum = 0.0;
+            for (int v = 0; v < DCTSIZE; v++)
+                sum += rows[v][qx] * quadrant[qy][v];
+            out[(size_t)qy * width + qx] = level(sum);
+        }
+}
+
+static boolean tapped_decode_mcu(j_decompress_ptr cinfo, JBLOCKROW *MCU_data) {
+    struct luma_tap *tap = (struct luma_tap *)cinfo->client_data;
+    JBLOCKROW *blocks = MCU_data;
+    if (blocks == NULL) { /* a skipped row: libjpeg discards the coefficients; keep them here */
+        memset(tap->scratch, 0, sizeof(JBLOCK) * (size_t)cinfo->blocks_in_MCU);
+        blocks = tap->scratch_rows;
+    }
+    if (!tap->decode_mcu(cinfo, blocks))
+        return FALSE; /* suspended: this MCU comes again */
+    JDIMENSION row = tap->mcus / tap->mcus_per_row, col = tap->mcus % tap->mcus_per_row;
+    tap->mcus++;
+    for (int b = 0; b < tap->y_blocks; b++) {
+        JDIMENSION by = row * (JDIMENSION)tap->v_samp + (JDIMENSION)(b / tap->h_samp);
+        JDIMENSION bx = col * (JDIMENSION)tap->h_samp + (JDIMENSION)(b % tap->h_samp);
+        if (by < tap->blocks_high && bx < tap->blocks_wide)
+            tap_block(tap, blocks[b][0], by, bx);
+    }
+    return TRUE;
+}
+
+/* Installs the tap once the scan has started; 0 when the file's layout is not one it reads. */
+static int install_tap(j_decompress_ptr cinfo, struct luma_tap *tap, int per) {
+    jpeg_component_info *y = cinfo->cur_comp_info[0];
+    if (cinfo->comps_in_scan < 1 || y == NULL || y->component_index != 0 || y->quant_table == NULL)
+        return 0;
+    memset(tap, 0, sizeof(*tap));
+    for (int b = 0; b < D_MAX_BLOCKS_IN_MCU; b++)
+        tap->scratch_rows[b] = &tap->scratch[b];
+    tap->per = per;
+    tap->h_samp = cinfo->comps_in_scan == 1 ? 1 : y->h_samp_factor;
+    tap->v_samp = cinfo->comps_in_scan == 1 ? 1 : y->v_samp_factor;
+    tap->y_blocks = tap->h_samp * tap->v_samp;
+    tap->mcus_per_row = cinfo->MCUs_per_row;
+    tap->blocks_wide = y->width_in_blocks;
+    tap->blocks_high = y->height_in_blocks;
+    tap->quant = y->quant_table->quantval;
+    tap->plane = calloc((size_t)tap->blocks_wide * per * tap->blocks_high * per, 1);
+    if (tap->plane == NULL)
+        return 0;
+    tap->decode_mcu = cinfo->entropy->decode_mcu;
+    cinfo->client_data = tap;
+    cinfo->entropy->decode_mcu = tapped_decode_mcu;
+    return 1;
+}
+
+/* The tap's plane as (bytes, height, width) cut to the image's own size, or None. */
+static PyObject *tapped_luma(j_decompress_ptr cinfo, struct luma_tap *tap) {
+    if (tap->plane == NULL || tap->mcus != cinfo->MCUs_per_row * cinfo->MCU_rows_in_scan)
+        Py_RETURN_NONE;
+    int per = tap->per;
+    int height = (int)((cinfo->image_height * (JDIMENSION)per + 7) / 8), width = (int)((cinfo->image_width * (JDIMENSION)per + 7) / 8);
+    size_t stride = (size_t)tap->blocks_wide * per;
+    PyObject *plane = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)height * width);
+    if (plane == NULL)
+        return NULL;
+    for (int r = 0; r < height; r++)
+        memcpy(PyBytes_AS_STRING(plane) + (size_t)r * width, tap->plane + (size_t)r * stride, (size_t)width);
+    return Py_BuildValue("(Nii)", plane, height, width);
+}
+
 static PyObject *decode(PyObject *self, PyObject *args) {
     Py_buffer data;
-    int scale, top, left, height, width, max_scans, check_tail;
-    if (!PyArg_ParseTuple(args, "y*iiiiiip", &data, &scale, &top, &left, &height, &width, &max_scans, &check_tail))
+    int scale, top, left, height, width, max_scans, check_tail, luma_per_block;
+    if (!PyArg_ParseTuple(args, "y*iiiiiipi", &data, &scale, &top, &left, &height, &width, &max_scans, &check_tail,
+                          &luma_per_block))
         return NULL;
 
     struct jpeg_decompress_struct cinfo;
@@ -98,6 +236,9 @@ static PyObject *decode(PyObject *self, PyObject *args) {
     JSAMPLE *volatile row = NULL;
     PyObject *volatile out = NULL;
     const char *refusal = NULL;
+    struct luma_tap tap;
+    unsigned char *volatile *plane = &tap.plane;
+    tap.plane = NULL;
 
     memset(&err, 0, sizeof(err));
     cinfo.err = jpeg_std_error(&err.pub);
@@ -106,6 +247,7 @@ static PyObject *decode(PyObject *self, PyObject *args) {
     if (setjmp(err.escape)) {
         jpeg_destroy_decompress(&cinfo);
         free((void *)row);
+        free((void *)*plane);
         Py_XDECREF((PyObject *)out);
         PyBuffer_Release(&data);
         PyErr_SetObject(JpegError, Py_BuildValue("(ss)", err.kind, err.message));
@@ -127,6 +269,8 @@ static PyObject *decode(PyObject *self, PyObject *args) {
         refusal = "unusual number of colour components";
     else if (region && (scale != 1 || channels != 3 || cinfo.progressive_mode || jpeg_has_multiple_scans(&cinfo)))
         refusal = "region decoding needs a single-scan YCbCr or greyscale file at scale 1";
+    else if (luma_per_block && (luma_per_block > 2 || !region || !check_tail))
+        refusal = "the luminance tap needs a region decode that checks the tail, at 1 or 2 per block";
     else if (region && (top < 0 || left < 0 || width <= 0 || (JDIMENSION)(top + height) > cinfo.image_height ||
                         (JDIMENSION)(left + width) > cinfo.image_width))
         refusal = "region outside the image";
@@ -140,6 +284,8 @@ static PyObject *decode(PyObject *self, PyObject *args) {
     cinfo.scale_num = 1;
     cinfo.scale_denom = (unsigned int)scale;
     jpeg_start_decompress(&cinfo);
+    if (luma_per_block)
+        install_tap(&cinfo, &tap, luma_per_block);
     JDIMENSION xoffset = 0, skip = 0;
     if (region) {
         JDIMENSION xwidth = (JDIMENSION)width;
@@ -158,6 +304,7 @@ static PyObject *decode(PyObject *self, PyObject *args) {
     if (out == NULL || row == NULL) {
         jpeg_destroy_decompress(&cinfo);
         free((void *)row);
+        free(tap.plane);
         Py_XDECREF((PyObject *)out);
         PyBuffer_Release(&data);
         return PyErr_NoMemory();
@@ -174,7 +321,7 @@ static PyObject *decode(PyObject *self, PyObject *args) {
         jpeg_destroy_decompress(&cinfo);
         free((void *)row);
         PyBuffer_Release(&data);
-        return Py_BuildValue("(Niii)", (PyObject *)out, height, width, channels);
+        return Py_BuildValue("(NiiiO)", (PyObject *)out, height, width, channels, Py_None);
     }
     /* The rows below a region: skipping to the very end would only mark the input finished, so
      * skip all but the last row (entropy decoding, no IDCT) and read that one. */
@@ -183,10 +330,16 @@ static PyObject *decode(PyObject *self, PyObject *args) {
     if (cinfo.output_scanline < cinfo.output_height && jpeg_read_scanlines(&cinfo, rows, 1) != 1)
         escape((j_common_ptr)&cinfo, "truncated");
     jpeg_finish_decompress(&cinfo); /* reads up to the end marker: a missing one is a warning, fatal here */
+    PyObject *luma = luma_per_block ? tapped_luma(&cinfo, &tap) : (Py_INCREF(Py_None), Py_None);
     jpeg_destroy_decompress(&cinfo);
     free((void *)row);
+    free(tap.plane);
     PyBuffer_Release(&data);
-    return Py_BuildValue("(Niii)", (PyObject *)out, height, width, channels);
+    if (luma == NULL) {
+        Py_DECREF((PyObject *)out);
+        return NULL;
+    }
+    return Py_BuildValue("(NiiiN)", (PyObject *)out, height, width, channels, luma);
 }
 
 static PyMethodDef methods[] = {
@@ -197,6 +350,7 @@ static PyMethodDef methods[] = {
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_jpeg", NULL, -1, methods};
 
 PyMODINIT_FUNC PyInit__jpeg(void) {
+    init_quadrant();
     PyObject *m = PyModule_Create(&module);
     if (m == NULL)
         return NULL;

@@ -278,26 +278,34 @@ def check_jpeg_coding(data: bytes) -> None:
     raise InputError(DECODE_FAILED, "JPEG has no frame header before its first scan")
 
 
-def decode_jpeg(data: bytes, scale: int = 1, region: tuple[int, int, int, int] | None = None,
-                check_tail: bool = True) -> np.ndarray:
+def decode_jpeg(data: bytes, scale: int = 1, region: tuple[int, int, int, int] | None = None) -> np.ndarray:
     """RGB pixels by engine._jpeg: the whole image (DCT-scaled by 1/scale) or (top, left, height, width).
 
-    A region decode entropy-decodes the rows below it too (integrity) unless `check_tail` is
-    false: for callers that decode the whole file in another pass.
+    A region decode entropy-decodes the rows below it too: a file cut short or corrupt after the
+    region is refused as a whole decode refuses it.
 
     CMYK files come back as libjpeg's raw CMYK and are converted the way Pillow converts them
     (Adobe's inverted convention), so pixels stay identical to the reference's."""
+    return _decode_jpeg(data, scale, region)[0]
+
+
+def _decode_jpeg(data: bytes, scale: int = 1, region: tuple[int, int, int, int] | None = None,
+                 luma_per_block: int = 0) -> tuple[np.ndarray, np.ndarray | None]:
+    """`decode_jpeg`, and with `luma_per_block` (1 or 2, region decodes only) the image's luminance
+    at 1/8 or 1/4 scale from the same pass (None if the decoder could not tap it)."""
     top, left, height, width = region or (0, 0, 0, 0)
     try:
-        raw, height, width, channels = _jpeg.decode(data, scale, top, left, height, width, MAX_JPEG_SCANS, check_tail)
+        raw, height, width, channels, luma = _jpeg.decode(data, scale, top, left, height, width, MAX_JPEG_SCANS, True,
+                                                          luma_per_block)
     except _jpeg.Error as exc:
         kind, message = exc.args
         if kind == "no_region":
             raise _NoRegion from None
         raise InputError(_JPEG_ERROR_CODES.get(kind, DECODE_FAILED), f"JPEG: {message}") from None
+    plane = np.frombuffer(luma[0], np.uint8).reshape(luma[1], luma[2]) if luma is not None else None
     if channels == 4:
-        return np.asarray(Image.frombuffer("CMYK", (width, height), raw, "raw", "CMYK;I", 0, 1).convert("RGB"))
-    return np.frombuffer(raw, np.uint8).reshape(height, width, 3)
+        return np.asarray(Image.frombuffer("CMYK", (width, height), raw, "raw", "CMYK;I", 0, 1).convert("RGB")), plane
+    return np.frombuffer(raw, np.uint8).reshape(height, width, 3), plane
 
 
 @dataclass(frozen=True)
@@ -308,33 +316,36 @@ class CropDecode:
     whole: np.ndarray | None  # the whole image, when the crop needed a full decode (None: region decode)
     height: int
     width: int
+    luma: np.ndarray | None = None  # a region decode's tapped luminance (1/8 or 1/4 scale), when asked for
 
 
 def decode_crop(data: bytes, size: int = CROP_SIZE, max_pixels: int = DEFAULT_MAX_PIXELS,
-                check_tail: bool = True) -> CropDecode:
-    """The centre crop, bit-identical to `center_crop(decode_rgb(data))`.
+                luma_per_block: Callable[[int, int], int] | None = None) -> CropDecode:
+    """The centre crop, bit-identical to `center_crop(decode_rgb(data))`, in one decode of the file.
 
     Single-scan JPEGs at least `size` on both sides colour-convert only the crop plus a margin
-    (the rows below are entropy-decoded to check their integrity unless `check_tail` is false:
-    the caller then owes the file a whole decode); other files take the full decode, which is
-    returned so that nothing decodes them twice."""
+    and entropy-decode the rest (integrity); with `luma_per_block`, a function of (height,
+    width), that pass also returns the luminance at 1/8 (1) or 1/4 (2) scale for hashing, and 0
+    asks for a whole decode instead (a small image: one decode serves crop and hash). Other files
+    take the whole decode, which is returned so that nothing decodes them twice."""
     if not data.startswith(b"\xff\xd8\xff"):
         whole = decode_rgb(data, max_pixels)
         return CropDecode(center_crop(whole, size), whole, whole.shape[0], whole.shape[1])
     try:
         image = open_checked(data, max_pixels)
-        if image.width >= size and image.height >= size:
+        per = luma_per_block(image.height, image.width) if luma_per_block else 0
+        if image.width >= size and image.height >= size and (luma_per_block is None or per):
             plan = plan_center_crop(image.height, image.width, size)
             top, left = max(plan.top - REGION_MARGIN, 0), max(plan.left - REGION_MARGIN, 0)
             bottom = min(plan.top + size + REGION_MARGIN, image.height)
             right = min(plan.left + size + REGION_MARGIN, image.width)
             try:
-                pixels = decode_jpeg(data, region=(top, left, bottom - top, right - left), check_tail=check_tail)
+                pixels, luma = _decode_jpeg(data, region=(top, left, bottom - top, right - left), luma_per_block=per)
             except _NoRegion:
                 pass
             else:
                 y, x = plan.top - top, plan.left - left
-                return CropDecode(pixels[y : y + size, x : x + size].copy(), None, image.height, image.width)
+                return CropDecode(pixels[y : y + size, x : x + size].copy(), None, image.height, image.width, luma)
         whole = decode_jpeg(data)
         return CropDecode(center_crop(whole, size), whole, whole.shape[0], whole.shape[1])
     except Exception as exc:  # see as_input_error

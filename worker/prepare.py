@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from engine.decode import as_input_error, decode_crop, decode_jpeg, decode_rgb
-from worker.hashing import box_reduce, jpeg_pdq_scale, pdq_from_pixels
+from worker.hashing import jpeg_luma_per_block, pdq_from_luma, pdq_from_pixels
 
 
 @dataclass(frozen=True)
@@ -29,19 +29,18 @@ class Prepared:
 def prepare(data: bytes, crop_size: int, crops: int, max_pixels: int, hash_pdq: bool = True) -> Prepared:
     """Never raises for bad input: an error is returned, so one image cannot stop the pool.
 
-    Each file is decoded once for crop and hash, except a single-scan JPEG: its crop comes from
-    a region decode that stops at the crop, and its hash from a DCT-scaled decode of the whole
-    file, which is also the pass that checks the rest of the file (a corrupt tail fails the image)."""
+    Every file is decoded once for crop, integrity and hash (see `worker.hashing`); a larger
+    single-scan JPEG's hash comes from the luminance its region decode tapped."""
     from engine.preprocess import views
 
     started = time.perf_counter()
-    hash_input: np.ndarray | None = None
+    luma: np.ndarray | None = None
     try:
         if crops == 1:
-            decoded = decode_crop(data, crop_size, max_pixels, check_tail=not hash_pdq)
-            pixels, whole = decoded.crop[None], decoded.whole
-            if hash_pdq and whole is None:
-                hash_input = decode_jpeg(data, jpeg_pdq_scale(decoded.height, decoded.width))
+            decoded = decode_crop(data, crop_size, max_pixels, jpeg_luma_per_block if hash_pdq else None)
+            pixels, whole, luma = decoded.crop[None], decoded.whole, decoded.luma
+            if hash_pdq and whole is None and luma is None:  # the decoder could not tap this file: a scaled decode
+                whole = decode_jpeg(data, 8 // jpeg_luma_per_block(decoded.height, decoded.width))
         else:
             whole = decode_rgb(data, max_pixels)
             pixels = views(whole, crops, crop_size)
@@ -51,10 +50,11 @@ def prepare(data: bytes, crop_size: int, crops: int, max_pixels: int, hash_pdq: 
     pdq = quality = pdq_error = None
     if hash_pdq:
         try:
-            if whole is not None:
-                hash_input = box_reduce(whole)
-            assert hash_input is not None  # a region decode set it above
-            pdq, quality = pdq_from_pixels(hash_input)
+            if luma is not None:
+                pdq, quality = pdq_from_luma(luma)
+            else:
+                assert whole is not None  # a whole decode, or the scaled one above
+                pdq, quality = pdq_from_pixels(whole)
         except Exception as exc:  # noqa: BLE001 - an unhashable image is still scored, with the reason stated
             pdq_error = as_input_error(exc).message
     return Prepared(pixels, pdq, quality, None, (time.perf_counter() - started) * 1000, pdq_error)

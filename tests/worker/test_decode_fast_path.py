@@ -14,7 +14,7 @@ from engine.preprocess import center_crop
 from tests.conftest import SHARED_DATA, encode, photo
 from tests.hostile_files import cut_with_end_marker, jpeg_declaring, progressive_jpeg_with_scans, relabel_frame
 from worker.errors import InputError
-from worker.hashing import box_reduce, hamming, jpeg_pdq_scale, pdq_from_pixels, pdq_pixels
+from worker.hashing import hamming, jpeg_luma_per_block, pdq_from_pixels
 from worker.prepare import Prepared, prepare
 
 
@@ -29,8 +29,7 @@ def reference_crop(data: bytes) -> np.ndarray:
 
 
 def prepared(data: bytes) -> Prepared:
-    """prepare() as the decode processes run it (region crop that stops at the crop, then the
-    PDQ decode that checks the rest of the file), its error raised."""
+    """prepare() as the decode processes run it (one decode for crop, integrity and hash), its error raised."""
     result = prepare(data, 224, 1, 64_000_000)
     if result.error is not None:
         raise InputError(*result.error)
@@ -41,16 +40,16 @@ def prepared(data: bytes) -> Prepared:
 def region_calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, ...]]:
     """Records each successful region decode (instrumentation, not a fake)."""
     calls: list[tuple[int, ...]] = []
-    real = decode.decode_jpeg
+    real = decode._decode_jpeg  # noqa: SLF001 - instrumenting the module's own region path
 
     def counting(data: bytes, scale: int = 1, region: tuple[int, int, int, int] | None = None,
-                 check_tail: bool = True) -> np.ndarray:
-        out = real(data, scale, region, check_tail)
+                 luma_per_block: int = 0) -> tuple[np.ndarray, np.ndarray | None]:
+        out = real(data, scale, region, luma_per_block)
         if region is not None:
             calls.append(region)
         return out
 
-    monkeypatch.setattr(decode, "decode_jpeg", counting)
+    monkeypatch.setattr(decode, "_decode_jpeg", counting)
     return calls
 
 
@@ -153,7 +152,7 @@ def test_missing_or_corrupt_data_is_an_error_on_every_path(make, code: str, prog
     """Pillow returns these as grey images; every path here (crop, full, PDQ) refuses them alike."""
     data = make(encode(photo(1600, 1200, seed=9), "JPEG", quality=90, progressive=progressive))
     assert pillow_rgb(data).shape[2] == 3  # Pillow: no error at all
-    for path in (decode.decode_center_crop, decode.decode_rgb, pdq_pixels, prepared):
+    for path in (decode.decode_center_crop, decode.decode_rgb, prepared):
         with pytest.raises(InputError) as info:
             path(data)
         assert info.value.code == code, (path.__name__, info.value.message)
@@ -166,7 +165,7 @@ def test_missing_or_corrupt_data_is_an_error_on_every_path(make, code: str, prog
 )
 def test_codings_outside_8_bit_huffman_are_refused_alike_on_every_path(marker: int, precision: int, what: str) -> None:
     data = relabel_frame(encode(photo(900, 700, seed=3), "JPEG", quality=90), marker, precision)
-    for path in (decode.decode_center_crop, decode.decode_rgb, pdq_pixels, prepared):
+    for path in (decode.decode_center_crop, decode.decode_rgb, prepared):
         with pytest.raises(InputError) as info:
             path(data)
         assert info.value.code == "unsupported_format" and what in info.value.message
@@ -179,57 +178,54 @@ def test_too_many_scans_are_refused_before_they_cost_time() -> None:
     assert info.value.code == "image_too_complex"
 
 
-def test_pdq_scaled_decode_matches_pillow_draft() -> None:
-    data = encode(photo(2400, 1800, seed=12), "JPEG", quality=90)
-    scale = jpeg_pdq_scale(1800, 2400)
-    with Image.open(io.BytesIO(data)) as image:
-        image.draft("RGB", (image.width // scale, image.height // scale))
-        expected = np.asarray(image.convert("RGB"))
-    assert scale == 8 and np.array_equal(pdq_pixels(data), expected)
+@pytest.mark.parametrize(("size", "subsampling", "mode"), [((2400, 1800), 2, "RGB"), ((1600, 1000), 1, "RGB"),
+                                                        ((999, 950), 0, "RGB"), ((1200, 1000), 2, "L")])
+def test_the_tapped_luminance_is_libjpegs_own_scaled_luminance(size: tuple[int, int], subsampling: int, mode: str) -> None:
+    """One sample per block is libjpeg's 1/8-scale Y exactly; four are the exact quadrant means,
+    within one level of libjpeg's own 1/4-scale IDCT (which is not an exact mean)."""
+    data = encode(photo(*size, seed=size[0]).convert(mode), "JPEG", quality=90, subsampling=subsampling)
+    for per, tolerance in ((1, 0), (2, 1)):
+        crop, luma = decode._decode_jpeg(data, region=(100, 100, 336, 336), luma_per_block=per)  # noqa: SLF001
+        with Image.open(io.BytesIO(data)) as image:
+            image.draft("L", (image.width * per // 8, image.height * per // 8))
+            expected = np.asarray(image.convert("L"))
+        assert luma is not None and luma.shape == expected.shape
+        assert np.abs(luma.astype(int) - expected.astype(int)).max() <= tolerance, per
+        assert np.array_equal(crop[16:-16, 16:-16], pillow_rgb(data)[116:420, 116:420])  # away from the region's edges
 
 
-def test_prepare_decodes_each_file_once_except_a_region_crop(monkeypatch: pytest.MonkeyPatch) -> None:
-    """PNG and progressive JPEG: one decode serves crop and hash. Single-scan JPEG: a region decode
-    that stops at the crop, then one DCT-scaled decode of the whole file (PDQ and integrity)."""
-    import worker.prepare
-
+def test_prepare_decodes_each_file_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """PNG, progressive and small JPEGs: one whole decode serves crop and hash. A larger
+    single-scan JPEG: one region decode that checks the whole file and taps its luminance."""
     decodes: list[str] = []
-    real_rgb, real_jpeg = decode.decode_rgb, decode.decode_jpeg
+    real_rgb, real_jpeg = decode.decode_rgb, decode._decode_jpeg  # noqa: SLF001
 
     def rgb(data: bytes, max_pixels: int = decode.DEFAULT_MAX_PIXELS) -> np.ndarray:
         out = real_rgb(data, max_pixels)
         decodes.append("rgb")
         return out
 
-    def jpeg(data: bytes, scale: int = 1, region: tuple[int, int, int, int] | None = None, check_tail: bool = True) -> np.ndarray:
-        out = real_jpeg(data, scale, region, check_tail)  # a refused region (progressive) decodes nothing
-        decodes.append("region" + ("" if check_tail else ", stops at the crop") if region else f"whole 1/{scale}")
+    def jpeg(data: bytes, scale: int = 1, region: tuple[int, int, int, int] | None = None,
+             luma_per_block: int = 0) -> tuple[np.ndarray, np.ndarray | None]:
+        out = real_jpeg(data, scale, region, luma_per_block)  # a refused region (progressive) decodes nothing
+        decodes.append(("region" + (f" + luma {luma_per_block}/8" if luma_per_block else "")) if region else f"whole 1/{scale}")
         return out
 
-    for module in (decode, worker.prepare):
-        monkeypatch.setattr(module, "decode_rgb", rgb)
-        monkeypatch.setattr(module, "decode_jpeg", jpeg)
-    base = photo(1600, 1200, seed=3)
+    monkeypatch.setattr(decode, "decode_rgb", rgb)
+    monkeypatch.setattr(decode, "_decode_jpeg", jpeg)
+    base, small = photo(1600, 1200, seed=3), photo(800, 600, seed=4)
     for data, expected in [(encode(base, "PNG"), ["rgb"]),
                            (encode(base, "JPEG", quality=90, progressive=True), ["whole 1/1"]),
-                           (encode(base, "JPEG", quality=90), ["region, stops at the crop", "whole 1/8"])]:
+                           (encode(small, "JPEG", quality=90), ["whole 1/1"]),
+                           (encode(base, "JPEG", quality=90), ["region + luma 1/8"])]:
         decodes.clear()
         result = prepare(data, 336, 1, 64_000_000)
         assert result.error is None and result.pdq is not None and decodes == expected
         assert np.array_equal(result.crops[0], reference_crop(data))  # type: ignore[index]
     decodes.clear()
     assert prepare(encode(base, "JPEG", quality=90), 336, 1, 64_000_000, hash_pdq=False).pdq is None
-    assert decodes == ["region"]  # no PDQ pass: the region decode checks the rows below the crop itself
-
-
-def test_box_reduce_is_the_mean_of_whole_blocks() -> None:
-    rgb = np.random.default_rng(1).integers(0, 256, (1537, 1100, 3), dtype=np.uint8)
-    fy, fx = 1537 // 512, 1100 // 512
-    h, w = 1537 // fy, 1100 // fx
-    blocks = rgb[: h * fy, : w * fx].reshape(h, fy, w, fx, 3).astype(np.float64).mean(axis=(1, 3))
-    assert np.array_equal(box_reduce(rgb), np.floor(blocks + 0.5).astype(np.uint8))
-    small = rgb[:500, :600]
-    assert box_reduce(small) is small
+    assert decodes == ["region"]
+    assert [jpeg_luma_per_block(*hw) for hw in ((600, 800), (950, 1500), (960, 1280), (899, 4000))] == [0, 2, 1, 0]
 
 
 @pytest.mark.skipif(not (SHARED_DATA / "pdq").is_dir(), reason="../shared/data not present")
@@ -255,16 +251,16 @@ def test_every_shared_jpeg_is_bit_identical(region_calls: list) -> None:
 @pytest.mark.skipif(not (SHARED_DATA / "pdq").is_dir(), reason="../shared/data not present")
 def test_pdq_matches_meta_reference_hashes() -> None:
     dih = SHARED_DATA / "pdq" / "reg-test-input" / "dih"
-    bridge1, q1 = pdq_from_pixels(pdq_pixels((dih / "bridge-1-original.jpg").read_bytes(), draft=False))
-    bridge2, _ = pdq_from_pixels(pdq_pixels((dih / "bridge-2-rotate-90.jpg").read_bytes(), draft=False))
+    bridge1, q1 = pdq_from_pixels(decode.decode_rgb((dih / "bridge-1-original.jpg").read_bytes()))
+    bridge2, _ = pdq_from_pixels(decode.decode_rgb((dih / "bridge-2-rotate-90.jpg").read_bytes()))
     assert bridge1 == "f8f8f0cee0f4a84f06370a22038f63f0b36e2ed596621e1d33e6b39c4e9c9b22" and q1 == 100
     assert bridge2 == "30a10efd71cc3d429013d48d0ffffc52e34e0e17ada952a9d29685211ea9e5af"
     assert hamming(bridge1, bridge2) == 120
-    _, q_small = pdq_from_pixels(pdq_pixels((SHARED_DATA / "pdq" / "misc-images" / "small.jpg").read_bytes()))
+    _, q_small = pdq_from_pixels(decode.decode_rgb((SHARED_DATA / "pdq" / "misc-images" / "small.jpg").read_bytes()))
     assert q_small == 0
 
 
-def test_draft_pdq_stays_within_match_radius_of_the_full_decode() -> None:
+def test_tapped_pdq_stays_within_match_radius_of_the_full_decode() -> None:
     from PIL import ImageDraw
 
     image = photo(4000, 3000, seed=6)  # structure, not just noise: noise alone has PDQ quality ~5
@@ -272,8 +268,8 @@ def test_draft_pdq_stays_within_match_radius_of_the_full_decode() -> None:
     for i in range(12):
         draw.ellipse((300 * i, 200 * i % 2500, 300 * i + 900, 200 * i % 2500 + 700), fill=(20 * i, 255 - 20 * i, 120))
     data = encode(image, "JPEG", quality=92)
-    full, q_full = pdq_from_pixels(pdq_pixels(data, draft=False))
-    draft, q_draft = pdq_from_pixels(pdq_pixels(data))
-    assert pdq_pixels(data).shape[0] < 3000  # really DCT-scaled
+    full, q_full = pdq_from_pixels(decode.decode_rgb(data))
+    result = prepare(data, 336, 1, 64_000_000)
+    draft, q_draft = str(result.pdq), int(result.pdq_quality or 0)
     assert min(q_full, q_draft) >= 50
     assert hamming(full, draft) <= 31

@@ -26,7 +26,8 @@ from tests.conftest import encode, scene
 from tests.http_server import LocalServer, Route
 from tests.provenance_files import IPTC, sign, with_xmp, xmp_packet
 from tests.services import Broker, RedisServer, Worker, unique, wait_for
-from worker.hashing import hamming, pdq_from_pixels, pdq_pixels
+from worker.hashing import hamming
+from worker.prepare import prepare
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -160,7 +161,7 @@ def labelled(model_dir: Path, candidates: list[bytes]) -> dict[str, bytes]:
     detector = Detector(loaded.manifest, TorchRunner(loaded.network, loaded.manifest.preprocessing))
     found: dict[str, bytes] = {}
     for data, p in zip(candidates, detector.predict([decode_rgb(d) for d in candidates])):
-        if pdq_from_pixels(pdq_pixels(data))[1] >= 50:
+        if (prepare(data, 336, 1, 64_000_000).pdq_quality or 0) >= 50:
             found.setdefault(p.label, data)
     assert set(found) == {"real", "ai_generated"}, "the tiny model should label some scenes each way"
     return found
@@ -188,7 +189,7 @@ def test_perceptual_matches_are_reported_and_only_trusted_ones_answer_unscored(
         server.routes[f"/orig/{label}"] = Route(body=data)
         server.routes[f"/twin/{label}"] = Route(body=twin(data))
         server.routes[f"/twin2/{label}"] = Route(body=twin(data, 1))
-        assert hamming(pdq_from_pixels(pdq_pixels(data))[0], pdq_from_pixels(pdq_pixels(twin(data)))[0]) <= 2
+        assert hamming(str(prepare(data, 336, 1, 64_000_000).pdq), str(prepare(twin(data), 336, 1, 64_000_000).pdq)) <= 2
     worker = start_worker(workers, tiny_model_dir, broker, topics, unique("group"), tmp_path / "w.log",
                           DDA_REDIS_URL=redis_server.url, DDA_NEAR_DUPLICATES="trusted")
     verdicts = broker.reader(topics["output"])
