@@ -202,7 +202,7 @@ def main() -> None:
     parser.add_argument("--consumers", type=int, default=2, help="consumer processes of the pod")
     parser.add_argument("--decode-workers", type=int, default=2, help="decode processes (a pod splits them)")
     parser.add_argument("--configs", default="one:stub,pod:stub,one:tiny,pod:tiny",
-                        help="MODE:MODEL,...: MODE one (one process), pod, or base (one process of --baseline's code)")
+                        help="MODE:MODEL,...: MODE one (one process), pod, base or basepod (the same of --baseline's code)")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--max-batch", type=int, default=32)
     parser.add_argument("--baseline", type=Path, help="a checkout of the code before (its engine/_jpeg built) for MODE base")
@@ -233,8 +233,8 @@ def main() -> None:
         try:
             with nginx(root) as base:
                 for mode, model_kind in configs:  # the same images each time: the cache is emptied in between
-                    consumers = args.consumers if mode == "pod" else 1
-                    tree = args.baseline if mode == "base" else ROOT
+                    consumers = args.consumers if mode in ("pod", "basepod") else 1
+                    tree = args.baseline if mode in ("base", "basepod") else ROOT
                     results.append(measure(f"{mode}-{model_kind}", consumers, model_kind == "stub", models[model_kind], broker, redis,
                                            base, images, args, tmp, tree))
         finally:

@@ -12,8 +12,10 @@ children die with the worker (see `worker.decode_child`).
 
 from __future__ import annotations
 
+import fcntl
 import functools
 import json
+import mmap
 import os
 import queue
 import select
@@ -69,17 +71,33 @@ class _ChildDied(Exception):
 CHILD_MODULE = "worker.decode_child"
 
 
+SLOT_BYTES = 5 * 336 * 336 * 3  # five crops of the reference's size: every answer the worker asks for fits
+PIPE_BYTES = 1 << 20  # job pipes: a camera JPEG goes through in a few writes, not one per 64 KB
+F_SETPIPE_SZ = 1031  # Linux fcntl
+
+
 class _Child:
-    """One decode process and the pipe ends to it."""
+    """One decode process, the pipe ends to it, and its shared-memory slot for pixels."""
 
     def __init__(self, module: str, limits: DecodeLimits, trust_anchors: str) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", module, str(os.getpid()), str(limits.cpu_s), str(limits.memory_mb), trust_anchors],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True,
-        )
+        fd = os.memfd_create("dda-decode-slot", os.MFD_CLOEXEC)
+        try:
+            os.ftruncate(fd, SLOT_BYTES)
+            self.slot = mmap.mmap(fd, SLOT_BYTES)
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", module, str(os.getpid()), str(limits.cpu_s), str(limits.memory_mb), trust_anchors,
+                 str(fd), str(SLOT_BYTES)],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True, pass_fds=(fd,),
+            )
+        finally:
+            os.close(fd)  # the mapping and the child's copy keep the memory
         assert self.proc.stdin is not None and self.proc.stdout is not None
         self.jobs = self.proc.stdin
         self.answers = self.proc.stdout.fileno()
+        try:
+            fcntl.fcntl(self.jobs.fileno(), F_SETPIPE_SZ, PIPE_BYTES)
+        except OSError:
+            pass  # a smaller pipe still works, in more trips
 
     @property
     def pid(self) -> int:
@@ -131,11 +149,19 @@ class _Child:
             self.proc.wait()
         if self.proc.stdout is not None:
             self.proc.stdout.close()
+        self.slot.close()
 
     def kill(self) -> None:
         self.proc.kill()
         self.proc.wait()
         self.stop(0)
+
+    def pixels(self, shape: tuple[int, ...]) -> np.ndarray:
+        """A copy of the slot's first pixels of `shape` (the next job overwrites the slot)."""
+        size = int(np.prod(shape))
+        if size > len(self.slot):
+            raise ValueError(f"decode process claims {size} bytes in a slot of {len(self.slot)}")
+        return np.frombuffer(self.slot, np.uint8, size).reshape(shape).copy()
 
 
 class DecodePool:
@@ -235,7 +261,7 @@ class DecodePool:
             try:
                 child.send(job)
                 header, payload = child.receive(time.monotonic() + timeout_s)
-                prepared = _prepared(header, payload, job)
+                prepared = _prepared(header, payload, job, child)
                 if header.get("provenance_follows"):
                     return self._provenance(slot, prepared)
                 if header.get("restart"):
@@ -269,16 +295,21 @@ def _failed(code: str, message: str, started: float) -> Prepared:
     return Prepared(None, None, None, (code, message), (time.perf_counter() - started) * 1000)
 
 
-def _prepared(header: dict[str, Any], payload: bytes, job: DecodeJob) -> Prepared:
+def _prepared(header: dict[str, Any], payload: bytes, job: DecodeJob, child: _Child) -> Prepared:
     """Rebuild the child's answer, checking its shape instead of trusting it."""
     error = header.get("error")
     if error is not None:
         return Prepared(None, None, None, (str(error[0]), str(error[1])), float(header["decode_ms"]))
     pdq_error = header.get("pdq_error")
     shape = tuple(int(n) for n in header["shape"])
-    if shape != (job.crops, job.crop_size, job.crop_size, 3) or len(payload) != int(np.prod(shape)):
+    if shape != (job.crops, job.crop_size, job.crop_size, 3):
+        raise ValueError(f"decode process sent a malformed answer: shape {shape}")
+    if header.get("in_slot") is True:
+        pixels = child.pixels(shape)
+    elif len(payload) == int(np.prod(shape)):
+        pixels = np.frombuffer(payload, dtype=np.uint8).reshape(shape)
+    else:
         raise ValueError(f"decode process sent a malformed answer: shape {shape}, {len(payload)} bytes")
-    pixels = np.frombuffer(payload, dtype=np.uint8).reshape(shape)
     pdq, quality = header.get("pdq"), header.get("pdq_quality")
     return Prepared(pixels, str(pdq) if pdq is not None else None, int(quality) if quality is not None else None,
                     None, float(header["decode_ms"]), str(pdq_error) if pdq_error is not None else None)

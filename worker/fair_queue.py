@@ -44,8 +44,10 @@ class FairQueue(Generic[T]):
 
     def release(self, size: int) -> None:
         with self._cond:
+            was_full = self._held_bytes >= self.max_bytes
             self._held_bytes -= size
-            self._cond.notify_all()
+            if was_full and self._queues:  # only the byte budget held fetches back: each may go now
+                self._cond.notify_all()
 
     @property
     def held_bytes(self) -> int:
@@ -79,12 +81,14 @@ class FairQueue(Generic[T]):
                 self._cond.wait(left)
 
     def done(self, lane: Hashable) -> None:
-        """A slot of `lane` is free again."""
+        """A slot of `lane` is free again: one waiting fetch may take it. (Waking every waiting
+        thread at each request's end cost the consumer more CPU than the queue itself.)"""
         with self._cond:
             self._running[lane] -= 1
             if not self._running[lane]:
                 del self._running[lane]
-            self._cond.notify_all()
+            if self._queues:
+                self._cond.notify()
 
     def close(self) -> None:
         with self._cond:

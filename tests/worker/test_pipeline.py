@@ -91,6 +91,34 @@ def test_a_decode_process_killed_mid_job_costs_nothing_and_a_slow_one_times_out(
         fetcher.close()
 
 
+def test_pixels_through_shared_memory_survive_a_lying_or_vanishing_decode_process(tiny_model_dir: Path, files: Any) -> None:
+    """The slot holds pixels, the pipe says their shape: a process that claims more than its slot,
+    another shape, or dies between writing the slot and answering costs only its own image
+    (retried once in a fresh process with a fresh slot, then decode_crashed); the images around it
+    keep their exact pixels."""
+    pipeline, fetcher = make_pipeline(tiny_model_dir)
+    pipeline.decoder.child_module = "tests.crashing_decoder"
+    pipeline.start()
+    try:
+        image = encode(scene(500, 400, seed=3), "PNG")
+        liars = {lie: submit(pipeline, files(f"{lie}.bin", lie.encode() + image), lie) for lie in ("LIE-SLOT", "LIE-SHAPE", "VANISH")}
+        good = [submit(pipeline, files(f"g{i}.png", seed=i), f"g{i}") for i in range(6)]
+        honest = submit(pipeline, files("honest.png", image), "honest")
+        wait_for(lambda: all(c.done for c in [*liars.values(), *good, honest]), 60, "every verdict")
+        assert {name: c.record["error"]["code"] for name, c in liars.items()} == dict.fromkeys(liars, "decode_crashed")  # type: ignore[index]
+        assert [c.record["status"] for c in [*good, honest]] == ["ok"] * 7  # type: ignore[index]
+        expected = TorchRunner(load_model_dir(tiny_model_dir).network, pipeline.manifest.preprocessing)
+        from engine.decode import decode_center_crop
+
+        want = float(expected.logits(decode_center_crop(image)[None])[0])
+        assert abs(honest.record["logit"] - want) < 1e-4  # type: ignore[index]  # the slot carried the right pixels
+        assert pipeline.metrics.decode_restarts.labels("crash")._value.get() == 6  # noqa: SLF001 - each liar and its retry
+        assert pipeline.failure is None and pipeline.in_flight == 0
+    finally:
+        pipeline.close()
+        fetcher.close()
+
+
 class Boom(BaseException):
     """Escapes every `except Exception`: the way a stage thread really dies."""
 
