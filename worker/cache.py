@@ -39,7 +39,7 @@ from typing import Any
 import structlog
 
 from engine.labels import AI_GENERATED
-from worker.cache_store import Store
+from worker.cache_store import Store, slot_key
 from worker.hashing import hamming
 
 SLOTS = 16
@@ -104,15 +104,10 @@ class VerdictCache:
         self.on_capped = on_capped  # ("read" | "write", how many) when a bound left hashes out
         self._down_until = 0.0
 
-    def _slot_key(self, slot: int, value: int) -> str:
-        return f"{self.prefix}pdq:{slot}:{value:04x}"
-
-    def _neighbourhood(self, pdq: str) -> list[str]:
-        keys = []
-        for slot, value in enumerate(slot_values(pdq)):
-            keys.append(self._slot_key(slot, value))
-            keys.extend(self._slot_key(slot, value ^ (1 << bit)) for bit in range(16))
-        return keys
+    @property
+    def slot_prefix(self) -> str:
+        """Slot sets' keys: this prefix, then `worker.cache_store.slot_key`'s slot:value."""
+        return f"{self.prefix}pdq:"
 
     @property
     def available(self) -> bool:
@@ -149,7 +144,7 @@ class VerdictCache:
         searching = [(i, k.pdq) for i, k in enumerate(keys) if k.searchable and k.pdq is not None]
         if not searching:
             return results
-        groups = self.store.sample_many([self._neighbourhood(pdq) for _, pdq in searching], MAX_READ_PER_KEY)
+        groups = self.store.sample_neighbourhoods(self.slot_prefix, [slot_values(pdq) for _, pdq in searching], MAX_READ_PER_KEY)
         best: dict[int, tuple[int, str]] = {}
         for (i, pdq), (members, capped) in zip(searching, groups):
             if capped:
@@ -172,7 +167,7 @@ class VerdictCache:
         indexed = [(k, v) for k, v in items if v.label == AI_GENERATED and k.searchable]
         blobs += [(f"{self.prefix}pdqv:{k.pdq}", _encode(replace(v, provenance=None))) for k, v in indexed]
         self.store.set_many(blobs, self.ttl_s)
-        members = [(self._slot_key(slot, value), pdq) for k, _ in indexed if (pdq := k.pdq) is not None
+        members = [(slot_key(self.slot_prefix, slot, value), pdq) for k, _ in indexed if (pdq := k.pdq) is not None
                    for slot, value in enumerate(slot_values(pdq))]
         if members:
             refused = self.store.add_members(members, self.ttl_s, MAX_SLOT_MEMBERS)

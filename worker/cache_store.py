@@ -1,9 +1,12 @@
 """Key-value storage behind the verdict cache: Redis in production, memory for local runs.
 
 The cache needs four operations (get many, set many with TTL, add to size-capped sets with
-TTL, a bounded sample of many sets); both stores offer exactly those, so the cache logic is
-written once.
-Redis calls are pipelined: one round trip per batch of requests.
+TTL, a bounded sample of PDQ slot neighbourhoods); both stores offer exactly those, so the cache
+logic is written once. A neighbourhood is a hash's 16 slot keys and their 16 one-bit neighbours
+each (272 sets, keys named by `slot_key`); Redis builds the keys and samples the sets itself, in
+one script call per batch of lookups: as 272 pipelined SRANDMEMBERs a lookup, redis-py spent
+~2.9 ms of the worker's CPU packing and parsing them, and ~0.4 ms still when the script was given
+the 272 keys (measured). Other Redis calls are pipelined: one round trip per batch of requests.
 """
 
 from __future__ import annotations
@@ -13,6 +16,19 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol
+
+SLOT_BITS = 16
+
+
+def slot_key(prefix: str, slot: int, value: int) -> str:
+    """The set of hashes whose `slot`-th 16 bits are `value` (the Redis script names them alike)."""
+    return f"{prefix}{slot}:{value:04x}"
+
+
+def neighbourhood(prefix: str, values: Sequence[int]) -> list[str]:
+    """Each slot's key and the keys of its 16 one-bit neighbours."""
+    return [slot_key(prefix, slot, value ^ flip) for slot, value in enumerate(values)
+            for flip in (0, *(1 << bit for bit in range(SLOT_BITS)))]
 
 
 class Store(Protocol):
@@ -24,8 +40,9 @@ class Store(Protocol):
         """Add each member to its set unless the set already holds `cap`; returns how many were refused."""
         ...
 
-    def sample_many(self, key_groups: Sequence[Sequence[str]], per_key: int) -> list[tuple[set[str], int]]:
-        """Per group: the union of at most `per_key` members of each set, and how many sets had more."""
+    def sample_neighbourhoods(self, prefix: str, lookups: Sequence[Sequence[int]], per_key: int) -> list[tuple[set[str], int]]:
+        """Per lookup (its slot values): the union of at most `per_key` members of each set of its
+        neighbourhood, and how many of those sets had more."""
         ...
 
 
@@ -80,13 +97,13 @@ class MemoryStore:
                 self._sets[key] = (expiry, members)
         return refused
 
-    def sample_many(self, key_groups: Sequence[Sequence[str]], per_key: int) -> list[tuple[set[str], int]]:
+    def sample_neighbourhoods(self, prefix: str, lookups: Sequence[Sequence[int]], per_key: int) -> list[tuple[set[str], int]]:
         with self._lock:
             out = []
-            for keys in key_groups:
+            for values in lookups:
                 found: set[str] = set()
                 capped = 0
-                for key in keys:
+                for key in neighbourhood(prefix, values):
                     members = self._live(self._sets, key) or set()
                     if len(members) > per_key:
                         capped += 1
@@ -96,20 +113,22 @@ class MemoryStore:
             return out
 
 
-# sample_many in one command: per group of keys, how many sets held more than per_key members, and
-# the union of at most per_key members of each. As 272 pipelined SRANDMEMBERs a lookup, redis-py
-# spent ~2.9 ms of the worker's CPU packing and parsing them (measured); as one script call the
-# worker packs the keys once and reads back only the members.
+# sample_neighbourhoods in one command. ARGV: key prefix, per_key, then 16 slot values a lookup.
+# Per lookup: how many sets held more than per_key members, and the union of at most per_key of each.
 _SAMPLE = """
-local per, out, k = tonumber(ARGV[1]), {}, 1
-for g = 2, #ARGV do
+local prefix, per, out = ARGV[1], tonumber(ARGV[2]), {}
+for first = 3, #ARGV, 16 do
   local seen, members, capped = {}, {}, 0
-  for _ = 1, tonumber(ARGV[g]) do
-    local got = redis.call('SRANDMEMBER', KEYS[k], per + 1)
-    k = k + 1
-    if #got > per then capped = capped + 1 end
-    for j = 1, math.min(#got, per) do
-      if not seen[got[j]] then seen[got[j]] = true; members[#members + 1] = got[j] end
+  for slot = 0, 15 do
+    local value = tonumber(ARGV[first + slot])
+    for flip = -1, 15 do
+      local v = value
+      if flip >= 0 then v = bit.bxor(value, bit.lshift(1, flip)) end
+      local got = redis.call('SRANDMEMBER', prefix .. slot .. ':' .. string.format('%04x', v), per + 1)
+      if #got > per then capped = capped + 1 end
+      for j = 1, math.min(#got, per) do
+        if not seen[got[j]] then seen[got[j]] = true; members[#members + 1] = got[j] end
+      end
     end
   end
   out[#out + 1] = {capped, members}
@@ -151,8 +170,10 @@ class RedisStore:
         pipe.execute()
         return refused
 
-    def sample_many(self, key_groups: Sequence[Sequence[str]], per_key: int) -> list[tuple[set[str], int]]:
-        if not key_groups:
+    def sample_neighbourhoods(self, prefix: str, lookups: Sequence[Sequence[int]], per_key: int) -> list[tuple[set[str], int]]:
+        """One script call for the batch; the script names the keys (standalone Redis: a cluster
+        would refuse keys a script does not declare)."""
+        if not lookups:
             return []
-        replies = self._sample(keys=[key for keys in key_groups for key in keys], args=[per_key, *map(len, key_groups)])
+        replies = self._sample(keys=[], args=[prefix, per_key, *(v for values in lookups for v in values)])
         return [({m.decode() for m in members}, int(capped)) for capped, members in replies]

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.services import RedisServer
-from worker.cache import CachedVerdict, Key, VerdictCache
+from worker.cache import CachedVerdict, Key, VerdictCache, slot_values
 from worker.cache_store import MemoryStore, RedisStore, Store
 
 A = "f8f8f0cee0f4a84f06370a22038f63f0b36e2ed596621e1d33e6b39c4e9c9b22"
@@ -112,14 +112,29 @@ def test_a_flooded_slot_is_capped_on_write_and_sampled_on_read(store: Store) -> 
                           for i, h in enumerate(flood[start : start + 1000])])
     written = sum(n for where, n in capped if where == "write")
     assert written >= len(flood) - MAX_SLOT_MEMBERS - 1000  # per batch, Redis checks sizes before adding
-    slot_key = cache._slot_key(0, int(A[:4], 16))  # noqa: SLF001 - the one flooded set
-    [(members, _)] = store.sample_many([[slot_key]], 10_000)
-    assert MAX_SLOT_MEMBERS <= len(members) <= MAX_SLOT_MEMBERS + 1000
+    [(members, _)] = store.sample_neighbourhoods(cache.slot_prefix, [slot_values(A)], 10_000)  # slot 0's set, and few more
+    assert MAX_SLOT_MEMBERS <= len(members) <= MAX_SLOT_MEMBERS + 1000 + 272
 
     cache.store_many([(Key("s-ai", A, 100), cached("ai_generated", "s-ai"))])
     capped.clear()
     [found] = cache.lookup_near_many([Key("victim", flip(A, [0, 1]), 100)])  # slot 15 differs, slot 0 is the flooded one
     assert found.kind == "near_duplicate" and found.verdict.sha256 == "s-ai"
     assert ("read", 1) in capped
-    [(sampled, _)] = store.sample_many([cache._neighbourhood(A)], MAX_READ_PER_KEY)  # noqa: SLF001
+    [(sampled, _)] = store.sample_neighbourhoods(cache.slot_prefix, [slot_values(A)], MAX_READ_PER_KEY)
     assert len(sampled) <= 272 * MAX_READ_PER_KEY
+
+
+def test_both_stores_sample_the_same_neighbourhood(store: Store) -> None:
+    """The Redis script names a neighbourhood's keys itself: it must name exactly the sets the
+    cache writes (`slot_key`), as the in-memory store does: each slot's value and its 16 one-bit
+    neighbours, nothing further."""
+    from worker.cache_store import neighbourhood
+
+    base = [0x1234 + slot for slot in range(16)]
+    near = neighbourhood("p:", base)
+    assert len(near) == 272 and len(set(near)) == 272
+    members = [(key, f"m{i}") for i, key in enumerate(near)]
+    two_bits = [(f"p:{slot}:{base[slot] ^ 0b11:04x}", f"far{slot}") for slot in range(16)]
+    assert store.add_members(members + two_bits, 60, 10) == 0
+    [(found, capped)] = store.sample_neighbourhoods("p:", [base], 5)
+    assert found == {m for _, m in members} and capped == 0
