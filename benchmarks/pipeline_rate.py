@@ -1,21 +1,31 @@
-"""End to end, all cache misses: one worker process vs a pod (consumer processes + one engine
-process), side by side in one run, with a zero-cost model stub, the tiny ViT, or (on a GPU) a
-random full-size ViT-L in the official layout.
+"""End to end: CPU per verdict over every process of a worker (one process, or a pod: consumer
+processes + one engine process + their decode processes), side by side in one run with the code
+before (--baseline, a checkout of it), and the floor the same work costs outside the worker.
 
-Real parts on 127.0.0.1: tansu (broker), redis-server (cache), nginx (Debian's; the image
-origin, serving distinct 640x480 JPEGs from a temporary directory). For each configuration:
-  1. flood: N requests for N distinct images produced at once; verdicts/s from the first
-     produce to the last verdict read, and CPU ms per verdict of each process class
-     (/proc utime+stime over the phase): the process that holds the GIL for the GPU is the
-     single worker in one-process mode and the engine process in a pod;
-  2. paced: requests produced at 70% of that rate for `--paced-s` seconds; latency p50/p99
-     from the produce call to the verdict being read. tansu answers a waiting fetch late, so
-     a request reaches the worker about 90 ms after it was produced (measured with the
-     verdicts' processed_at): that much of every latency is the broker's. noida-db is no
-     better here: it answers fetches at once and an idle worker's consumer spins a core on it.
+Real parts on 127.0.0.1: tansu (broker), redis-server (cache), nginx (Debian's; the image origin,
+serving files from a temporary directory). Models: a zero-cost stub (the pipeline is what is
+measured), the tiny ViT, or (on a GPU) a random full-size ViT-L in the official layout.
 
-    python benchmarks/pipeline_rate.py [--requests 600] [--consumers 2] [--paced-s 8]
-        [--baseline DIR --configs base:stub,one:stub,pod:stub,...]
+Images (--images): `synthetic`, distinct 640x480 JPEGs of generated scenes; `camera`, the JPEGs
+of ../shared/data between 1 and 3.2 MP, each served many times under distinct names with a JPEG
+comment segment carrying a counter (distinct bytes, so distinct SHA-256: every request a miss).
+
+For each configuration:
+  1. flood: N requests for N distinct images produced at once; verdicts/s from the first produce
+     to the last verdict read, and CPU ms per verdict of each process class (/proc utime+stime
+     over the phase) and in all;
+  2. paced: requests produced at 70% of that rate for `--paced-s` seconds; latency p50/p99 from
+     the produce call to the verdict being read. tansu answers a waiting fetch late, so a
+     request reaches the worker about 90 ms after it was produced: that much of every latency
+     is the broker's;
+  3. hits: the flood's images again under new ids, at once: exact cache hits, CPU per verdict.
+Floor, once per run on the same images, machine and servers (each in a process of its own, its
+CPU per item): (a) a minimal kafka-python loop that consumes the requests and produces a
+verdict-sized record for each (acks=all, idempotent, commits per poll); (b) a minimal fetch of
+the same URLs from the same nginx with httpx, the worker's client; (c) `prepare()` (the centre
+crop's decode + PDQ, what a decode process does) on the same bytes.
+
+    python benchmarks/pipeline_rate.py --baseline ../base --configs basepod:stub,pod:stub [--images camera]
     on a GPU:  --device cuda --consumers 4 --decode-workers 15 --configs pod:stub,pod:vitl
 """
 
@@ -29,7 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -47,6 +57,36 @@ from tests.services import Broker, RedisServer, Worker, descendants, free_port, 
 
 TICK_MS = 1000 / os.sysconf("SC_CLK_TCK")
 STUB = str(ROOT / "benchmarks" / "stub_model")
+VERDICT_BYTES = 1100  # a miss's verdict record, about (the floor's consumer produces this much per message)
+DATA = ROOT.parent / "shared" / "data"
+
+
+def with_comment(jpeg: bytes, text: str) -> bytes:
+    """The same JPEG with a comment segment after its start marker: other bytes, same pixels."""
+    body = text.encode()
+    return jpeg[:2] + b"\xff\xfe" + (len(body) + 2).to_bytes(2, "big") + body + jpeg[2:]
+
+
+def image_set(kind: str, count: int) -> tuple[list[bytes], str]:
+    """`count` distinct image files, and a description."""
+    if kind == "synthetic":
+        return [encode(scene(640, 480, seed=i), "JPEG", quality=90) for i in range(count)], "distinct 640x480 JPEGs"
+    from engine.decode import open_checked
+
+    sources = []
+    for path in sorted(DATA.rglob("*")):
+        if path.suffix.lower() in (".jpg", ".jpeg"):
+            data = path.read_bytes()
+            try:
+                with open_checked(data, 64_000_000) as image:
+                    if 1e6 <= image.width * image.height <= 3.2e6:
+                        sources.append(data)
+            except ValueError:
+                continue
+    if not sources:
+        raise SystemExit(f"no 1-3 MP JPEGs in {DATA}")
+    files = [with_comment(sources[i % len(sources)], f"dda-bench {i}") for i in range(count)]
+    return files, f"{len(sources)} 1-3 MP JPEGs of ../shared/data (mean {np.mean([len(f) for f in files]) / 1e6:.1f} MB), each re-served as distinct bytes"
 
 
 @contextmanager
@@ -151,6 +191,18 @@ def run_phase(broker: Broker, topic: str, reader, urls: list[str], tag: str, rat
             "p50": float(np.percentile(latencies, 50)), "p99": float(np.percentile(latencies, 99))}
 
 
+def cpu_phase(pids: dict[int, str], run: Callable[[], dict[str, object]]) -> tuple[dict[str, object], dict[str, float]]:
+    """Run a phase; its result and the CPU ms each process class spent during it."""
+    before = cpu_ticks(pids)
+    result = run()
+    after = cpu_ticks(pids)
+    per_class: dict[str, float] = {}
+    for pid, cls in pids.items():
+        if pid in before and pid in after:
+            per_class[cls] = per_class.get(cls, 0.0) + (after[pid] - before[pid]) * TICK_MS
+    return result, per_class
+
+
 def measure(name: str, consumers: int, stub: bool, model: Path, broker: Broker, redis: RedisServer, base: str,
             images: list[str], args: argparse.Namespace, tmp: Path, tree: Path = ROOT) -> dict[str, object]:
     topics = {"input": unique("req"), "output": unique("out"), "dlq": unique("dlq")}
@@ -171,30 +223,91 @@ def measure(name: str, consumers: int, stub: bool, model: Path, broker: Broker, 
         run_phase(broker, topics["input"], reader, [next(urls) for _ in range(args.warmup)], "warm", None)
         assert worker.proc is not None
         pids = process_classes(worker.proc.pid)
-        before = cpu_ticks(pids)
-        flood = run_phase(broker, topics["input"], reader, [next(urls) for _ in range(args.requests)], "flood", None)
-        after = cpu_ticks(pids)
-        per_class: dict[str, float] = {}
-        for pid, cls in pids.items():
-            if pid in before and pid in after:
-                per_class[cls] = per_class.get(cls, 0.0) + (after[pid] - before[pid]) * TICK_MS
-        count = {cls: sum(1 for c in pids.values() if c == cls) for cls in set(pids.values())}
+        flood_urls = [next(urls) for _ in range(args.requests)]
+        flood, per_class = cpu_phase(pids, lambda: run_phase(broker, topics["input"], reader, flood_urls, "flood", None))
         rate = args.paced_rate or 0.7 * float(flood["rate"])  # type: ignore[arg-type]
         paced_n = min(args.paced_images, max(20, int(rate * args.paced_s)))
         paced = run_phase(broker, topics["input"], reader, [next(urls) for _ in range(paced_n)], "paced", rate)
+        hits, hit_class = cpu_phase(pids, lambda: run_phase(broker, topics["input"], reader, flood_urls, "hit", None))
         status = worker.terminate(60)
         if status != 0:  # say why beside the figures
             print(f"{name}: exit status {status}; the end of its log:", *(tmp / f"{name}.log").read_text().splitlines()[-15:], sep="\n")
-        verdicts = int(flood["verdicts"])  # type: ignore[call-overload]
-        return {"name": name, "flood": flood, "paced": paced, "paced_rate": rate, "exit": status, "processes": count,
-                "cpu_ms_per_verdict": {cls: ms / verdicts for cls, ms in sorted(per_class.items())}}
+        count = {cls: sum(1 for c in pids.values() if c == cls) for cls in set(pids.values())}
+        return {"name": name, "flood": flood, "paced": paced, "hits": hits, "paced_rate": rate, "exit": status, "processes": count,
+                "cpu_ms_per_miss": {cls: ms / int(flood["verdicts"]) for cls, ms in sorted(per_class.items())},  # type: ignore[call-overload]
+                "cpu_ms_per_hit": {cls: ms / int(hits["verdicts"]) for cls, ms in sorted(hit_class.items())}}  # type: ignore[call-overload]
     finally:
         worker.kill()
 
 
+# The floor: the same work done by the simplest programs that do it, each its own process.
+FLOOR_KAFKA = """
+import json, os, resource, sys, time
+from kafka import KafkaConsumer, KafkaProducer
+bootstrap, source, sink, group, count, size = sys.argv[1:7]
+consumer = KafkaConsumer(source, bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False,
+                         auto_offset_reset="earliest", session_timeout_ms=6000, max_poll_records=128)
+producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=5)
+value = b"x" * int(size)
+start = resource.getrusage(resource.RUSAGE_SELF)
+seen = 0
+while seen < int(count):
+    for records in consumer.poll(timeout_ms=200).values():
+        for record in records:
+            json.loads(record.value)
+            producer.send(sink, key=str(record.offset).encode(), value=value)
+            seen += 1
+    producer.flush()
+    consumer.commit()
+end = resource.getrusage(resource.RUSAGE_SELF)
+print(json.dumps({"ms": ((end.ru_utime + end.ru_stime) - (start.ru_utime + start.ru_stime)) * 1000 / seen}))
+consumer.close(); producer.close()
+"""
+
+FLOOR_FETCH = """
+import json, resource, sys
+import httpx
+urls = json.loads(sys.stdin.read())
+client = httpx.Client()
+start = resource.getrusage(resource.RUSAGE_SELF)
+for url in urls:
+    client.get(url).read()
+end = resource.getrusage(resource.RUSAGE_SELF)
+print(json.dumps({"ms": ((end.ru_utime + end.ru_stime) - (start.ru_utime + start.ru_stime)) * 1000 / len(urls)}))
+"""
+
+FLOOR_DECODE = """
+import json, resource, sys
+from pathlib import Path
+from worker.prepare import prepare
+files = [Path(p).read_bytes() for p in json.loads(sys.stdin.read())]
+start = resource.getrusage(resource.RUSAGE_SELF)
+for data in files:
+    prepare(data, 336, 1, 64_000_000)
+end = resource.getrusage(resource.RUSAGE_SELF)
+print(json.dumps({"ms": ((end.ru_utime + end.ru_stime) - (start.ru_utime + start.ru_stime)) * 1000 / len(files)}))
+"""
+
+
+def _child(script: str, args: list[str], stdin: str = "") -> float:
+    proc = subprocess.run([sys.executable, "-c", script, *args], input=stdin, capture_output=True, text=True, check=True,
+                          cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    return float(json.loads(proc.stdout.splitlines()[-1])["ms"])
+
+
+def floor(broker: Broker, base: str, names: list[str], root: Path, verdict_bytes: int) -> dict[str, float]:
+    """CPU ms per item of (a) consume + produce, (b) fetch, (c) decode + PDQ, on `names`."""
+    source, sink = unique("floor-in"), unique("floor-out")
+    broker.create_topics({source: 8, sink: 1})
+    broker.produce(source, [json.dumps({"id": f"f{i}", "url": f"{base}/{n}"}).encode() for i, n in enumerate(names)])
+    return {"kafka": _child(FLOOR_KAFKA, [broker.bootstrap, source, sink, unique("floor"), str(len(names)), str(verdict_bytes)]),
+            "fetch": _child(FLOOR_FETCH, [], json.dumps([f"{base}/{n}" for n in names])),
+            "decode": _child(FLOOR_DECODE, [], json.dumps([str(root / n) for n in names]))}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--requests", type=int, default=600, help="flood phase size")
+    parser.add_argument("--requests", type=int, default=600, help="flood phase size (the hits phase repeats it)")
     parser.add_argument("--warmup", type=int, default=40)
     parser.add_argument("--paced-s", type=float, default=8.0, help="paced phase length (at most --paced-images requests)")
     parser.add_argument("--paced-images", type=int, default=1500)
@@ -203,9 +316,11 @@ def main() -> None:
     parser.add_argument("--decode-workers", type=int, default=2, help="decode processes (a pod splits them)")
     parser.add_argument("--configs", default="one:stub,pod:stub,one:tiny,pod:tiny",
                         help="MODE:MODEL,...: MODE one (one process), pod, base or basepod (the same of --baseline's code)")
+    parser.add_argument("--images", default="synthetic", choices=("synthetic", "camera"))
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--max-batch", type=int, default=32)
-    parser.add_argument("--baseline", type=Path, help="a checkout of the code before (its engine/_jpeg built) for MODE base")
+    parser.add_argument("--baseline", type=Path, help="a checkout of the code before (its C extensions built) for MODE base/basepod")
+    parser.add_argument("--no-floor", action="store_true", help="skip the floor measurements")
     args = parser.parse_args()
     configs = [c.split(":") for c in args.configs.split(",")]
     per_config = args.warmup + args.requests + args.paced_images
@@ -221,15 +336,17 @@ def main() -> None:
         root.mkdir()
         tmp.chmod(0o755)  # nginx's workers drop to an unprivileged user when started as root
         (tmp / "tmp").mkdir()
+        files, described = image_set(args.images, per_config)
         images = []
-        for i in range(per_config):
-            (root / f"{i}.jpg").write_bytes(encode(scene(640, 480, seed=i), "JPEG", quality=90))
+        for i, data in enumerate(files):
+            (root / f"{i}.jpg").write_bytes(data)
             images.append(f"{i}.jpg")
         broker = Broker()  # tansu; noida-db answers fetches at once, so an idle worker spins a core on it (measured)
         redis = RedisServer()
         broker.start()
         redis.start()
         results = []
+        floor_ms: dict[str, float] = {}
         try:
             with nginx(root) as base:
                 for mode, model_kind in configs:  # the same images each time: the cache is emptied in between
@@ -237,23 +354,34 @@ def main() -> None:
                     tree = args.baseline if mode in ("base", "basepod") else ROOT
                     results.append(measure(f"{mode}-{model_kind}", consumers, model_kind == "stub", models[model_kind], broker, redis,
                                            base, images, args, tmp, tree))
+                if not args.no_floor:
+                    floor_ms = floor(broker, base, images[args.warmup : args.warmup + args.requests], root, VERDICT_BYTES)
         finally:
             broker.kill()
             redis.stop()
 
     print(f"machine: {json.dumps(describe())}")
-    print(f"{args.requests} distinct 640x480 JPEGs per flood (after {args.warmup} warm-up), all cache misses; nginx, tansu, "
-          f"redis-server on 127.0.0.1; {args.decode_workers} decode processes in all; pod = {args.consumers} consumer processes "
-          f"+ 1 engine process; max batch {args.max_batch}; device {args.device}")
-    print("| configuration | processes | verdicts/s (flood) | paced at | p50 ms | p99 ms | CPU ms per verdict, by process class |")
-    print("|---|---|---|---|---|---|---|")
+    print(f"{args.requests} {described} per flood (after {args.warmup} warm-up), all cache misses, then the same again under "
+          f"new ids (exact hits); nginx, tansu, redis-server on 127.0.0.1; {args.decode_workers} decode processes in all; "
+          f"pod = {args.consumers} consumer processes + 1 engine process; max batch {args.max_batch}; device {args.device}")
+    print("| configuration | processes | misses/s (flood) | paced at | p50 ms | p99 ms | CPU ms per miss, by process class "
+          "| **CPU ms per miss** | hits/s | **CPU ms per hit** |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
-        flood, paced = r["flood"], r["paced"]
-        cpu = ", ".join(f"{cls} {ms:.2f}" for cls, ms in r["cpu_ms_per_verdict"].items())  # type: ignore[attr-defined]
+        flood, paced, hits = r["flood"], r["paced"], r["hits"]
+        miss, hit = r["cpu_ms_per_miss"], r["cpu_ms_per_hit"]
+        cpu = ", ".join(f"{cls} {ms:.2f}" for cls, ms in miss.items())  # type: ignore[attr-defined]
         procs = ", ".join(f"{n} {cls}" for cls, n in sorted(r["processes"].items()))  # type: ignore[attr-defined]
         print(f"| {r['name']} | {procs} | {flood['rate']:.0f} ({flood['ok']}/{flood['verdicts']} ok) | {r['paced_rate']:.0f}/s | "  # type: ignore[index]
-              f"{paced['p50']:.0f} | {paced['p99']:.0f} | {cpu} |")  # type: ignore[index]
+              f"{paced['p50']:.0f} | {paced['p99']:.0f} | {cpu} | **{sum(miss.values()):.2f}** | {hits['rate']:.0f} | "  # type: ignore[index, attr-defined]
+              f"**{sum(hit.values()):.2f}** |")  # type: ignore[attr-defined]
     print("exit statuses:", {r["name"]: r["exit"] for r in results})
+    if floor_ms:
+        total = sum(floor_ms.values())
+        print(f"floor, CPU ms per item: (a) consume + produce {floor_ms['kafka']:.2f}, (b) fetch {floor_ms['fetch']:.2f}, "
+              f"(c) decode + PDQ {floor_ms['decode']:.2f}; (a)+(b)+(c) = {total:.2f}")
+        for r in results:
+            print(f"  {r['name']}: CPU per miss = {sum(r['cpu_ms_per_miss'].values()) / total:.2f}x the floor")  # type: ignore[attr-defined]
 
 
 if __name__ == "__main__":

@@ -157,35 +157,39 @@ class GuardedBackend(httpcore.NetworkBackend):
         time.sleep(seconds)
 
 
+REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+
+
 class Fetcher:
-    """One HTTP client (connection pool) with the policy applied; thread-safe for `get`."""
+    """One connection pool with the policy applied; thread-safe for `get`.
+
+    Requests go straight to httpcore (the connection pool httpx itself drives): httpx's client
+    layers (request and response models, header normalisation) cost ~0.15 ms of CPU a fetch, a
+    third of the whole (measured: 0.45 vs 0.30 ms on a 50 KB body from a local nginx). httpx
+    still parses and joins URLs."""
 
     def __init__(self, policy: FetchPolicy, max_connections: int = 100) -> None:
         self.policy = policy
         self.backend = GuardedBackend(policy)
         # Never longer than the whole-request deadline (the guarded backend also enforces it per read).
-        timeout = httpx.Timeout(min(policy.read_timeout_s, policy.total_timeout_s),
-                                connect=min(policy.connect_timeout_s, policy.total_timeout_s))
+        read = min(policy.read_timeout_s, policy.total_timeout_s)
+        self._timeouts = {"connect": min(policy.connect_timeout_s, policy.total_timeout_s), "read": read, "write": read,
+                          "pool": policy.total_timeout_s}
         # As many idle connections as fetch threads: with half, a busy origin saw reconnects on ~8% of hits.
-        limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
+        pool_options: dict[str, Any] = {"ssl_context": httpx.create_ssl_context(), "max_connections": max_connections,
+                                        "max_keepalive_connections": max_connections, "keepalive_expiry": 5.0}
+        self.pool: httpcore.ConnectionPool | httpcore.HTTPProxy
         if policy.proxy:
             # Through a proxy the proxy makes the connection: names are checked before each hop, and
             # the proxy itself must enforce egress rules.
-            transport = httpx.HTTPTransport(proxy=policy.proxy, limits=limits)
+            self.pool = httpcore.HTTPProxy(proxy_url=policy.proxy, **pool_options)
         else:
-            transport = httpx.HTTPTransport(limits=limits)
-            # httpx offers no public hook for the network backend; swap the pool it built.
-            transport._pool = httpcore.ConnectionPool(  # noqa: SLF001 - no public hook (httpx pinned <1)
-                ssl_context=httpx.create_ssl_context(), max_connections=limits.max_connections,
-                max_keepalive_connections=limits.max_keepalive_connections, keepalive_expiry=5.0,
-                network_backend=self.backend,
-            )
+            self.pool = httpcore.ConnectionPool(network_backend=self.backend, **pool_options)
         # identity encoding: a compressed body could expand past the byte cap inside one chunk.
-        self.client = httpx.Client(transport=transport, timeout=timeout, follow_redirects=False, trust_env=False,
-                                   headers={"Accept-Encoding": "identity", "User-Agent": "dda-moderation"})
+        self._headers = [(b"Accept-Encoding", b"identity"), (b"User-Agent", b"dda-moderation")]
 
     def close(self) -> None:
-        self.client.close()
+        self.pool.close()
 
     def get(self, raw_url: str) -> bytes:
         """The body of `raw_url`, following checked redirects, or InputError with a specific code."""
@@ -214,43 +218,43 @@ class Fetcher:
         for _hop in range(self.policy.max_redirects + 1):
             if self.policy.proxy:
                 checked_addresses(url.host, url.port or (443 if url.scheme == "https" else 80), self.policy, deadline)
+            target = httpcore.URL(scheme=url.raw_scheme, host=url.raw_host, port=url.port, target=url.raw_path)
             try:
-                with self.client.stream("GET", url) as response:
-                    if response.is_redirect:
+                with self.pool.stream("GET", target, headers=self._headers, extensions={"timeout": self._timeouts}) as response:
+                    if response.status in REDIRECT_STATUSES:
                         url = _redirect_target(url, response)
                         continue
-                    if response.status_code in RETRY_STATUSES:
-                        raise _Transient(InputError(FETCH_HTTP_STATUS, f"HTTP {response.status_code} from {url.host}"))
-                    if response.status_code != 200:
-                        raise InputError(FETCH_HTTP_STATUS, f"HTTP {response.status_code} from {url.host}")
+                    if response.status in RETRY_STATUSES:
+                        raise _Transient(InputError(FETCH_HTTP_STATUS, f"HTTP {response.status} from {url.host}"))
+                    if response.status != 200:
+                        raise InputError(FETCH_HTTP_STATUS, f"HTTP {response.status} from {url.host}")
                     return self._read_capped(response, deadline)
-            except httpx.InvalidURL as exc:  # httpx builds the next request of a redirect even when not following it
-                raise InputError(URL_INVALID, f"redirect from {url.host} to an invalid URL: {exc}") from exc
-            except httpx.RemoteProtocolError as exc:
-                if "location header" in str(exc).lower():  # the same, reported by httpx as a protocol error
-                    raise InputError(URL_INVALID, f"redirect from {url.host} to an invalid URL: {exc}") from exc
-                raise InputError(FETCH_FAILED, f"fetch from {url.host} failed: {exc}") from exc
-            except httpx.TimeoutException as exc:
+            except httpcore.TimeoutException as exc:
                 raise InputError(FETCH_TIMEOUT, f"timed out fetching from {url.host}: {exc or type(exc).__name__}") from exc
-            except httpx.ConnectError as exc:
+            except httpcore.ConnectError as exc:
                 raise _Transient(InputError(FETCH_FAILED, f"cannot connect to {url.host}: {exc}")) from exc
-            except httpx.HTTPError as exc:
-                raise InputError(FETCH_FAILED, f"fetch from {url.host} failed: {exc}") from exc
+            except (httpcore.ProtocolError, httpcore.NetworkError, httpcore.UnsupportedProtocol, httpcore.ProxyError) as exc:
+                raise InputError(FETCH_FAILED, f"fetch from {url.host} failed: {type(exc).__name__}: {exc}") from exc
         raise InputError(FETCH_FAILED, f"more than {self.policy.max_redirects} redirects")
 
-    def _read_capped(self, response: httpx.Response, deadline: float) -> bytes:
+    def _read_capped(self, response: httpcore.Response, deadline: float) -> bytes:
         cap = self.policy.max_bytes
-        declared = response.headers.get("content-length", "")
+        declared = _header(response, b"content-length") or b""
         if declared.isdigit() and int(declared) > cap:
-            raise InputError(FETCH_TOO_LARGE, f"Content-Length {declared} is over the cap of {cap} bytes")
+            raise InputError(FETCH_TOO_LARGE, f"Content-Length {declared.decode()} is over the cap of {cap} bytes")
         body = bytearray()
-        for chunk in response.iter_raw():
+        for chunk in response.iter_stream():
             body += chunk
             if len(body) > cap:
                 raise InputError(FETCH_TOO_LARGE, f"body is over the cap of {cap} bytes")
             if time.monotonic() > deadline:
                 raise InputError(FETCH_TIMEOUT, f"whole-request deadline of {self.policy.total_timeout_s} s passed")
         return bytes(body)
+
+
+def _header(response: httpcore.Response, name: bytes) -> bytes | None:
+    """The first value of a response header (names compared without case)."""
+    return next((value for key, value in response.headers if key.lower() == name), None)
 
 
 class _Transient(Exception):
@@ -261,12 +265,12 @@ class _Transient(Exception):
         self.error = error
 
 
-def _redirect_target(url: httpx.URL, response: httpx.Response) -> httpx.URL:
-    location = response.headers.get("location")
+def _redirect_target(url: httpx.URL, response: httpcore.Response) -> httpx.URL:
+    location = _header(response, b"location")
     if not location:
-        raise InputError(FETCH_HTTP_STATUS, f"HTTP {response.status_code} from {url.host} without a Location header")
+        raise InputError(FETCH_HTTP_STATUS, f"HTTP {response.status} from {url.host} without a Location header")
     try:
-        target = url.join(location)
+        target = url.join(location.decode("latin-1"))  # bytes as they came; a bad URL is refused below
     except (httpx.InvalidURL, ValueError, UnicodeError) as exc:
         raise InputError(URL_INVALID, f"redirect to an invalid URL: {exc}") from exc
     return checked_url(target)
