@@ -6,9 +6,11 @@ Real parts on 127.0.0.1: tansu (broker), redis-server (cache), nginx (Debian's; 
 serving files from a temporary directory). Models: a zero-cost stub (the pipeline is what is
 measured), the tiny ViT, or (on a GPU) a random full-size ViT-L in the official layout.
 
-Images (--images): `synthetic`, distinct 640x480 JPEGs of generated scenes; `camera`, the JPEGs
-of ../shared/data between 1 and 3.2 MP, each served many times under distinct names with a JPEG
-comment segment carrying a counter (distinct bytes, so distinct SHA-256: every request a miss).
+Images (--images): `synthetic`, distinct 640x480 JPEGs of generated scenes; `camera`, the
+single-scan JPEGs of ../shared/data between 1 and 3.2 MP (what cameras write; progressive and
+multi-scan files take a whole decode, see benchmarks/prepare_cost.py), each served many times
+under distinct names with a JPEG comment segment carrying a counter (distinct bytes, so distinct
+SHA-256: every request a miss).
 
 For each configuration:
   1. flood: N requests for N distinct images produced at once; verdicts/s from the first produce
@@ -71,22 +73,24 @@ def image_set(kind: str, count: int) -> tuple[list[bytes], str]:
     """`count` distinct image files, and a description."""
     if kind == "synthetic":
         return [encode(scene(640, 480, seed=i), "JPEG", quality=90) for i in range(count)], "distinct 640x480 JPEGs"
-    from engine.decode import open_checked
+    from engine.decode import decode_crop, open_checked
 
     sources = []
     for path in sorted(DATA.rglob("*")):
-        if path.suffix.lower() in (".jpg", ".jpeg"):
-            data = path.read_bytes()
-            try:
-                with open_checked(data, 64_000_000) as image:
-                    if 1e6 <= image.width * image.height <= 3.2e6:
-                        sources.append(data)
-            except ValueError:
-                continue
+        data = path.read_bytes() if path.suffix.lower() in (".jpg", ".jpeg") else b""
+        if not data.startswith(b"\xff\xd8"):  # a few files there are PNGs under a .jpg name
+            continue
+        with open_checked(data, 64_000_000) as image:
+            size = image.width * image.height
+        # what a camera writes: single-scan JPEGs, whose crop is a region decode (progressive,
+        # multi-scan and CMYK files take a whole decode: benchmarks/prepare_cost.py reports them)
+        if 1e6 <= size <= 3.2e6 and decode_crop(data).whole is None:
+            sources.append(data)
     if not sources:
         raise SystemExit(f"no 1-3 MP JPEGs in {DATA}")
     files = [with_comment(sources[i % len(sources)], f"dda-bench {i}") for i in range(count)]
-    return files, f"{len(sources)} 1-3 MP JPEGs of ../shared/data (mean {np.mean([len(f) for f in files]) / 1e6:.1f} MB), each re-served as distinct bytes"
+    return files, (f"{len(sources)} single-scan 1-3 MP JPEGs of ../shared/data (mean {np.mean([len(f) for f in files]) / 1e6:.2f} MB), "
+                   "each re-served as distinct bytes")
 
 
 @contextmanager
