@@ -20,7 +20,8 @@ For each configuration:
      the produce call to the verdict being read. tansu answers a waiting fetch late, so a
      request reaches the worker about 90 ms after it was produced: that much of every latency
      is the broker's;
-  3. hits: the flood's images again under new ids, at once: exact cache hits, CPU per verdict.
+  3. hits: the flood's images again, --hit-rounds times, under new ids, at once: exact cache hits,
+     CPU per verdict.
 Floor, once per run on the same images, machine and servers (each in a process of its own, its
 CPU per item): (a) a minimal kafka-python loop that consumes the requests and produces a
 verdict-sized record for each (acks=all, idempotent, commits per poll); (b) a minimal fetch of
@@ -232,7 +233,7 @@ def measure(name: str, consumers: int, stub: bool, model: Path, broker: Broker, 
         rate = args.paced_rate or 0.7 * float(flood["rate"])  # type: ignore[arg-type]
         paced_n = min(args.paced_images, max(20, int(rate * args.paced_s)))
         paced = run_phase(broker, topics["input"], reader, [next(urls) for _ in range(paced_n)], "paced", rate)
-        hits, hit_class = cpu_phase(pids, lambda: run_phase(broker, topics["input"], reader, flood_urls, "hit", None))
+        hits, hit_class = cpu_phase(pids, lambda: run_phase(broker, topics["input"], reader, flood_urls * args.hit_rounds, "hit", None))
         status = worker.terminate(60)
         if status != 0:  # say why beside the figures
             print(f"{name}: exit status {status}; the end of its log:", *(tmp / f"{name}.log").read_text().splitlines()[-15:], sep="\n")
@@ -324,6 +325,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--max-batch", type=int, default=32)
     parser.add_argument("--baseline", type=Path, help="a checkout of the code before (its C extensions built) for MODE base/basepod")
+    parser.add_argument("--hit-rounds", type=int, default=3, help="the hits phase sends the flood's images this many times")
     parser.add_argument("--no-floor", action="store_true", help="skip the floor measurements")
     args = parser.parse_args()
     configs = [c.split(":") for c in args.configs.split(",")]
@@ -365,8 +367,8 @@ def main() -> None:
             redis.stop()
 
     print(f"machine: {json.dumps(describe())}")
-    print(f"{args.requests} {described} per flood (after {args.warmup} warm-up), all cache misses, then the same again under "
-          f"new ids (exact hits); nginx, tansu, redis-server on 127.0.0.1; {args.decode_workers} decode processes in all; "
+    print(f"{args.requests} {described} per flood (after {args.warmup} warm-up), all cache misses, then the same "
+          f"{args.hit_rounds} times again under new ids (exact hits); nginx, tansu, redis-server on 127.0.0.1; {args.decode_workers} decode processes in all; "
           f"pod = {args.consumers} consumer processes + 1 engine process; max batch {args.max_batch}; device {args.device}")
     print("| configuration | processes | misses/s (flood) | paced at | p50 ms | p99 ms | CPU ms per miss, by process class "
           "| **CPU ms per miss** | hits/s | **CPU ms per hit** |")
