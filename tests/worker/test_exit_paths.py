@@ -119,7 +119,7 @@ def test_a_broker_restarted_empty_is_survived_with_nothing_lost(tiny_model_dir: 
     broker.start()
     topics = {"input": "in", "output": "out", "dlq": "dlq"}
     log = tmp_path / "worker.log"
-    worker = Worker(tiny_model_dir, broker, topics, unique("g"), log, DDA_PUBLISH_STALL_S="6")
+    worker = Worker(tiny_model_dir, broker, topics, unique("g"), log, DDA_PUBLISH_STALL_S="3")
     try:
         broker.create_topics({"in": 1, "out": 1, "dlq": 1})
         worker.start()
@@ -136,7 +136,7 @@ def test_a_broker_restarted_empty_is_survived_with_nothing_lost(tiny_model_dir: 
         after = [f"after{i}" for i in range(20)]
         broker.produce("in", [json.dumps({"id": i, "url": f"{origin.base}/img/{10 + n}"}).encode() for n, i in enumerate(after)])
         unready = wait_for(lambda: worker.get("/readyz")[0] == 503 and time.monotonic(), 30, "/readyz to turn false")
-        # (DDA_PUBLISH_STALL_S=6 here: /readyz false after 4.5 s unacknowledged, a new producer at 6 s; default 20 s.)
+        # (DDA_PUBLISH_STALL_S=3 here: /readyz false after 2.25 s unacknowledged, a new producer at 3 s; default 20 s.)
         reader = broker.reader("out")
         records = reader.read_until(lambda rs: set(after) <= {json.loads(r.value)["id"] for r in rs}, 60)
         reader.close()
