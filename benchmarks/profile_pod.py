@@ -58,7 +58,7 @@ def main() -> None:
         root.mkdir()
         tmp.chmod(0o755)
         (tmp / "tmp").mkdir()
-        files, _ = bench.image_set("synthetic", 6000)
+        files, _ = bench.image_set("synthetic", 2500)
         for i, data in enumerate(files):
             (root / f"{i}.jpg").write_bytes(data)
         model = tmp / "stub"
@@ -81,7 +81,7 @@ def main() -> None:
                     classes = bench.process_classes(worker.proc.pid)
                     consumer = next(p for p, c in classes.items() if c == "consumer")
                     decoder = next(p for p, c in classes.items() if c == "decode")
-                    flood = threading.Thread(target=bench.run_phase, args=(broker, "in", reader, [f"{base}/{n}.jpg" for n in range(6000)],
+                    flood = threading.Thread(target=bench.run_phase, args=(broker, "in", reader, [f"{base}/{n}.jpg" for n in range(2500)],
                                                                          "flood", None), daemon=True)
                     flood.start()
                     record = [[py_spy, "record", "-p", str(pid), "-r", "250", "-f", "raw", "-o", str(tmp / f"{name}.raw"),
