@@ -130,6 +130,18 @@ http {{
         proc.wait(10)
 
 
+def web_root(tmp: Path, files: list[bytes]) -> tuple[Path, list[str]]:
+    """`files` as 0.jpg, 1.jpg, ... in a folder nginx may serve (its workers drop to an
+    unprivileged user when started as root); the folder and the names."""
+    root = tmp / "www"
+    root.mkdir()
+    tmp.chmod(0o755)
+    (tmp / "tmp").mkdir()
+    for i, data in enumerate(files):
+        (root / f"{i}.jpg").write_bytes(data)
+    return root, [f"{i}.jpg" for i in range(len(files))]
+
+
 def process_classes(root_pid: int) -> dict[int, str]:
     """pid -> class (worker, consumer, engine, decode) of the worker's process tree."""
     classes = {root_pid: "worker"}
@@ -338,15 +350,8 @@ def main() -> None:
             models[kind] = tmp / kind
             architecture = VIT_L if kind == "vitl" else tiny_architecture()  # the stub loads (and ignores) the tiny one
             import_checkpoint(write_official_checkpoint(tmp / f"{kind}.pth", architecture), models[kind])
-        root = tmp / "www"
-        root.mkdir()
-        tmp.chmod(0o755)  # nginx's workers drop to an unprivileged user when started as root
-        (tmp / "tmp").mkdir()
         files, described = image_set(args.images, per_config)
-        images = []
-        for i, data in enumerate(files):
-            (root / f"{i}.jpg").write_bytes(data)
-            images.append(f"{i}.jpg")
+        root, images = web_root(tmp, files)
         broker = Broker()  # tansu; noida-db answers fetches at once, so an idle worker spins a core on it (measured)
         redis = RedisServer()
         broker.start()

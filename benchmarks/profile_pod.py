@@ -54,13 +54,7 @@ def main() -> None:
         raise SystemExit("py-spy is not installed: pip install py-spy")
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        root = tmp / "www"
-        root.mkdir()
-        tmp.chmod(0o755)
-        (tmp / "tmp").mkdir()
-        files, _ = bench.image_set("synthetic", 2500)
-        for i, data in enumerate(files):
-            (root / f"{i}.jpg").write_bytes(data)
+        root, _ = bench.web_root(tmp, bench.image_set("synthetic", 2500)[0])
         model = tmp / "stub"
         bench.import_checkpoint(bench.write_official_checkpoint(tmp / "stub.pth", bench.tiny_architecture()), model)
         broker, redis = bench.Broker(), bench.RedisServer()
