@@ -55,6 +55,20 @@ class _FutureAck(Ack):
         return isinstance(self.error, MessageSizeTooLargeError)
 
 
+def discard(producer: KafkaProducer, timeout_s: float = 5.0) -> None:
+    """End a producer whose records are stuck. kafka-python's close() flushes first and raises
+    while any record is pending, leaving its network thread running; so its sender is told to
+    drop what it holds first (force_close: the pending futures fail, and the delivery has resent
+    those records through the new producer already)."""
+    sender = getattr(producer, "_sender", None)  # kafka-python 3: no public way to drop pending records
+    if sender is not None:
+        sender.force_close()
+    try:
+        producer.close(timeout=timeout_s)
+    except KafkaError as exc:
+        log.warning("a replaced producer did not close cleanly", error=f"{type(exc).__name__}: {exc}")
+
+
 def _tp(partition: TopicPartition) -> Partition:
     return (partition.topic, partition.partition)
 
@@ -141,14 +155,14 @@ class KafkaTransport(Transport):
                              max_request_size=self.config.kafka_max_request_bytes, **self._common, **options)
 
     def renew(self) -> bool:
-        """A new producer (a new producer id); the old one is closed without waiting, failing what it held."""
+        """A new producer (a new producer id); the old one is discarded beside the delivery's thread."""
         try:
             fresh = self._producer(bootstrap_timeout_ms=RENEW_BOOTSTRAP_MS)
         except KafkaError as exc:
             log.warning("a new producer could not connect; the old one is kept", error=f"{type(exc).__name__}: {exc}")
             return False
         old, self.producer = self.producer, fresh
-        old.close(timeout=0)
+        threading.Thread(target=discard, args=(old,), name="producer-discard", daemon=True).start()
         return True
 
     def commit(self, positions: dict[Partition, int], timeout_s: float) -> None:

@@ -155,3 +155,33 @@ def test_a_broker_restarted_empty_is_survived_with_nothing_lost(tiny_model_dir: 
     repeats = Counter((r.get("logger"), r["level"], r["event"]) for r in lines if r["level"] in ("warning", "error"))
     # Held back past 5 a minute (engine.logs.RepeatLimiter); the test ran for under two minutes.
     assert max(repeats.values()) <= 2 * 5 + 1, repeats.most_common(3)
+
+
+def test_a_producer_with_stuck_records_is_discarded_promptly() -> None:
+    """kafka-python's close() raises while records are pending; `discard` ends such a producer
+    anyway (its network thread too), so a renewal leaves nothing running behind."""
+    from kafka import KafkaProducer
+
+    from worker.kafka_io import discard
+
+    broker = Broker()
+    broker.start()
+    try:
+        broker.create_topics({"stuck": 1})
+        producer = KafkaProducer(bootstrap_servers=broker.bootstrap, acks="all", enable_idempotence=True, linger_ms=5)
+        producer.send("stuck", b"first").get(timeout=10)  # connected, metadata known
+        assert broker.proc is not None
+        broker.proc.send_signal(signal.SIGSTOP)  # the broker stops answering: records stay pending
+        try:
+            pending = [producer.send("stuck", f"r{i}".encode()) for i in range(20)]
+            with pytest.raises(Exception, match="Timeout"):
+                producer.flush(timeout=0.5)  # what a plain close() would raise
+            started = time.monotonic()
+            discard(producer, timeout_s=5)
+            assert time.monotonic() - started < 10
+            assert all(f.is_done and f.failed() for f in pending)
+            assert not producer._sender.is_alive()  # noqa: SLF001 - its network thread is gone
+        finally:
+            broker.proc.send_signal(signal.SIGCONT)
+    finally:
+        broker.kill()
