@@ -2,8 +2,9 @@
 
 With DDA_KAFKA_BOOTSTRAP set it consumes Kafka; without, it reads stdin and writes
 stdout through the same pipeline and delivery loop (the embedded default the README runs).
-Exit status: 0 drained and committed; 1 a stage died (what was safe was committed);
-2 bad configuration or model; 3 stopped with work abandoned or uncommitted (redelivered).
+Exit status: 0 drained and committed; 1 a stage died, publishing stalled with the broker
+reachable, or no broker answered at start (what was safe was committed); 2 bad configuration or
+model; 3 stopped with work abandoned or uncommitted (redelivered).
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ def worker_command(args: argparse.Namespace) -> int:
         log.error(f"invalid configuration: {exc}", exit_status=EXIT_CONFIG)
         return EXIT_CONFIG
     configure_logging(config.log_level)
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # a first model download's bars are not JSON lines
     if config.fetch_allow_networks:
         log.warning("fetch allow-list is set: image URLs may reach these private networks",
                     networks=[str(n) for n in config.fetch_allow_networks])
