@@ -1,6 +1,6 @@
 /* Every JPEG pixel the worker uses comes from here: libjpeg-turbo with strict integrity rules.
  *
- * decode(data, scale_denom, top, left, height, width, max_scans, check_tail, luma_per_block)
+ * decode(data, scale_denom, top, left, height, width, max_scans, luma_per_block)
  *     -> (bytes, height, width, channels, luma)
  *
  * - Whole image (height == 0): RGB, or raw CMYK for 4-component files (the caller converts
@@ -8,8 +8,7 @@
  * - Region (height > 0, scale 1, YCbCr or greyscale): only the rectangle is colour-converted
  *   (jpeg_skip_scanlines skips the IDCT of the rows above, jpeg_crop_scanline the columns
  *   outside); the rows below are still entropy-decoded, so that a file cut short or corrupt
- *   after the crop is refused exactly as a full decode refuses it, unless check_tail is false
- *   (the caller decodes the whole file in another pass anyway: PDQ's). The caller asks for one MCU
+ *   after the crop is refused exactly as a full decode refuses it. The caller asks for one MCU
  *   of margin so that upsampling at the edges sees the same neighbours as a full decode.
  *
  * Pillow's JPEG decoder ignores libjpeg's warnings, so a file cut short with an end marker
@@ -20,7 +19,7 @@
  * refuses files with more than max_scans scans: a progressive file can repeat scans to make
  * the decoder re-read its whole coefficient buffer thousands of times.
  *
- * - luma_per_block (region decodes that check the tail: 1 or 2; else 0): the same single pass
+ * - luma_per_block (region decodes: 1 or 2; else 0): the same single pass
  *   also yields the image's luminance at 1/8 or 1/4 scale, read from the Y coefficients as the
  *   entropy decoder produces them (libjpeg-turbo hands every MCU of the skipped rows to
  *   decode_mcu too): each 8x8 Y block gives its mean (DC) or the means of its four 4x4
@@ -224,9 +223,8 @@ static PyObject *tapped_luma(j_decompress_ptr cinfo, struct luma_tap *tap) {
 
 static PyObject *decode(PyObject *self, PyObject *args) {
     Py_buffer data;
-    int scale, top, left, height, width, max_scans, check_tail, luma_per_block;
-    if (!PyArg_ParseTuple(args, "y*iiiiiipi", &data, &scale, &top, &left, &height, &width, &max_scans, &check_tail,
-                          &luma_per_block))
+    int scale, top, left, height, width, max_scans, luma_per_block;
+    if (!PyArg_ParseTuple(args, "y*iiiiiii", &data, &scale, &top, &left, &height, &width, &max_scans, &luma_per_block))
         return NULL;
 
     struct jpeg_decompress_struct cinfo;
@@ -269,8 +267,8 @@ static PyObject *decode(PyObject *self, PyObject *args) {
         refusal = "unusual number of colour components";
     else if (region && (scale != 1 || channels != 3 || cinfo.progressive_mode || jpeg_has_multiple_scans(&cinfo)))
         refusal = "region decoding needs a single-scan YCbCr or greyscale file at scale 1";
-    else if (luma_per_block && (luma_per_block > 2 || !region || !check_tail))
-        refusal = "the luminance tap needs a region decode that checks the tail, at 1 or 2 per block";
+    else if (luma_per_block && (luma_per_block > 2 || !region))
+        refusal = "the luminance tap needs a region decode, at 1 or 2 per block";
     else if (region && (top < 0 || left < 0 || width <= 0 || (JDIMENSION)(top + height) > cinfo.image_height ||
                         (JDIMENSION)(left + width) > cinfo.image_width))
         refusal = "region outside the image";
@@ -316,12 +314,6 @@ static PyObject *decode(PyObject *self, PyObject *args) {
         if (jpeg_read_scanlines(&cinfo, rows, 1) != 1)
             escape((j_common_ptr)&cinfo, "truncated");
         memcpy(dst + (size_t)y * stride, (JSAMPLE *)row + (size_t)skip * channels, stride);
-    }
-    if (region && !check_tail) { /* the caller checks the rest of the file in another pass */
-        jpeg_destroy_decompress(&cinfo);
-        free((void *)row);
-        PyBuffer_Release(&data);
-        return Py_BuildValue("(NiiiO)", (PyObject *)out, height, width, channels, Py_None);
     }
     /* The rows below a region: skipping to the very end would only mark the input finished, so
      * skip all but the last row (entropy decoding, no IDCT) and read that one. */

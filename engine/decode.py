@@ -295,8 +295,7 @@ def _decode_jpeg(data: bytes, scale: int = 1, region: tuple[int, int, int, int] 
     at 1/8 or 1/4 scale from the same pass (None if the decoder could not tap it)."""
     top, left, height, width = region or (0, 0, 0, 0)
     try:
-        raw, height, width, channels, luma = _jpeg.decode(data, scale, top, left, height, width, MAX_JPEG_SCANS, True,
-                                                          luma_per_block)
+        raw, height, width, channels, luma = _jpeg.decode(data, scale, top, left, height, width, MAX_JPEG_SCANS, luma_per_block)
     except _jpeg.Error as exc:
         kind, message = exc.args
         if kind == "no_region":
