@@ -28,8 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from engine.console import say
+from engine.decode import image_files
 from engine.lifetime import end_with_parent
-from worker.scan import files_below
 
 START_TIMEOUT_S = 15.0
 
@@ -210,7 +210,7 @@ def local_stack_command(args: argparse.Namespace) -> int:
         print("dda worker    # add DDA_MODEL=DIR (dda make-test-model DIR makes a random one to try)")
         if not redis_url:
             print("# no redis-server on this machine: the worker caches in memory (apt-get install redis-server for Redis)")
-        files = [] if args.no_requests else files_below(folder)
+        files = [] if args.no_requests else image_files(folder)
         sent = send_requests(bootstrap, topics["input"], origin, folder, files) if files else 0
         print(f"# sent {sent} requests ({origin}/...) to {topics['input']}; verdicts from {topics['output']} follow. "
               "Ctrl-C stops the stack.", flush=True)

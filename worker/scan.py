@@ -17,7 +17,7 @@ import numpy as np
 
 from engine.backend import make_runner
 from engine.console import say
-from engine.decode import DEFAULT_MAX_PIXELS
+from engine.decode import DEFAULT_MAX_PIXELS, image_files
 from engine.detector import Detector
 from engine.hub import resolve_model
 from engine.manifest import ModelDirError
@@ -43,18 +43,12 @@ def read_input(spec: str, fetcher: Callable[[], Fetcher]) -> bytes:
         raise InputError(FILE_NOT_FOUND, f"cannot read {spec}: {exc.strerror or exc}") from exc
 
 
-def files_below(folder: Path) -> list[Path]:
-    """Every regular, non-hidden file below `folder`, in path order: a folder scan answers each one
-    (a file that is no image gets its error line, as any input does)."""
-    return sorted(p for p in folder.rglob("*")
-                  if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts))
-
-
 def expand_inputs(specs: Sequence[str]) -> list[str]:
-    """Folders replaced by the files below them; URLs and other paths as given."""
+    """Folders replaced by the files below them (`image_files`: a file that is no image gets its
+    error line, as any input does); URLs and other paths as given."""
     out: list[str] = []
     for spec in specs:
-        out += [str(p) for p in files_below(Path(spec))] if "://" not in spec and Path(spec).is_dir() else [spec]
+        out += [str(p) for p in image_files(Path(spec))] if "://" not in spec and Path(spec).is_dir() else [spec]
     return out
 
 
