@@ -30,7 +30,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import describe
 
 from engine.checkpoint import import_checkpoint
-from engine.decode import decode_folder
 from engine.model_dir import load_model_dir
 from engine.preprocess import views
 from engine.runner import TorchRunner
@@ -40,8 +39,15 @@ SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 GFLOP_PER_IMAGE_VITL = 382.0  # ../shared/DESIGN.md, 336 input, LoRA merged
 
 
-def load_crops(count: int, size: int) -> np.ndarray:
-    crops = [view for _, pixels in decode_folder(SHARED_DATA) for view in views(pixels, 5, size)]  # non-images skipped
+def load_crops(count: int, size: int, saved: Path | None = None) -> np.ndarray:
+    """`count` crops: from a file `--save-crops` wrote (a machine without ../shared/data or the JPEG
+    extension, such as a lent GPU), else decoded here; repeated to `count`."""
+    if saved is not None:
+        crops = list(np.load(saved))
+    else:
+        from engine.decode import decode_folder  # the C extension, only where crops are decoded here
+
+        crops = [view for _, pixels in decode_folder(SHARED_DATA) for view in views(pixels, 5, size)]  # non-images skipped
     if not crops:
         rng = np.random.default_rng(0)
         crops = [rng.integers(0, 256, (size, size, 3), dtype=np.uint8)]
@@ -73,7 +79,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--peak-tflops", type=float, default=0.0, help="accelerator dense peak for the chosen precision, to report utilisation")
     parser.add_argument("--json", help="also write results here")
+    parser.add_argument("--crops", type=Path, help="crops saved by --save-crops, instead of decoding ../shared/data")
+    parser.add_argument("--save-crops", type=Path, help="write --images crops (336 px, uint8) to this .npy and stop")
     args = parser.parse_args()
+    if args.save_crops:
+        np.save(args.save_crops, load_crops(args.images, 336))
+        return
 
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = Path(args.model) if args.model else None
@@ -82,7 +93,7 @@ def main() -> None:
             import_checkpoint(write_official_checkpoint(Path(tmp) / "ckpt.pth", VIT_L), model_dir)
         loaded = load_model_dir(model_dir)
         manifest = loaded.manifest
-        crops = load_crops(args.images, manifest.preprocessing.crop_size)
+        crops = load_crops(args.images, manifest.preprocessing.crop_size, args.crops)
         rows, reference = [], None
         for config in args.configs.split(","):
             precision, batch, *mode = config.split(":")
