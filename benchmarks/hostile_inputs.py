@@ -28,7 +28,7 @@ def cases() -> list[tuple[str, Callable[[], bytes]]]:
     from PIL import Image
 
     from tests import hostile_files as h
-    from tests.conftest import encode, photo
+    from tests.images import encode, photo
 
     return [
         ("legal: 64 MP 8-bit RGB PNG (baseline)", lambda: h.png(Image.new("RGB", (8000, 8000), (90, 140, 200)))),
@@ -75,7 +75,7 @@ def make(root: Path, only: list[str] | None) -> None:
 
     from engine.checkpoint import import_checkpoint
     from engine.synthetic import tiny_architecture, write_official_checkpoint
-    from tests.conftest import encode, photo
+    from tests.images import encode, photo
 
     print(f"machine: {json.dumps(describe())}")
     import_checkpoint(write_official_checkpoint(root / "ckpt.pth", tiny_architecture(), seed=3), root / "tiny")

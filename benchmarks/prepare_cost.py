@@ -38,7 +38,7 @@ def progressive(data: bytes) -> bool:
 def sets() -> dict[str, list[bytes]]:
     sys.path.insert(0, str(ROOT))
     from engine.decode import open_checked
-    from tests.conftest import encode, scene
+    from tests.images import encode, scene
 
     out: dict[str, list[bytes]] = {"640x480 JPEG (made here)": [encode(scene(640, 480, seed=i), "JPEG", quality=90) for i in range(8)],
                                    "1-3 MP JPEG, single scan": [], "12 MP camera JPEG": [], "progressive JPEG": [], "PNG": []}

@@ -12,7 +12,7 @@ import zlib
 
 from PIL import Image
 
-from tests.conftest import encode, photo
+from tests.images import encode, photo
 
 
 def jpeg_declaring(width: int, height: int) -> bytes:

@@ -100,7 +100,7 @@ def xmp_packet(source_uri: str | None = None, form: str = "attribute", creator_t
 
 
 def picture(size: tuple[int, int] = (320, 280), seed: int = 0) -> Image.Image:
-    from tests.conftest import scene
+    from tests.images import scene
 
     return scene(*size, seed=seed)
 

@@ -11,7 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import encode, photo
+from tests.images import encode, photo
 from worker.config import GROUPS, _settings
 
 

@@ -47,7 +47,7 @@ def test_a_decode_process_never_loads_torch() -> None:
     """After decoding, hashing and reading provenance, no torch library is mapped in the child."""
     import threading
 
-    from tests.conftest import encode, scene
+    from tests.images import encode, scene
     from tests.provenance_files import sign
     from worker.decode_pool import DecodeJob, DecodeLimits, DecodePool
     from worker.supervision import Supervisor

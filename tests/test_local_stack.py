@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import encode, scene
+from tests.images import encode, scene
 from tests.leftovers import leftovers
 from tests.services import wait_for
 

@@ -19,7 +19,7 @@ from engine.onnx_runner import OnnxRunner
 from engine.preprocess import center_crop
 from engine.runner import TorchRunner
 from engine.synthetic import tiny_architecture, write_official_checkpoint
-from tests.conftest import SHARED_DATA, encode, photo
+from tests.images import SHARED_DATA, encode, photo
 
 
 @pytest.fixture(scope="module")

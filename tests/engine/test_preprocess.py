@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 
 from engine.preprocess import CLIP_MEAN, CLIP_STD, Preprocessing, center_crop, five_crops, normalize, plan_center_crop, views
-from tests.conftest import photo
+from tests.images import photo
 
 
 def reference_crop(image: Image.Image, size: int = 336) -> np.ndarray:

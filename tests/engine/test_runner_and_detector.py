@@ -7,7 +7,7 @@ from engine.detector import AI_GENERATED, REAL, Detector, label_for, sigmoid
 from engine.model_dir import LoadedModel, load_model_dir
 from engine.preprocess import center_crop, five_crops
 from engine.runner import TorchRunner, buckets_for
-from tests.conftest import photo
+from tests.images import photo
 
 
 def crops(n: int) -> np.ndarray:

@@ -11,7 +11,7 @@ import pytest
 from engine.model_dir import LoadedModel, load_model_dir
 from engine.preprocess import center_crop
 from engine.runner import TorchRunner
-from tests.conftest import photo
+from tests.images import photo
 
 
 def _gpu_stack() -> bool:

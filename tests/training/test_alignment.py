@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.conftest import photo, scene
+from tests.images import photo, scene
 from training import augment
 from training.alignment import align_pair, blend
 from training.jpeg_quality import estimate_quality

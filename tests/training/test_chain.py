@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from engine.synthetic import random_dinov2_state, tiny_architecture
-from tests.conftest import scene
+from tests.images import scene
 
 
 def dda(*args: str) -> subprocess.CompletedProcess[str]:

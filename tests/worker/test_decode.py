@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from engine.decode import decode_rgb, sniff_format
-from tests.conftest import SHARED_DATA, encode, photo
+from tests.images import SHARED_DATA, encode, photo
 
 
 @pytest.mark.parametrize(

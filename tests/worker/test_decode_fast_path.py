@@ -11,8 +11,8 @@ from PIL import Image
 
 import engine.decode as decode
 from engine.preprocess import center_crop
-from tests.conftest import SHARED_DATA, encode, photo
 from tests.hostile_files import cut_with_end_marker, jpeg_declaring, progressive_jpeg_with_scans, relabel_frame
+from tests.images import SHARED_DATA, encode, photo
 from worker.errors import InputError
 from worker.hashing import hamming, jpeg_luma_per_block, pdq_from_pixels
 from worker.prepare import Prepared, prepare

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import encode, scene
 from tests.http_server import LocalServer, Route
+from tests.images import encode, scene
 from tests.services import Broker, Worker, unique, wait_for
 from tests.worker.conftest import INPUT_PARTITIONS
 

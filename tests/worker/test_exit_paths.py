@@ -25,8 +25,8 @@ import pytest
 
 from engine.checkpoint import import_checkpoint
 from engine.synthetic import tiny_architecture, write_official_checkpoint
-from tests.conftest import encode, scene
 from tests.http_server import LocalServer, Route
+from tests.images import encode, scene
 from tests.services import Broker, Worker, free_port, unique, wait_for
 
 pytestmark = pytest.mark.timeout(300)

@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tests.conftest import encode, photo
 from tests.http_server import LocalServer, RawServer, Route, serve
+from tests.images import encode, photo
 from worker.errors import InputError
 from worker.fetch import Fetcher, FetchPolicy, is_public, parse_networks
 

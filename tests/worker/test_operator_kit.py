@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import encode, scene
 from tests.http_server import LocalServer, Route
+from tests.images import encode, scene
 from tests.schemas import check_verdict
 from tests.services import NoidaBroker, Worker, metric_value, unique, wait_for
 

@@ -8,7 +8,7 @@ import pdqhash
 import pytest
 
 from engine.decode import decode_rgb
-from tests.conftest import SHARED_DATA, photo, scene
+from tests.images import SHARED_DATA, photo, scene
 from worker.hashing import pdq_from_luma, pdq_from_pixels
 
 

@@ -17,7 +17,7 @@ from PIL import Image
 
 from engine.model_dir import load_model_dir
 from engine.runner import TorchRunner
-from tests.conftest import encode, scene
+from tests.images import encode, scene
 from tests.services import wait_for
 from worker.cache import VerdictCache
 from worker.cache_store import MemoryStore

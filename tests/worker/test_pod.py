@@ -21,12 +21,12 @@ from engine.decode import decode_rgb
 from engine.detector import Detector
 from engine.model_dir import load_model_dir
 from engine.runner import TorchRunner
-from tests.conftest import encode, scene
 from tests.http_server import LocalServer, Route
+from tests.images import encode, scene
 from tests.services import Broker, Worker, descendants, unique, wait_for
 from tests.worker.conftest import INPUT_PARTITIONS
 from tests.worker.test_delivery_kafka import account, committed_all
-from worker.pod import remove_stale_workdirs
+from worker.pod import decode_shares, remove_stale_workdirs
 
 pytestmark = pytest.mark.timeout(300)
 POD = {"DDA_CONSUMERS": "2", "DDA_DECODE_WORKERS": "2", "DDA_DRAIN_TIMEOUT_S": "8", "DDA_REVOKE_TIMEOUT_S": "2",
@@ -193,3 +193,10 @@ def test_a_pod_refuses_what_it_cannot_run(tmp_path: Path, tiny_model_dir: Path) 
     broken = {**env, "DDA_KAFKA_BOOTSTRAP": "127.0.0.1:9", "DDA_MODEL": str(tmp_path)}
     no_model = subprocess.run([sys.executable, "-m", "dda", "worker"], env=broken, capture_output=True, timeout=60)
     assert no_model.returncode == 2 and b"cannot load the model" in no_model.stderr
+
+
+def test_the_pods_decode_processes_are_all_given_out() -> None:
+    assert decode_shares(11, 4) == [3, 3, 3, 2]  # the remainder was left out before: 8 of 11
+    assert decode_shares(8, 4) == [2, 2, 2, 2]
+    assert decode_shares(2, 4) == [1, 1, 1, 1]  # every consumer decodes
+    assert all(sum(decode_shares(total, n)) == max(total, n) for total in range(1, 40) for n in range(1, 9))

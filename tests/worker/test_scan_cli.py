@@ -15,8 +15,8 @@ from engine.decode import decode_rgb
 from engine.detector import Detector
 from engine.model_dir import load_model_dir
 from engine.runner import TorchRunner
-from tests.conftest import encode, photo
 from tests.http_server import LocalServer, Route, serve
+from tests.images import encode, photo
 from tests.provenance_files import IPTC, png_with_text, sign, with_xmp, xmp_packet
 from tests.schemas import check
 

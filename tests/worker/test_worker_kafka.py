@@ -22,8 +22,8 @@ from engine.decode import decode_rgb
 from engine.detector import Detector
 from engine.model_dir import load_model_dir
 from engine.runner import TorchRunner
-from tests.conftest import encode, scene
 from tests.http_server import LocalServer, Route
+from tests.images import encode, scene
 from tests.provenance_files import IPTC, sign, with_xmp, xmp_packet
 from tests.services import Broker, RedisServer, Worker, unique, wait_for
 from worker.hashing import hamming

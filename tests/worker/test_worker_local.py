@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import encode, scene
+from tests.images import encode, scene
 from tests.schemas import check_verdict, verdict_lines
 
 
