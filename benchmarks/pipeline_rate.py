@@ -3,8 +3,10 @@ processes + one engine process + their decode processes), side by side in one ru
 before (--baseline, a checkout of it), and the floor the same work costs outside the worker.
 
 Real parts on 127.0.0.1: tansu (broker), redis-server (cache), nginx (Debian's; the image origin,
-serving files from a temporary directory). Models: a zero-cost stub (the pipeline is what is
-measured), the tiny ViT, or (on a GPU) a random full-size ViT-L in the official layout.
+serving files from a temporary directory; Python's http.server where nginx is not installed, said
+so beside the figures). Models: a zero-cost stub (the pipeline is what is measured), the tiny ViT,
+or (on a GPU) a random full-size ViT-L in the official layout; `vitl+graphs` is the ViT-L with
+DDA_COMPILE=on. On a GPU, its utilisation is sampled (NVML) through the flood and paced phases.
 
 Images (--images): `synthetic`, distinct 640x480 JPEGs of generated scenes; `camera`, the
 single-scan JPEGs of ../shared/data between 1 and 3.2 MP (what cameras write; progressive and
@@ -29,7 +31,7 @@ the same URLs from the same nginx with httpx, the worker's client; (c) `prepare(
 crop's decode + PDQ, what a decode process does) on the same bytes.
 
     python benchmarks/pipeline_rate.py --baseline ../base --configs basepod:stub,pod:stub [--images camera]
-    on a GPU:  --device cuda --consumers 4 --decode-workers 15 --configs pod:stub,pod:vitl
+    on a GPU:  --device cuda --consumers 4 --decode-workers 11 --configs pod:stub,pod:vitl [--json FILE]
 """
 
 from __future__ import annotations
@@ -41,8 +43,10 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -55,7 +59,7 @@ from machine import describe  # noqa: E402
 
 from engine.checkpoint import import_checkpoint  # noqa: E402
 from engine.synthetic import VIT_L, tiny_architecture, write_official_checkpoint  # noqa: E402
-from tests.conftest import encode, scene  # noqa: E402
+from tests.images import encode, scene  # noqa: E402
 from tests.services import Broker, RedisServer, Worker, descendants, free_port, unique, wait_for  # noqa: E402
 
 TICK_MS = 1000 / os.sysconf("SC_CLK_TCK")
@@ -70,10 +74,15 @@ def with_comment(jpeg: bytes, text: str) -> bytes:
     return jpeg[:2] + b"\xff\xfe" + (len(body) + 2).to_bytes(2, "big") + body + jpeg[2:]
 
 
+def synthetic_jpeg(seed: int) -> bytes:
+    return encode(scene(640, 480, seed=seed), "JPEG", quality=90)
+
+
 def image_set(kind: str, count: int) -> tuple[list[bytes], str]:
     """`count` distinct image files, and a description."""
-    if kind == "synthetic":
-        return [encode(scene(640, 480, seed=i), "JPEG", quality=90) for i in range(count)], "distinct 640x480 JPEGs"
+    if kind == "synthetic":  # ~25 ms each: made on every core
+        with ProcessPoolExecutor() as pool:
+            return list(pool.map(synthetic_jpeg, range(count), chunksize=64)), "distinct 640x480 JPEGs"
     from engine.decode import decode_crop, open_checked
 
     sources = []
@@ -95,12 +104,35 @@ def image_set(kind: str, count: int) -> tuple[list[bytes], str]:
 
 
 @contextmanager
-def nginx(root: Path) -> Iterator[str]:
-    """Debian's nginx on a free loopback port, serving `root`; stopped by PID."""
+def origin(root: Path) -> Iterator[tuple[str, str]]:
+    """An HTTP server on a free loopback port serving `root`, and its name: Debian's nginx, else
+    Python's http.server (a CPU rehearsal on a machine without nginx); stopped by PID."""
     binary = shutil.which("nginx") or "/usr/sbin/nginx"
-    if not Path(binary).exists():
-        raise SystemExit("nginx is not installed: apt-get install -y nginx-light")
     port = free_port()
+    if not Path(binary).exists():
+        proc = subprocess.Popen([sys.executable, "-m", "http.server", "--bind", "127.0.0.1", "--directory", str(root), str(port)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        name = "python http.server (nginx is not installed)"
+    else:
+        proc = _nginx(binary, root, port)
+        name = "nginx"
+    try:
+        import urllib.request
+
+        def up() -> bool:
+            try:
+                return bool(urllib.request.urlopen(f"http://127.0.0.1:{port}/0.jpg", timeout=1).status == 200)
+            except OSError:
+                return False
+
+        wait_for(up, 10, f"{name} to serve")
+        yield f"http://127.0.0.1:{port}", name
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def _nginx(binary: str, root: Path, port: int) -> subprocess.Popen[bytes]:
     conf = root.parent / "nginx.conf"
     conf.write_text(f"""
 daemon off; worker_processes 1; pid {root.parent}/nginx.pid; error_log {root.parent}/nginx-error.log;
@@ -113,21 +145,45 @@ http {{
   server {{ listen 127.0.0.1:{port}; root {root}; }}
 }}
 """)
-    proc = subprocess.Popen([binary, "-c", str(conf), "-p", str(root.parent), "-e", f"{root.parent}/nginx-error.log"])
+    return subprocess.Popen([binary, "-c", str(conf), "-p", str(root.parent), "-e", f"{root.parent}/nginx-error.log"])
+
+
+@contextmanager
+def gpu_sampler(period_s: float = 0.05) -> Iterator[list[tuple[int, int]]]:
+    """Samples (GPU utilisation %, memory used MiB) of GPU 0 through NVML every `period_s` while
+    the block runs; no samples where NVML (nvidia-ml-py) or a GPU is absent."""
+    samples: list[tuple[int, int]] = []
     try:
-        import urllib.request
+        import pynvml
 
-        def up() -> bool:
-            try:
-                return bool(urllib.request.urlopen(f"http://127.0.0.1:{port}/0.jpg", timeout=1).status == 200)
-            except OSError:
-                return False
+        pynvml.nvmlInit()
+        handle = pynvml.nvmlDeviceGetHandleByIndex(0)
+    except Exception:  # noqa: BLE001 - no NVML library, no driver, no GPU: nothing to sample
+        yield samples
+        return
+    stop = threading.Event()
 
-        wait_for(up, 10, "nginx to serve")
-        yield f"http://127.0.0.1:{port}"
+    def sample() -> None:
+        while not stop.wait(period_s):
+            samples.append((int(pynvml.nvmlDeviceGetUtilizationRates(handle).gpu),
+                            int(pynvml.nvmlDeviceGetMemoryInfo(handle).used) >> 20))
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    try:
+        yield samples
     finally:
-        proc.terminate()
-        proc.wait(10)
+        stop.set()
+        thread.join()
+        pynvml.nvmlShutdown()
+
+
+def utilisation(samples: list[tuple[int, int]]) -> dict[str, float] | None:
+    if not samples:
+        return None
+    busy = np.array([s[0] for s in samples])
+    return {"samples": len(samples), "mean_pct": float(busy.mean()), "p50_pct": float(np.percentile(busy, 50)),
+            "max_memory_mib": float(max(s[1] for s in samples))}
 
 
 def web_root(tmp: Path, files: list[bytes]) -> tuple[Path, list[str]]:
@@ -167,44 +223,45 @@ def cpu_ticks(pids: dict[int, str]) -> dict[int, int]:
 
 
 def run_phase(broker: Broker, topic: str, reader, urls: list[str], tag: str, rate: float | None) -> dict[str, object]:  # type: ignore[no-untyped-def]
-    """Produce one request per URL (at once, or paced at `rate`/s); wait for every verdict."""
+    """Produce one request per URL (at once, or paced at `rate`/s); wait for every verdict.
+
+    Verdicts are read on a thread of their own, so each is timed when it arrives, whatever the
+    producing loop is doing (read between sends, a paced phase that fell behind its schedule
+    timed verdicts late: seconds of latency that were the benchmark's own)."""
     from kafka import KafkaProducer
 
-    producer = KafkaProducer(bootstrap_servers=broker.bootstrap, linger_ms=2)
+    producer = KafkaProducer(bootstrap_servers=broker.bootstrap, linger_ms=1)
     sent: dict[str, float] = {}
     received: dict[str, float] = {}
     statuses: dict[str, str] = {}
+    deadline = time.monotonic() + 600
 
-    def drain(timeout_ms: int) -> None:
-        for batch in reader.consumer.poll(timeout_ms=timeout_ms).values():
-            now = time.monotonic()
-            for record in batch:
-                v = json.loads(record.value)
-                if v["id"].startswith(tag) and v["id"] not in received:
-                    received[v["id"]] = now
-                    statuses[v["id"]] = v["status"]
+    def drain() -> None:
+        while len(received) < len(urls) and time.monotonic() < deadline:
+            for batch in reader.consumer.poll(timeout_ms=50).values():
+                now = time.monotonic()
+                for record in batch:
+                    v = json.loads(record.value)
+                    if v["id"].startswith(tag) and v["id"] not in received:
+                        received[v["id"]] = now
+                        statuses[v["id"]] = v["status"]
 
+    thread = threading.Thread(target=drain, daemon=True)
+    thread.start()
     start = time.monotonic()
     for i, url in enumerate(urls):
         rid = f"{tag}{i}"
         if rate:
-            due = start + i / rate
-            while time.monotonic() < due:
-                drain(0)
-                time.sleep(min(0.002, max(0.0, due - time.monotonic())))
+            time.sleep(max(0.0, start + i / rate - time.monotonic()))
         sent[rid] = time.monotonic()
         producer.send(topic, json.dumps({"id": rid, "url": url}).encode())
-        if rate:
-            producer.flush()
     producer.flush()
     producer.close()
-    deadline = time.monotonic() + 600
-    while len(received) < len(urls) and time.monotonic() < deadline:
-        drain(100)
+    thread.join()
     elapsed = max(received.values(), default=start) - start
     latencies = np.array([received[k] - sent[k] for k in received]) * 1000
     return {"verdicts": len(received), "ok": sum(s == "ok" for s in statuses.values()), "seconds": elapsed,
-            "rate": len(received) / elapsed if elapsed else 0.0,
+            "rate": len(received) / elapsed if elapsed else 0.0, "offered_rate": (len(urls) - 1) / max(sent[f"{tag}{len(urls) - 1}"] - start, 1e-9),
             "p50": float(np.percentile(latencies, 50)), "p99": float(np.percentile(latencies, 99))}
 
 
@@ -220,7 +277,7 @@ def cpu_phase(pids: dict[int, str], run: Callable[[], dict[str, object]]) -> tup
     return result, per_class
 
 
-def measure(name: str, consumers: int, stub: bool, model: Path, broker: Broker, redis: RedisServer, base: str,
+def measure(name: str, consumers: int, model_kind: str, model: Path, broker: Broker, redis: RedisServer, base: str,
             images: list[str], args: argparse.Namespace, tmp: Path, tree: Path = ROOT) -> dict[str, object]:
     topics = {"input": unique("req"), "output": unique("out"), "dlq": unique("dlq")}
     broker.create_topics({topics["input"]: 8, topics["output"]: 1, topics["dlq"]: 1})
@@ -228,9 +285,11 @@ def measure(name: str, consumers: int, stub: bool, model: Path, broker: Broker, 
     env = {"DDA_REDIS_URL": redis.url, "DDA_CONSUMERS": str(consumers), "DDA_DECODE_WORKERS": str(args.decode_workers),
            "DDA_FETCH_WORKERS": "16", "DDA_MAX_BATCH": str(args.max_batch), "DDA_LOG_LEVEL": "warning", "DDA_FETCH_TIMEOUT_S": "30",
            "DDA_DEVICE": args.device,
-           "PYTHONPATH": f"{STUB}{os.pathsep}{tree}"}
-    if stub:
+           "PYTHONPATH": os.pathsep.join([STUB, str(tree), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    if model_kind == "stub":
         env["DDA_BENCH_STUB"] = "1"
+    if model_kind.endswith("+graphs"):
+        env["DDA_COMPILE"] = "on"
     worker = Worker(model, broker, topics, unique("bench"), tmp / f"{name}.log", cwd=tree, **env)
     worker.start()
     try:
@@ -241,16 +300,19 @@ def measure(name: str, consumers: int, stub: bool, model: Path, broker: Broker, 
         assert worker.proc is not None
         pids = process_classes(worker.proc.pid)
         flood_urls = [next(urls) for _ in range(args.requests)]
-        flood, per_class = cpu_phase(pids, lambda: run_phase(broker, topics["input"], reader, flood_urls, "flood", None))
+        with gpu_sampler() as flood_gpu:
+            flood, per_class = cpu_phase(pids, lambda: run_phase(broker, topics["input"], reader, flood_urls, "flood", None))
         rate = args.paced_rate or 0.7 * float(flood["rate"])  # type: ignore[arg-type]
         paced_n = min(args.paced_images, max(20, int(rate * args.paced_s)))
-        paced = run_phase(broker, topics["input"], reader, [next(urls) for _ in range(paced_n)], "paced", rate)
+        with gpu_sampler() as paced_gpu:
+            paced = run_phase(broker, topics["input"], reader, [next(urls) for _ in range(paced_n)], "paced", rate)
         hits, hit_class = cpu_phase(pids, lambda: run_phase(broker, topics["input"], reader, flood_urls * args.hit_rounds, "hit", None))
         status = worker.terminate(60)
         if status != 0:  # say why beside the figures
             print(f"{name}: exit status {status}; the end of its log:", *(tmp / f"{name}.log").read_text().splitlines()[-15:], sep="\n")
         count = {cls: sum(1 for c in pids.values() if c == cls) for cls in set(pids.values())}
         return {"name": name, "flood": flood, "paced": paced, "hits": hits, "paced_rate": rate, "exit": status, "processes": count,
+                "gpu_flood": utilisation(flood_gpu), "gpu_paced": utilisation(paced_gpu),
                 "cpu_ms_per_miss": {cls: ms / int(flood["verdicts"]) for cls, ms in sorted(per_class.items())},  # type: ignore[call-overload]
                 "cpu_ms_per_hit": {cls: ms / int(hits["verdicts"]) for cls, ms in sorted(hit_class.items())}}  # type: ignore[call-overload]
     finally:
@@ -308,7 +370,7 @@ print(json.dumps({"ms": ((end.ru_utime + end.ru_stime) - (start.ru_utime + start
 
 def _child(script: str, args: list[str], stdin: str = "") -> float:
     proc = subprocess.run([sys.executable, "-c", script, *args], input=stdin, capture_output=True, text=True, check=True,
-                          cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+                          cwd=ROOT, env={**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])})
     return float(json.loads(proc.stdout.splitlines()[-1])["ms"])
 
 
@@ -339,6 +401,7 @@ def main() -> None:
     parser.add_argument("--baseline", type=Path, help="a checkout of the code before (its C extensions built) for MODE base/basepod")
     parser.add_argument("--hit-rounds", type=int, default=3, help="the hits phase sends the flood's images this many times")
     parser.add_argument("--no-floor", action="store_true", help="skip the floor measurements")
+    parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     configs = [c.split(":") for c in args.configs.split(",")]
     per_config = args.warmup + args.requests + args.paced_images
@@ -346,7 +409,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         models = {}
-        for kind in {k for _, k in configs}:
+        for kind in {k.split("+")[0] for _, k in configs}:  # vitl+graphs: the same model, compiled
             models[kind] = tmp / kind
             architecture = VIT_L if kind == "vitl" else tiny_architecture()  # the stub loads (and ignores) the tiny one
             import_checkpoint(write_official_checkpoint(tmp / f"{kind}.pth", architecture), models[kind])
@@ -359,11 +422,11 @@ def main() -> None:
         results = []
         floor_ms: dict[str, float] = {}
         try:
-            with nginx(root) as base:
+            with origin(root) as (base, origin_name):
                 for mode, model_kind in configs:  # the same images each time: the cache is emptied in between
                     consumers = args.consumers if mode in ("pod", "basepod") else 1
                     tree = args.baseline if mode in ("base", "basepod") else ROOT
-                    results.append(measure(f"{mode}-{model_kind}", consumers, model_kind == "stub", models[model_kind], broker, redis,
+                    results.append(measure(f"{mode}-{model_kind}", consumers, model_kind, models[model_kind.split("+")[0]], broker, redis,
                                            base, images, args, tmp, tree))
                 if not args.no_floor:
                     floor_ms = floor(broker, base, images[args.warmup : args.warmup + args.requests], root, VERDICT_BYTES)
@@ -371,21 +434,26 @@ def main() -> None:
             broker.kill()
             redis.stop()
 
-    print(f"machine: {json.dumps(describe())}")
-    print(f"{args.requests} {described} per flood (after {args.warmup} warm-up), all cache misses, then the same "
-          f"{args.hit_rounds} times again under new ids (exact hits); nginx, tansu, redis-server on 127.0.0.1; {args.decode_workers} decode processes in all; "
-          f"pod = {args.consumers} consumer processes + 1 engine process; max batch {args.max_batch}; device {args.device}")
+    machine = describe()
+    setup = (f"{args.requests} {described} per flood (after {args.warmup} warm-up), all cache misses, then the same "
+             f"{args.hit_rounds} times again under new ids (exact hits); {origin_name}, tansu, redis-server on 127.0.0.1; "
+             f"{args.decode_workers} decode processes in all; pod = {args.consumers} consumer processes + 1 engine process; "
+             f"max batch {args.max_batch}; device {args.device}")
+    print(f"machine: {json.dumps(machine)}\n{setup}")
     print("| configuration | processes | misses/s (flood) | paced at | p50 ms | p99 ms | CPU ms per miss, by process class "
-          "| **CPU ms per miss** | hits/s | **CPU ms per hit** |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "| **CPU ms per miss** | hits/s | **CPU ms per hit** | GPU busy, flood / paced |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
         flood, paced, hits = r["flood"], r["paced"], r["hits"]
         miss, hit = r["cpu_ms_per_miss"], r["cpu_ms_per_hit"]
         cpu = ", ".join(f"{cls} {ms:.2f}" for cls, ms in miss.items())  # type: ignore[attr-defined]
         procs = ", ".join(f"{n} {cls}" for cls, n in sorted(r["processes"].items()))  # type: ignore[attr-defined]
+        gpu = " / ".join(f"{u['mean_pct']:.0f}%" if u else "-" for u in (r["gpu_flood"], r["gpu_paced"]))  # type: ignore[index]
         print(f"| {r['name']} | {procs} | {flood['rate']:.0f} ({flood['ok']}/{flood['verdicts']} ok) | {r['paced_rate']:.0f}/s | "  # type: ignore[index]
               f"{paced['p50']:.0f} | {paced['p99']:.0f} | {cpu} | **{sum(miss.values()):.2f}** | {hits['rate']:.0f} | "  # type: ignore[index, attr-defined]
-              f"**{sum(hit.values()):.2f}** |")  # type: ignore[attr-defined]
+              f"**{sum(hit.values()):.2f}** | {gpu} |")  # type: ignore[attr-defined]
+    if args.json:
+        args.json.write_text(json.dumps({"machine": machine, "setup": setup, "results": results, "floor_ms": floor_ms}, indent=2))
     print("exit statuses:", {r["name"]: r["exit"] for r in results})
     if floor_ms:
         total = sum(floor_ms.values())
