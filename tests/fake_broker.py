@@ -15,7 +15,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from worker.transport import Ack, CommitFailed, DoneAck, Kind, Listener, Message, Partition, Transport
+from worker.transport import Ack, CommitFailed, DoneAck, Kind, Listener, Message, Partition, Position, Transport
 
 
 class Unanswered(Ack):
@@ -32,7 +32,7 @@ class Unanswered(Ack):
 
 @dataclass
 class Rebalance:
-    assign: set[Partition]
+    assign: set[Partition] | None  # None: revoked, and the member misses the next generations
     lost: bool = False
 
 
@@ -40,6 +40,8 @@ class Rebalance:
 class FakeBroker:
     logs: dict[Partition, list[bytes | None]] = field(default_factory=dict)
     committed: dict[Partition, int] = field(default_factory=dict)
+    ahead: dict[Partition, frozenset[int]] = field(default_factory=dict)  # the commits' metadata
+    keeps_metadata: bool = True  # False: as tansu, which drops commit metadata
     published: dict[Kind, list[tuple[bytes, bytes]]] = field(default_factory=lambda: {"verdict": [], "dead_letter": []})
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -58,16 +60,21 @@ class FakeTransport(Transport):
         self.positions: dict[Partition, int] = {}
         self.paused: set[Partition] = set()
         self.events: deque[Rebalance] = deque()
+        self.rejoining = False
         self.refuse: Callable[[Kind, bytes], Ack | None] = lambda _kind, _value: None
         self.fail_commits = False
         self.commits: list[dict[Partition, int]] = []
+        self.asked_ahead: dict[Partition, frozenset[int]] = {}  # the last offsets each commit named as published ahead
         self.closed = False
         self.reachable = True
         self.renewals = 0
         self.on_renew: Callable[[], bool] = lambda: False  # what a producer replacement does; False: none possible
 
-    def rebalance(self, assign: set[Partition], lost: bool = False) -> None:
-        """Queue an eager rebalance: the next poll revokes (or loses) everything, then assigns `assign`."""
+    def rebalance(self, assign: set[Partition] | None, lost: bool = False) -> None:
+        """Queue an eager rebalance: the next poll revokes (or loses) everything, then assigns `assign`.
+        `None`: nothing is assigned and the listener hears nothing more (the member rejoined too
+        late for the next generations), while the client keeps its old fetch positions, as
+        kafka-python does for partitions a later assignment names again."""
         self.events.append(Rebalance(assign, lost))
 
     def start(self, listener: Listener) -> None:
@@ -79,7 +86,7 @@ class FakeTransport(Transport):
             self._apply(self.events.popleft())
         out = []
         with self.broker.lock:
-            for tp in sorted(self.assigned - self.paused):
+            for tp in sorted(self.assigned - self.paused if not self.rejoining else ()):
                 log = self.broker.logs.get(tp, [])
                 start = self.positions[tp]
                 for offset in range(start, min(len(log), start + self.batch)):
@@ -97,12 +104,17 @@ class FakeTransport(Transport):
             else:
                 positions = self.listener.on_revoked(set(self.assigned))
                 self.commit(positions, 1.0)
+        self.rejoining = event.assign is None  # nothing is fetched until the next assignment
+        if self.rejoining:
+            return
         kept = set() if event.lost else self.assigned & event.assign  # a lost membership clears every position
         for tp in event.assign - kept:  # new partitions start from the committed offset; kept ones keep their position
             self.positions[tp] = self.broker.committed.get(tp, 0)
         self.assigned = set(event.assign)
         self.paused &= self.assigned
-        for tp, offset in self.listener.on_assigned(set(event.assign)).items():
+        last = {tp: Position(self.broker.committed[tp], self.broker.ahead.get(tp, frozenset()))
+                if tp in self.broker.committed else None for tp in event.assign}
+        for tp, offset in self.listener.on_assigned(last).items():
             self.positions[tp] = offset
 
     def publish(self, kind: Kind, key: bytes, value: bytes) -> Ack:
@@ -115,12 +127,14 @@ class FakeTransport(Transport):
             self.broker.published[kind].append((key, value))
         return DoneAck()
 
-    def commit(self, positions: dict[Partition, int], timeout_s: float) -> None:
+    def commit(self, positions: dict[Partition, Position], timeout_s: float) -> None:
         if self.fail_commits:
             raise CommitFailed("broker unavailable")
         with self.broker.lock:
-            self.broker.committed.update(positions)
-            self.commits.append(dict(positions))
+            self.broker.committed.update({tp: p.offset for tp, p in positions.items()})
+            self.broker.ahead.update({tp: p.ahead if self.broker.keeps_metadata else frozenset() for tp, p in positions.items()})
+            self.commits.append({tp: p.offset for tp, p in positions.items()})
+            self.asked_ahead.update({tp: p.ahead for tp, p in positions.items()})
 
     def pause(self, partitions: set[Partition]) -> None:
         self.paused |= partitions & self.assigned

@@ -46,7 +46,7 @@ from worker.completion import Completion
 from worker.ledger import Entry, Ledger
 from worker.messages import Malformed, Request, Source, dead_letter, encode_record, parse_request
 from worker.metrics import Metrics
-from worker.transport import CommitFailed, Message, Partition, Transport
+from worker.transport import CommitFailed, Message, Partition, Position, Transport
 
 log = structlog.get_logger("dda.delivery")
 POLL_S = 0.1
@@ -98,7 +98,7 @@ class Delivery:
         self._ready: deque[Entry] = deque()  # appended by completion callbacks on stage threads
         self._outstanding: list[Entry] = []
         self._retry: list[Entry] = []
-        self._resume: dict[Partition, tuple[int, set[int]]] = {}
+        self._resume: dict[Partition, tuple[int, frozenset[int]]] = {}  # own position and ahead at revocation
         self._paused = False
         self._draining = False
         self._closing = False
@@ -338,35 +338,48 @@ class Delivery:
 
     # --- rebalance listener -----------------------------------------------------------------
 
-    def on_assigned(self, partitions: set[Partition]) -> dict[Partition, int]:
+    def on_assigned(self, committed: dict[Partition, Position | None]) -> dict[Partition, int]:
+        """Each partition starts at the later of the group's commit and this process's own
+        position when it revoked the partition: the group's, once another owner has moved it on
+        (seeking back to a remembered position redid their work: issue 28); its own, when the
+        commit at revocation failed. A partition kept through the rebalance keeps its fetch
+        position in the client, so it is always sought. Offsets already published are skipped:
+        those the commit names (any owner's) and those this process published itself."""
         with self._lock:
             seeks = {}
-            for tp in partitions:
-                position, done_ahead = self._resume.pop(tp, (None, set()))
-                self.ledger.add_partition(tp, position, done_ahead)
+            for tp, last in committed.items():
+                position, ahead = (last.offset, set(last.ahead)) if last is not None else (None, set())
+                own = self._resume.pop(tp, None)
+                if own is not None:
+                    position = own[0] if position is None else max(position, own[0])
+                    ahead |= own[1]
+                self.ledger.add_partition(tp, position, {o for o in ahead if position is None or o >= position})
                 if position is not None:
                     seeks[tp] = position
             self._resume.clear()  # partitions revoked and not given back belong to others now
             self.processor.set_partitions(self.ledger.partitions())
             self.metrics.rebalances.labels("assigned").inc()
-            log.info("partitions assigned", partitions=sorted(f"{t}/{p}" for t, p in partitions),
+            log.info("partitions assigned", partitions=sorted(f"{t}/{p}" for t, p in committed),
+                     group_commit={f"{t}/{p}": (c.offset if c else None) for (t, p), c in committed.items()},
                      resume={f"{t}/{p}": o for (t, p), o in seeks.items()})
             return seeks
 
-    def on_revoked(self, partitions: set[Partition]) -> dict[Partition, int]:
+    def on_revoked(self, partitions: set[Partition]) -> dict[Partition, Position]:
         with self._lock:
             owned = partitions & self.ledger.partitions()
             self.metrics.rebalances.labels("revoked").inc()
+            in_flight = self.ledger.unfinished(owned)
             if not self._closing:
                 self._settle(owned)
             positions = self.ledger.committable(owned)
             for tp in owned:
                 position = self.ledger.position(tp)
                 if position is not None:
-                    self._resume[tp] = (position, self.ledger.done_ahead(tp))
+                    self._resume[tp] = (position, frozenset(self.ledger.done_ahead(tp)))
             cancelled = self._forget(owned)
-            log.info("partitions revoked", partitions=sorted(f"{t}/{p}" for t, p in partitions), cancelled=cancelled,
-                     commit={f"{t}/{p}": o for (t, p), o in positions.items()})
+            log.info("partitions revoked", partitions=sorted(f"{t}/{p}" for t, p in partitions), in_flight=in_flight,
+                     cancelled=cancelled, commit={f"{t}/{p}": o.offset for (t, p), o in positions.items()},
+                     published_ahead=sum(len(o.ahead) for o in positions.values()))
             return positions
 
     def on_lost(self, partitions: set[Partition]) -> None:

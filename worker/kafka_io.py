@@ -5,7 +5,13 @@ blocking consumer call there raises "Cannot block on net.run() from the IO threa
 itself". So the listener is an AsyncConsumerRebalanceListener: the delivery's revocation
 work (let work finish, publish, wait for the producer, which has its own IO thread) runs
 inside it under the revocation deadline, and the commit is `commit_async`, awaited on that
-loop; seeks after an assignment only set positions. No other thread touches the clients.
+loop. Assigned partitions are paused there and announced to the delivery at the end of
+`poll`, on the caller's thread, with the group's last commit read from the broker (a blocking
+call); then sought and resumed. No other thread touches the clients.
+
+A commit's metadata names the offsets past it already published (`Position.ahead`), so the
+partition's next owner skips them. Kafka and noida-db keep commit metadata; tansu drops it
+(measured), and there only the process that published them skips them.
 
 Broker reachability for /readyz comes from a small probe thread that opens a TCP
 connection to a bootstrap server every few seconds; it never uses the Kafka clients.
@@ -25,11 +31,14 @@ from kafka.errors import KafkaError, KafkaTimeoutError, MessageSizeTooLargeError
 from kafka.structs import OffsetAndMetadata
 
 from worker.config import WorkerConfig
-from worker.transport import Ack, CommitFailed, DoneAck, Kind, Listener, Message, Partition, Transport
+from worker.transport import Ack, CommitFailed, DoneAck, Kind, Listener, Message, Partition, Position, Transport
 
 log = structlog.get_logger("dda.kafka")
 PROBE_EVERY_S = 2.0
 LAG_TIMEOUT_MS = 1000  # per broker question when refreshing dda_consumer_lag
+COMMITTED_TIMEOUT_MS = 5000  # reading a newly assigned partition's last commit
+AHEAD_PREFIX = "dda-ahead:"  # commit metadata: comma-separated distances past the committed offset
+AHEAD_MAX_CHARS = 3000  # brokers refuse metadata over offset.metadata.max.bytes (4096 by default)
 PRODUCER_MAX_BLOCK_MS = 2000  # send() waits this long for metadata at most; delivery retries later
 RENEW_BOOTSTRAP_MS = 5000  # a replacement producer's connection, made on the delivery thread
 
@@ -73,28 +82,58 @@ def _tp(partition: TopicPartition) -> Partition:
     return (partition.topic, partition.partition)
 
 
+def encode_ahead(position: Position) -> str:
+    """Commit metadata naming `position.ahead`; the nearest offsets first where they do not all fit
+    (an offset left out is only published again, never lost)."""
+    text = AHEAD_PREFIX
+    for offset in sorted(position.ahead):
+        item = f"{offset - position.offset},"
+        if len(text) + len(item) > AHEAD_MAX_CHARS:
+            break
+        text += item
+    return text.rstrip(",") if position.ahead else ""
+
+
+def decode_ahead(metadata: str | None, offset: int) -> frozenset[int]:
+    """The offsets a commit's metadata names; nothing for metadata of any other shape (another
+    tool's, or hostile)."""
+    if not metadata or not metadata.startswith(AHEAD_PREFIX) or len(metadata) > AHEAD_MAX_CHARS:
+        return frozenset()
+    try:
+        distances = [int(item) for item in metadata[len(AHEAD_PREFIX):].split(",")]
+    except ValueError:
+        return frozenset()
+    return frozenset(offset + d for d in distances if 0 <= d < 1 << 40)
+
+
 class _Rebalance(AsyncConsumerRebalanceListener):  # type: ignore[misc]  # kafka-python has no type information
     def __init__(self, transport: KafkaTransport, listener: Listener) -> None:
         self.transport = transport
         self.listener = listener
 
     async def on_partitions_revoked(self, revoked: Any) -> None:
+        self.transport.arrived -= {_tp(p) for p in revoked}
         positions = self.listener.on_revoked({_tp(p) for p in revoked})
         if positions:
-            offsets = {TopicPartition(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in positions.items()}
+            offsets = _offsets(positions)
             try:
                 await self.transport.consumer.commit_async(offsets)
             except KafkaError as exc:  # the next owner starts from the last commit: repeats, never gaps
                 log.warning("commit on revocation failed", error=f"{type(exc).__name__}: {exc}")
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
-        seeks = self.listener.on_assigned({_tp(p) for p in assigned})
-        for (topic, partition), offset in seeks.items():
-            self.transport.consumer.seek(TopicPartition(topic, partition), offset)
+        """Nothing of them is fetched until `KafkaTransport.poll` has announced them."""
+        self.transport.consumer.pause(*assigned)
+        self.transport.arrived |= {_tp(p) for p in assigned}
         self.transport.joined.set()
 
     async def on_partitions_lost(self, lost: Any) -> None:
+        self.transport.arrived -= {_tp(p) for p in lost}
         self.listener.on_lost({_tp(p) for p in lost})
+
+
+def _offsets(positions: dict[Partition, Position]) -> dict[TopicPartition, OffsetAndMetadata]:
+    return {TopicPartition(t, p): OffsetAndMetadata(o.offset, encode_ahead(o), -1) for (t, p), o in positions.items()}
 
 
 class KafkaTransport(Transport):
@@ -104,6 +143,8 @@ class KafkaTransport(Transport):
         # A key is a request id (at most one input message long); the rest of a request is the record's.
         self.max_record_bytes = config.kafka_max_request_bytes - config.max_message_bytes - 1024
         self.joined = threading.Event()
+        self.arrived: set[Partition] = set()  # assigned, paused, not announced to the listener yet
+        self._listener: Listener | None = None
         self._reachable = threading.Event()
         self._probe_stop = threading.Event()
         if not config.kafka_bootstrap:
@@ -131,6 +172,7 @@ class KafkaTransport(Transport):
         self._probe = threading.Thread(target=self._probe_loop, name="broker-probe", daemon=True)
 
     def start(self, listener: Listener) -> None:
+        self._listener = listener
         self.consumer.subscribe([self.config.input_topic], listener=_Rebalance(self, listener))
         self._probe.start()
 
@@ -139,8 +181,29 @@ class KafkaTransport(Transport):
             batches = self.consumer.poll(timeout_ms=int(timeout_s * 1000))
         except KafkaError as exc:  # e.g. a commit or rebalance error surfaced by poll: the group recovers
             log.warning("poll failed", error=f"{type(exc).__name__}: {exc}")
-            return []
+            batches = {}
+        if self.arrived:
+            self._announce()
         return [Message(r.topic, r.partition, r.offset, r.key, r.value) for records in batches.values() for r in records]
+
+    def _announce(self) -> None:
+        """Newly assigned partitions to the listener, each with the group's last commit; then
+        sought where it says and resumed."""
+        assert self._listener is not None
+        arrived, self.arrived = self.arrived, set()
+        committed: dict[Partition, Position | None] = {}
+        for tp in sorted(arrived):
+            try:
+                last = self.consumer.committed(TopicPartition(*tp), metadata=True, timeout_ms=COMMITTED_TIMEOUT_MS)
+            except KafkaError as exc:  # the listener falls back on what it knows; at worst work is redone
+                log.warning("the last commit of an assigned partition could not be read", partition=f"{tp[0]}/{tp[1]}",
+                            error=f"{type(exc).__name__}: {exc}")
+                last = None
+            committed[tp] = None if last is None else Position(last.offset, decode_ahead(last.metadata, last.offset))
+        seeks = self._listener.on_assigned(committed)
+        for (topic, partition), offset in seeks.items():
+            self.consumer.seek(TopicPartition(topic, partition), offset)
+        self.consumer.resume(*(TopicPartition(*tp) for tp in arrived))
 
     def publish(self, kind: Kind, key: bytes, value: bytes) -> Ack:
         try:
@@ -165,10 +228,9 @@ class KafkaTransport(Transport):
         threading.Thread(target=discard, args=(old,), name="producer-discard", daemon=True).start()
         return True
 
-    def commit(self, positions: dict[Partition, int], timeout_s: float) -> None:
-        offsets = {TopicPartition(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in positions.items()}
+    def commit(self, positions: dict[Partition, Position], timeout_s: float) -> None:
         try:
-            self.consumer.commit(offsets, timeout_ms=int(timeout_s * 1000))
+            self.consumer.commit(_offsets(positions), timeout_ms=int(timeout_s * 1000))
         except KafkaError as exc:
             raise CommitFailed(f"{type(exc).__name__}: {exc}") from exc
 

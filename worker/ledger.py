@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from worker.completion import Completion
-from worker.transport import Ack, Kind, Partition
+from worker.transport import Ack, Kind, Partition, Position
 
 
 @dataclass(eq=False)
@@ -36,6 +36,7 @@ class _Lane:
     entries: deque[Entry] = field(default_factory=deque)
     next_offset: int | None = None  # one past the last offset consumed
     committed: int | None = None  # last position committed by this worker
+    committed_ahead: frozenset[int] = frozenset()  # the offsets that commit named as published past it
     done_ahead: set[int] = field(default_factory=set)  # offsets past the position already acknowledged
 
 
@@ -50,14 +51,18 @@ class Ledger:
         return set(self._lanes)
 
     def add_partition(self, tp: Partition, position: int | None = None, done_ahead: set[int] | None = None) -> None:
-        """Own a partition; `done_ahead` are offsets past `position` whose records were acknowledged
-        before a rebalance gave the partition straight back: read again, they are not redone."""
+        """Own a partition; `done_ahead` are offsets past `position` whose records were published
+        already (by this process or the partition's last owner): read again, they are not redone."""
         self._lanes.setdefault(tp, _Lane(next_offset=position, done_ahead=set(done_ahead or ())))
 
     def done_ahead(self, tp: Partition) -> set[int]:
-        """Acknowledged offsets past the commit position (kept for a partition that may come back)."""
+        """Offsets past the commit position whose records are published: acknowledged here, or
+        named by the commit this partition started from and not read again yet."""
         position = self.position(tp)
-        return {e.offset for e in self._lanes[tp].entries if e.acked and position is not None and e.offset > position}
+        if position is None:
+            return set()
+        lane = self._lanes[tp]
+        return {e.offset for e in lane.entries if e.acked and e.offset > position} | {o for o in lane.done_ahead if o >= position}
 
     def take_done(self, tp: Partition, offset: int) -> bool:
         """True once for an offset acknowledged before the partition came back."""
@@ -92,22 +97,26 @@ class Ledger:
             lane.entries.popleft()
         return lane.entries[0].offset if lane.entries else lane.next_offset
 
-    def committable(self, tps: set[Partition] | None = None) -> dict[Partition, int]:
-        """Positions that moved past what this worker last committed."""
+    def committable(self, tps: set[Partition] | None = None) -> dict[Partition, Position]:
+        """Positions that moved past what this worker last committed, or whose offsets published
+        past them changed (a commit names them, so the partition's next reader skips them)."""
         out = {}
         for tp, lane in self._lanes.items():
             if tps is not None and tp not in tps:
                 continue
             position = self.position(tp)
-            if position is not None and (lane.committed is None or position > lane.committed):
-                out[tp] = position
+            if position is None:
+                continue
+            ahead = frozenset(self.done_ahead(tp))
+            if lane.committed is None or position > lane.committed or (position == lane.committed and ahead != lane.committed_ahead):
+                out[tp] = Position(position, ahead)
         return out
 
-    def mark_committed(self, positions: dict[Partition, int]) -> None:
+    def mark_committed(self, positions: dict[Partition, Position]) -> None:
         for tp, position in positions.items():
             lane = self._lanes.get(tp)
-            if lane is not None:
-                lane.committed = max(lane.committed or 0, position)
+            if lane is not None and (lane.committed is None or position.offset >= lane.committed):
+                lane.committed, lane.committed_ahead = position.offset, position.ahead
 
     def remove(self, tps: set[Partition]) -> list[Entry]:
         """Forget partitions; returns their entries that had not finished."""

@@ -17,7 +17,7 @@ import threading
 import time
 from typing import IO
 
-from worker.transport import Ack, DoneAck, Kind, Listener, Message, Partition, Transport
+from worker.transport import Ack, DoneAck, Kind, Listener, Message, Partition, Position, Transport
 
 PARTITION: Partition = ("stdin", 0)
 READ_AHEAD = 1024
@@ -39,7 +39,7 @@ class StdinTransport(Transport):
 
     def start(self, listener: Listener) -> None:
         threading.Thread(target=self._read, name="stdin-reader", daemon=True).start()
-        listener.on_assigned({PARTITION})
+        listener.on_assigned({PARTITION: None})
 
     def _read(self) -> None:
         """Lines from the raw descriptor: a daemon thread must not hold the interpreter's stdin buffer
@@ -95,7 +95,7 @@ class StdinTransport(Transport):
             return DoneAck(exc)
         return DoneAck()
 
-    def commit(self, positions: dict[Partition, int], timeout_s: float) -> None:
+    def commit(self, positions: dict[Partition, Position], timeout_s: float) -> None:
         pass
 
     def pause(self, partitions: set[Partition]) -> None:

@@ -70,6 +70,16 @@ class DoneAck(Ack):
         return self._too_large
 
 
+@dataclass(frozen=True)
+class Position:
+    """A partition's commit: the next offset to read, and the offsets past it whose records are
+    already published (work finishes out of order). Whoever reads the partition next, this
+    process or another, skips `ahead` instead of publishing those records again."""
+
+    offset: int
+    ahead: frozenset[int] = frozenset()
+
+
 class CommitFailed(Exception):
     """The commit did not happen (broker down, rebalance in progress); try again later."""
 
@@ -77,12 +87,13 @@ class CommitFailed(Exception):
 class Listener(Protocol):
     """Partition events, called from inside `Transport.poll`."""
 
-    def on_assigned(self, partitions: set[Partition]) -> dict[Partition, int]:
-        """Partitions added; returns positions the transport must seek to before fetching."""
+    def on_assigned(self, committed: dict[Partition, Position | None]) -> dict[Partition, int]:
+        """Partitions added, each with the group's last commit (None: none, or the broker did not
+        say); nothing of them is fetched before this returns. Returns positions to seek to first."""
         ...
 
-    def on_revoked(self, partitions: set[Partition]) -> dict[Partition, int]:
-        """Partitions going away in an orderly rebalance; returns positions to commit before they go."""
+    def on_revoked(self, partitions: set[Partition]) -> dict[Partition, Position]:
+        """Partitions going away in an orderly rebalance; returns what to commit before they go."""
         ...
 
     def on_lost(self, partitions: set[Partition]) -> None:
@@ -107,8 +118,9 @@ class Transport(ABC):
         """Send a verdict or a dead letter; never blocks for long, never raises for a refusal."""
 
     @abstractmethod
-    def commit(self, positions: dict[Partition, int], timeout_s: float) -> None:
-        """Commit next-offset positions, or raise CommitFailed."""
+    def commit(self, positions: dict[Partition, Position], timeout_s: float) -> None:
+        """Commit positions (with their `ahead` offsets where the broker keeps commit metadata), or
+        raise CommitFailed."""
 
     @abstractmethod
     def pause(self, partitions: set[Partition]) -> None: ...

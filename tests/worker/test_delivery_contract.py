@@ -19,9 +19,10 @@ from tests.fake_broker import FakeBroker, FakeTransport, Unanswered
 from tests.services import wait_for
 from worker.completion import Completion
 from worker.delivery import EXIT_ABANDONED, EXIT_FATAL, EXIT_OK, Delivery, Limits
+from worker.kafka_io import AHEAD_MAX_CHARS, decode_ahead, encode_ahead
 from worker.messages import Request, verdict
 from worker.metrics import Metrics
-from worker.transport import DoneAck
+from worker.transport import DoneAck, Position
 
 P0, P1 = ("in", 0), ("in", 1)
 
@@ -134,11 +135,31 @@ def test_revoke_with_work_in_flight_then_kept_partition_resumes_from_its_oldest_
     assert harness.finish() == EXIT_OK
 
 
-def test_lost_partitions_are_dropped_without_committing(harness: Harness) -> None:
+def test_a_partition_back_after_another_owner_moved_it_on_starts_from_their_commit(harness: Harness) -> None:
+    """Issue 28: a process that missed the generations in between remembered its own position
+    and sought back to it, redoing everything the other owner had answered."""
+    harness.broker.produce(P0, [req(f"a{i}") for i in range(10)])
+    harness.start({P0})
+    wait_for(lambda: harness.committed(P0) == 10, 10, "the first ten committed")
+    harness.transport.rebalance(None)  # revoked; this process misses the next generations
+    wait_for(lambda: not harness.delivery.ledger.partitions(), 10, "the partition revoked")
+    harness.broker.produce(P0, [req(f"b{i}") for i in range(10)])
+    with harness.broker.lock:
+        harness.broker.committed[P0] = 20  # another owner answered and committed b0-b9
+    harness.broker.produce(P0, [req("c0")])
+    harness.transport.rebalance({P0})
+    wait_for(lambda: harness.processor.submitted["c0"] == 1, 10, "the new request read")
+    assert not any(harness.processor.submitted[f"b{i}"] for i in range(10))  # nothing the other owner did is redone
+
+
+@pytest.mark.parametrize("keeps_metadata", [True, False], ids=["commit-metadata", "no-commit-metadata"])
+def test_lost_partitions_are_dropped_without_committing(harness: Harness, keeps_metadata: bool) -> None:
+    harness.broker.keeps_metadata = keeps_metadata
     harness.processor.hold = {"a2"}
     harness.broker.produce(P0, [req(f"a{i}") for i in range(6)])
     harness.start({P0})
     wait_for(lambda: len(harness.verdict_ids()) == 5 and harness.committed(P0) == 2, 10, "all but a2")
+    wait_for(lambda: harness.transport.asked_ahead.get(P0) == {3, 4, 5}, 10, "a commit naming 3-5 as published")
     commits_before = len(harness.transport.commits)
     harness.transport.rebalance({P0}, lost=True)
     wait_for(lambda: harness.processor.submitted["a2"] == 2, 10, "a2 read again from the committed offset")
@@ -146,7 +167,9 @@ def test_lost_partitions_are_dropped_without_committing(harness: Harness) -> Non
     harness.processor.release("a2")
     wait_for(lambda: harness.committed(P0) == 6, 10, "committed to the end")
     counts = harness.verdict_ids()
-    assert counts["a2"] == 1 and all(counts[f"a{i}"] == 2 for i in (3, 4, 5))  # lost: uncommitted work repeats
+    # Lost: nothing more is committed. The commits before named 3-5 as published past the stuck
+    # a2, so the next reader skips them; a broker that drops commit metadata repeats them.
+    assert counts["a2"] == 1 and all(counts[f"a{i}"] == (1 if keeps_metadata else 2) for i in (3, 4, 5))
 
 
 def test_backpressure_pauses_at_the_limit_and_resumes_at_half() -> None:
@@ -299,3 +322,13 @@ def test_a_broker_outage_is_waited_out_without_renewing_or_stopping() -> None:
     h.transport.reachable = True
     wait_for(lambda: h.committed(P0) == 3, 20, "the verdicts once the broker is back")
     assert h.verdict_ids() == Counter({f"a{i}": 1 for i in range(3)}) and h.finish() == EXIT_OK
+
+
+def test_commit_metadata_names_what_is_published_ahead_and_hostile_metadata_names_nothing() -> None:
+    position = Position(100, frozenset({101, 105, 100_000}))
+    assert decode_ahead(encode_ahead(position), 100) == position.ahead
+    assert encode_ahead(Position(7)) == "" and decode_ahead("", 7) == frozenset()
+    crowded = encode_ahead(Position(0, frozenset(range(1, 5000))))  # more than a broker keeps: the nearest fit
+    assert len(crowded) <= AHEAD_MAX_CHARS and min(decode_ahead(crowded, 0)) == 1
+    for other in ("checkpoint 42", "dda-ahead:1,x", "dda-ahead:-5", f"dda-ahead:{1 << 50}", "dda-ahead:" + "1," * 4000):
+        assert decode_ahead(other, 100) == frozenset(), other
