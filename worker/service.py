@@ -54,7 +54,8 @@ def worker_command(args: argparse.Namespace) -> int:
     except worker_config.ConfigError as exc:
         log.error(f"invalid configuration: {exc}", exit_status=EXIT_CONFIG)
         return EXIT_CONFIG
-    configure_logging(config.log_level)
+    # a pod's consumer says which process it is, as the engine process does (pod logs interleave)
+    configure_logging(config.log_level, **({"process": "consumer", "pid": os.getpid()} if config.engine_socket else {}))
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # a first model download's bars are not JSON lines
     if config.fetch_allow_networks:
         log.warning("fetch allow-list is set: image URLs may reach these private networks",
