@@ -102,13 +102,13 @@ export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 crops=()
 if [ -f "$CARRY/crops.npy" ]; then crops=(--crops "$CARRY/crops.npy"); fi
 if [ "$MODE" = gpu ]; then
-    engine=(--device cuda --generated 500 --repeats 2 --peak-tflops 790 --profile bf16:64
+    engine=(--device cuda --images 0 --generated 500 --repeats 2 --peak-tflops 790 --profile bf16:64
             --configs fp32:1,bf16:32,bf16:64,bf16:128,bf16:256,bf16:64:graphs,bf16:128:graphs,bf16:256:graphs)
     pod=(--device cuda --consumers 4 --decode-workers 11 --max-batch 64 --configs pod:stub,pod:vitl,pod:vitl+graphs
          --requests 3000 --paced-s 6 --paced-images 3000 --hit-rounds 1)
     limits=(120 300 330)
 else
-    engine=(--tiny --real 6 --generated 10 --repeats 1 --profile bf16:8 --profile-batches 2 --configs fp32:1,bf16:8,bf16:8:graphs)
+    engine=(--tiny --images 0 --real 6 --generated 10 --repeats 1 --profile bf16:8 --profile-batches 2 --configs fp32:1,bf16:8,bf16:8:graphs)
     pod=(--device cpu --consumers 2 --decode-workers 2 --configs pod:tiny --warmup 5 --requests 20 --paced-s 1
          --paced-images 10 --hit-rounds 1)
     limits=(120 120 120)

@@ -3,22 +3,28 @@ generated images. make-pairs -> train (loss falls) -> resume -> export -> eval -
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+from dda.cli import main
 from engine.synthetic import random_dinov2_state, tiny_architecture
 from tests.images import scene
 
 
 def dda(*args: str) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run([sys.executable, "-m", "dda", *args], capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc
+    """The CLI in this process (eight fresh interpreters importing torch and diffusers cost half
+    this test's time); its exit status and output as a subprocess run would give them."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        status = main(list(args))
+    assert status == 0, err.getvalue()[-3000:]
+    return subprocess.CompletedProcess(["dda", *args], status, out.getvalue(), err.getvalue())
 
 
 @pytest.fixture(scope="module")
