@@ -323,6 +323,7 @@ class Delivery:
             self._next_commit = now + COMMIT_TIMEOUT_S
             return False
         self.ledger.mark_committed(positions)
+        log.debug("committed", positions={f"{t}/{p}": o.offset for (t, p), o in positions.items()})
         return True
 
     def _backpressure(self) -> None:

@@ -120,6 +120,8 @@ class _Rebalance(AsyncConsumerRebalanceListener):  # type: ignore[misc]  # kafka
                 await self.transport.consumer.commit_async(offsets)
             except KafkaError as exc:  # the next owner starts from the last commit: repeats, never gaps
                 log.warning("commit on revocation failed", error=f"{type(exc).__name__}: {exc}")
+            else:
+                log.debug("committed", positions={f"{t}/{p}": o.offset for (t, p), o in positions.items()})
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
         """Nothing of them is fetched until `KafkaTransport.poll` has announced them."""
