@@ -357,10 +357,12 @@ def decode_center_crop(data: bytes, size: int = CROP_SIZE, max_pixels: int = DEF
 
 
 def image_files(folder: Path) -> list[Path]:
-    """Every non-hidden file under `folder`, sorted; none when the folder does not exist."""
+    """Every file under `folder` that is not hidden nor in a hidden folder (`.git`, editors'
+    caches), sorted; none when the folder does not exist."""
     if not folder.is_dir():
         return []
-    return sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
+    return sorted(p for p in folder.rglob("*")
+                  if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts))
 
 
 def decode_folder(folder: Path, on_skip: Callable[[Path, InputError], None] = lambda _p, _e: None,

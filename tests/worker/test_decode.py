@@ -3,12 +3,13 @@ from __future__ import annotations
 import io
 import struct
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from engine.decode import decode_rgb, sniff_format
+from engine.decode import decode_rgb, image_files, sniff_format
 from tests.images import SHARED_DATA, encode, photo
 
 
@@ -102,3 +103,11 @@ def test_exif_rotated_photos_keep_their_stored_orientation() -> None:
             stored = raw.size
         pixels = decode_rgb(path.read_bytes())
         assert (pixels.shape[1], pixels.shape[0]) == stored == (4032, 3024), path
+
+
+def test_a_folders_files_leave_out_hidden_files_and_hidden_folders(tmp_path: Path) -> None:
+    for name in ("a.jpg", ".hidden.jpg", ".cache/b.jpg", "sub/c.png", "sub/.git/d.jpg"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"x")
+    assert image_files(tmp_path) == [tmp_path / "a.jpg", tmp_path / "sub" / "c.png"]
+    assert image_files(tmp_path / "absent") == []
