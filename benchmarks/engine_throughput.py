@@ -34,6 +34,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import describe
+from tables import engine_table
 
 from engine.arch import Architecture
 from engine.checkpoint import import_checkpoint
@@ -209,20 +210,9 @@ def main() -> None:
             del runner, network
     result = {"machine": describe(), "device": args.device, "model": manifest.version, "architecture": manifest.architecture.to_json(),
               "images": len(crops), "distinct_crops": distinct, "peak_tflops": args.peak_tflops, "rows": rows}
-    base = rows[0]["images_per_s"]
-    print(f"machine: {json.dumps(result['machine'])}\nmodel {manifest.version}, {len(crops)} images ({distinct} distinct crops), "
-          f"device {args.device}")
-    print("| precision | batch | mode | images/s | ms per batch | speed-up vs first | max |dlogit| vs first | flips | of peak |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['precision']} | {r['batch']} | {r['mode']} | {r['images_per_s']:.1f} | {r['ms_per_batch']:.2f} | "
-              f"{r['images_per_s'] / base:.2f}x | {r.get('max_abs_logit_diff_vs_baseline', 0):.2e} | {r.get('decision_flips', 0)} | "
-              + (f"{r['fraction_of_peak']:.1%} |" if "fraction_of_peak" in r else "- |"))
     if kernels:
-        result["kernels"] = kernels = explain(kernels, rows, manifest.architecture, crop_size)
-        print(f"where the time of {kernels['config']} goes (self time per batch by kind, torch.profiler): "
-              + ", ".join(f"{kind} {ms:.2f} ms" for kind, ms in sorted(kernels["ms_per_batch_by_kind"].items()))
-              + "".join(f"; {key.replace('_', ' ')} {value:.3g}" for key, value in kernels.items() if key not in ("config", "ms_per_batch_by_kind")))
+        result["kernels"] = explain(kernels, rows, manifest.architecture, crop_size)
+    print(f"machine: {json.dumps(result['machine'])}", *engine_table(result), sep="\n")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
 

@@ -56,6 +56,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from machine import describe  # noqa: E402
+from tables import pipeline_table  # noqa: E402
 
 from engine.checkpoint import import_checkpoint  # noqa: E402
 from engine.synthetic import VIT_L, tiny_architecture, write_official_checkpoint  # noqa: E402
@@ -439,22 +440,10 @@ def main() -> None:
              f"{args.hit_rounds} times again under new ids (exact hits); {origin_name}, tansu, redis-server on 127.0.0.1; "
              f"{args.decode_workers} decode processes in all; pod = {args.consumers} consumer processes + 1 engine process; "
              f"max batch {args.max_batch}; device {args.device}")
-    print(f"machine: {json.dumps(machine)}\n{setup}")
-    print("| configuration | processes | misses/s (flood) | paced at | p50 ms | p99 ms | CPU ms per miss, by process class "
-          "| **CPU ms per miss** | hits/s | **CPU ms per hit** | GPU busy, flood / paced |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
-    for r in results:
-        flood, paced, hits = r["flood"], r["paced"], r["hits"]
-        miss, hit = r["cpu_ms_per_miss"], r["cpu_ms_per_hit"]
-        cpu = ", ".join(f"{cls} {ms:.2f}" for cls, ms in miss.items())  # type: ignore[attr-defined]
-        procs = ", ".join(f"{n} {cls}" for cls, n in sorted(r["processes"].items()))  # type: ignore[attr-defined]
-        gpu = " / ".join(f"{u['mean_pct']:.0f}%" if u else "-" for u in (r["gpu_flood"], r["gpu_paced"]))  # type: ignore[index]
-        print(f"| {r['name']} | {procs} | {flood['rate']:.0f} ({flood['ok']}/{flood['verdicts']} ok) | {r['paced_rate']:.0f}/s | "  # type: ignore[index]
-              f"{paced['p50']:.0f} | {paced['p99']:.0f} | {cpu} | **{sum(miss.values()):.2f}** | {hits['rate']:.0f} | "  # type: ignore[index, attr-defined]
-              f"**{sum(hit.values()):.2f}** | {gpu} |")  # type: ignore[attr-defined]
+    report = {"machine": machine, "setup": setup, "results": results, "floor_ms": floor_ms}
+    print(f"machine: {json.dumps(machine)}", *pipeline_table(report), sep="\n")
     if args.json:
-        args.json.write_text(json.dumps({"machine": machine, "setup": setup, "results": results, "floor_ms": floor_ms}, indent=2))
-    print("exit statuses:", {r["name"]: r["exit"] for r in results})
+        args.json.write_text(json.dumps(report, indent=2))
     if floor_ms:
         total = sum(floor_ms.values())
         print(f"floor, CPU ms per item: (a) consume + produce {floor_ms['kafka']:.2f}, (b) fetch {floor_ms['fetch']:.2f}, "
