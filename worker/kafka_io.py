@@ -146,7 +146,7 @@ class KafkaTransport(Transport):
         self.max_record_bytes = config.kafka_max_request_bytes - config.max_message_bytes - 1024
         self.joined = threading.Event()
         self.arrived: set[Partition] = set()  # assigned, paused, not announced to the listener yet
-        self._listener: Listener | None = None
+        self._rebalance: _Rebalance | None = None
         self._reachable = threading.Event()
         self._probe_stop = threading.Event()
         if not config.kafka_bootstrap:
@@ -174,8 +174,8 @@ class KafkaTransport(Transport):
         self._probe = threading.Thread(target=self._probe_loop, name="broker-probe", daemon=True)
 
     def start(self, listener: Listener) -> None:
-        self._listener = listener
-        self.consumer.subscribe([self.config.input_topic], listener=_Rebalance(self, listener))
+        self._rebalance = _Rebalance(self, listener)
+        self.consumer.subscribe([self.config.input_topic], listener=self._rebalance)
         self._probe.start()
 
     def poll(self, timeout_s: float) -> list[Message]:
@@ -191,7 +191,7 @@ class KafkaTransport(Transport):
     def _announce(self) -> None:
         """Newly assigned partitions to the listener, each with the group's last commit; then
         sought where it says and resumed."""
-        assert self._listener is not None
+        assert self._rebalance is not None
         arrived, self.arrived = self.arrived, set()
         committed: dict[Partition, Position | None] = {}
         for tp in sorted(arrived):
@@ -202,7 +202,7 @@ class KafkaTransport(Transport):
                             error=f"{type(exc).__name__}: {exc}")
                 last = None
             committed[tp] = None if last is None else Position(last.offset, decode_ahead(last.metadata, last.offset))
-        seeks = self._listener.on_assigned(committed)
+        seeks = self._rebalance.listener.on_assigned(committed)
         for (topic, partition), offset in seeks.items():
             self.consumer.seek(TopicPartition(topic, partition), offset)
         self.consumer.resume(*(TopicPartition(*tp) for tp in arrived))
