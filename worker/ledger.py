@@ -59,10 +59,7 @@ class Ledger:
         """Offsets past the commit position whose records are published: acknowledged here, or
         named by the commit this partition started from and not read again yet."""
         position = self.position(tp)
-        if position is None:
-            return set()
-        lane = self._lanes[tp]
-        return {e.offset for e in lane.entries if e.acked and e.offset > position} | {o for o in lane.done_ahead if o >= position}
+        return set() if position is None else _ahead(self._lanes[tp], position)
 
     def take_done(self, tp: Partition, offset: int) -> bool:
         """True once for an offset acknowledged before the partition came back."""
@@ -107,7 +104,7 @@ class Ledger:
             position = self.position(tp)
             if position is None:
                 continue
-            ahead = frozenset(self.done_ahead(tp))
+            ahead = frozenset(_ahead(lane, position))
             if lane.committed is None or position > lane.committed or (position == lane.committed and ahead != lane.committed_ahead):
                 out[tp] = Position(position, ahead)
         return out
@@ -126,3 +123,7 @@ class Ledger:
             if lane is not None:
                 left.extend(e for e in lane.entries if not e.acked)
         return left
+
+
+def _ahead(lane: _Lane, position: int) -> set[int]:
+    return {e.offset for e in lane.entries if e.acked and e.offset > position} | {o for o in lane.done_ahead if o >= position}
