@@ -60,13 +60,12 @@ from tables import pipeline_table  # noqa: E402
 
 from engine.checkpoint import import_checkpoint  # noqa: E402
 from engine.synthetic import VIT_L, tiny_architecture, write_official_checkpoint  # noqa: E402
-from tests.images import encode, scene  # noqa: E402
+from tests.images import SHARED_DATA, encode, scene  # noqa: E402
 from tests.services import Broker, RedisServer, Worker, descendants, free_port, unique, wait_for  # noqa: E402
 
 TICK_MS = 1000 / os.sysconf("SC_CLK_TCK")
 STUB = str(ROOT / "benchmarks" / "stub_model")
 VERDICT_BYTES = 1100  # a miss's verdict record, about (the floor's consumer produces this much per message)
-DATA = ROOT.parent / "shared" / "data"
 
 
 def with_comment(jpeg: bytes, text: str) -> bytes:
@@ -87,7 +86,7 @@ def image_set(kind: str, count: int) -> tuple[list[bytes], str]:
     from engine.decode import decode_crop, open_checked
 
     sources = []
-    for path in sorted(DATA.rglob("*")):
+    for path in sorted(SHARED_DATA.rglob("*")):
         data = path.read_bytes() if path.suffix.lower() in (".jpg", ".jpeg") else b""
         if not data.startswith(b"\xff\xd8"):  # a few files there are PNGs under a .jpg name
             continue
@@ -98,7 +97,7 @@ def image_set(kind: str, count: int) -> tuple[list[bytes], str]:
         if 1e6 <= size <= 3.2e6 and decode_crop(data).whole is None:
             sources.append(data)
     if not sources:
-        raise SystemExit(f"no 1-3 MP JPEGs in {DATA}")
+        raise SystemExit(f"no 1-3 MP JPEGs in {SHARED_DATA}")
     files = [with_comment(sources[i % len(sources)], f"dda-bench {i}") for i in range(count)]
     return files, (f"{len(sources)} single-scan 1-3 MP JPEGs of ../shared/data (mean {np.mean([len(f) for f in files]) / 1e6:.2f} MB), "
                    "each re-served as distinct bytes")
