@@ -17,7 +17,7 @@ def reference(rgb: np.ndarray) -> tuple[str, int]:
     return np.packbits(bits.astype(np.uint8)).tobytes().hex(), int(quality)
 
 
-@pytest.mark.parametrize("size", [(64, 64), (5, 5), (7, 300), (300, 7), (481, 641), (1000, 130), (2999, 2001)])
+@pytest.mark.parametrize("size", [(64, 64), (5, 5), (7, 300), (300, 7), (481, 641), (1000, 130), (2999, 2001), (40_000, 6), (6, 40_000)])
 def test_bit_identical_to_pdqhash_at_any_size(size: tuple[int, int]) -> None:
     structured = [scene(size[1], size[0], seed=7)] if min(size) >= 80 else []  # scenes need room for their shapes
     for image in [photo(size[1], size[0], seed=size[0]), *structured]:
