@@ -1,27 +1,24 @@
-"""Hostile files at full size through `dda scan`: the code each gets, and what it costs.
+"""Hostile files at full size through the worker's decode process: the code each gets, and its cost.
 
-Each case runs in its own `dda scan` process (tiny random model, default 64 MP pixel cap),
-followed by a valid photo that must still come back ok (the process survives and serves
-the next input). Peak RSS is the larger of the scan process's and its decode processes'
-(`ru_maxrss`); CPU is both together (user + system). The baseline rows are legal images at
-the pixel cap: the 64 MP 8-bit PNG's peak RSS is the bound the others are held to (2x).
-The files are made by a separate process (`--make`): Linux carries a process's peak RSS
-across exec, so the measuring parent must stay small.
+Every case goes through one decode process of the worker's pool (crop, integrity and PDQ hash,
+the default limits and 64 MP pixel cap), followed by a valid photo that must still come back
+ok. Peak RSS is that process's own for that job (its peak reset before each job, see
+tests/decode_peaks.py), over the RSS it had just before; CPU is the process's for the job. The
+first row, a legal 64 MP 8-bit RGB PNG, is the baseline every other file is held to (2x).
 
-    python benchmarks/hostile_inputs.py [--only NAME ...]
+    python benchmarks/hostile_inputs.py [--only WORD ...]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+CAP = 64_000_000
 
 
 def cases() -> list[tuple[str, Callable[[], bytes]]]:
@@ -39,7 +36,7 @@ def cases() -> list[tuple[str, Callable[[], bytes]]]:
         ("TIFF 400x400 in one 26752x26752 tile", h.tiff_with_giant_tile),
         ("TIFF 64 MP float32", lambda: h.float_tiff(8000)),
         ("PNG 64 MP 16-bit grey", lambda: h.grey16_png(8000)),
-        ("PNG 1 x 64,000,000", lambda: h.wide_png(64_000_000)),
+        ("PNG 64,000,000 x 1 (wide)", lambda: h.wide_png(64_000_000)),
         ("TIFF 64 tiles sharing one blob", h.tiff_with_shared_tiles),
         ("progressive 8000x8000 JPEG, 6,000 scans", lambda: h.progressive_jpeg_with_scans(8000, 8000, 6000)),
         ("BMP RLE8, 64 MP of line ends", lambda: h.bmp_rle(8000, 8000)),
@@ -48,61 +45,54 @@ def cases() -> list[tuple[str, Callable[[], bytes]]]:
         ("JPEG cut short, end marker appended", lambda: h.jpeg_cut_with_end_marker(4000, 3000)),
         ("JPEG 8000x8000 with no scan data", lambda: h.jpeg_declaring(8000, 8000)),
         ("arithmetic-coded JPEG", lambda: h.jpeg_with_frame_marker(0xC9)),
+        ("PNG 1 x 64,000,000 (tall)", lambda: h.extreme_shape("PNG", 1, CAP)),
+        ("TIFF 1 x 64,000,000 (tall)", lambda: h.extreme_shape("TIFF", 1, CAP)),
+        ("BMP 1 x 64,000,000 (tall)", lambda: h.extreme_shape("BMP", 1, CAP)),
+        ("PNG 4 x 16,000,000 grey", lambda: h.extreme_shape("PNG", 4, CAP // 4)),
+        ("PNG 16 x 4,000,000 RGB", lambda: h.extreme_shape("PNG", 16, CAP // 16, "RGB")),
+        ("TIFF 64,000,000 x 1 (wide)", lambda: h.extreme_shape("TIFF", CAP, 1)),
+        ("BMP 64,000,000 x 1 (wide)", lambda: h.extreme_shape("BMP", CAP, 1)),
+        ("TIFF 12,800,000 x 5 RGB", lambda: h.extreme_shape("TIFF", CAP // 5, 5, "RGB")),
+        ("GIF 65535 x 976", lambda: h.extreme_shape("GIF", 65535, 976)),
+        ("GIF 976 x 65535", lambda: h.extreme_shape("GIF", 976, 65535)),
+        ("animated GIF, 8000x8000 canvas, tiny frames", lambda: h.animation("GIF", 8000)),
+        ("animated PNG, 8000x8000 canvas, tiny frames", lambda: h.animation("PNG", 8000)),
+        ("animated WebP, 8000x8000 canvas, tiny frames", lambda: h.animation("WEBP", 8000)),
+        ("animated WebP, 5000x5000 canvas, tiny frames", lambda: h.animation("WEBP", 5000)),
+        ("WebP declaring a 16383x16383 canvas", lambda: h.webp_declaring_canvas(16383, 16383)),
+        ("legal: WebP 16383 x 3900 RGB", lambda: h.extreme_shape("WEBP", 16383, 3900, "RGB")),
+        ("legal: AVIF 8000x8000 RGB", lambda: h.extreme_shape("AVIF", 8000, 8000, "RGB")),
+        ("AVIF 8000x8000 RGBA 4:4:4", lambda: h.extreme_shape("AVIF", 8000, 8000, "RGBA")),
     ]
-
-RUN = ("import resource, sys; from dda.cli import main; rc = main(sys.argv[1:]); "
-       "s, c = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN); "
-       "print('USAGE', max(s.ru_maxrss, c.ru_maxrss), s.ru_utime + s.ru_stime + c.ru_utime + c.ru_stime, file=sys.stderr); "
-       "sys.exit(rc)")
-
-
-def run_case(model: Path, path: Path, good: Path) -> tuple[str, str, float, float]:
-    proc = subprocess.run([sys.executable, "-c", RUN, "scan", "--model", str(model), "--batch-size", "1", str(path), str(good)],
-                          capture_output=True, text=True, timeout=600)
-    if proc.returncode != 0:
-        return "exit " + str(proc.returncode), "-", 0.0, 0.0
-    records = [json.loads(line) for line in proc.stdout.splitlines()]
-    rss_kb, cpu_s = next(line.split()[1:] for line in proc.stderr.splitlines() if line.startswith("USAGE"))
-    code = records[0]["error"]["code"] if records[0]["status"] == "error" else "ok"
-    return code, records[1]["status"], int(rss_kb) / 1024, float(cpu_s)
-
-
-def make(root: Path, only: list[str] | None) -> None:
-    """In its own process: the model, a valid photo and every case file; prints the machine line."""
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    sys.path.insert(0, str(ROOT))
-    from machine import describe
-
-    from engine.checkpoint import import_checkpoint
-    from engine.synthetic import tiny_architecture, write_official_checkpoint
-    from tests.images import encode, photo
-
-    print(f"machine: {json.dumps(describe())}")
-    import_checkpoint(write_official_checkpoint(root / "ckpt.pth", tiny_architecture(), seed=3), root / "tiny")
-    (root / "good.jpg").write_bytes(encode(photo(640, 480, seed=4), "JPEG", quality=90))
-    for i, (name, build) in enumerate(cases()):
-        if not only or any(word in name for word in only):
-            (root / f"case{i:02d}").write_bytes(build())
-            (root / f"case{i:02d}.name").write_text(name)
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="*", default=None, help="case names containing these words")
-    parser.add_argument("--make", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.make:
-        make(Path(args.make), args.only)
-        return
-    with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
-        subprocess.run([sys.executable, __file__, "--make", tmp, *(["--only", *args.only] if args.only else [])], check=True)
-        print("| case | file size | code | next input | peak RSS MB | CPU s |")
-        print("|---|---|---|---|---|---|")
-        for path in sorted(p for p in root.glob("case*") if p.suffix != ".name"):
-            code, after, rss_mb, cpu_s = run_case(root / "tiny", path, root / "good.jpg")
-            name = path.with_suffix(".name").read_text()
-            print(f"| {name} | {path.stat().st_size:,} B | {code} | {after} | {rss_mb:.0f} | {cpu_s:.1f} |", flush=True)
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    sys.path.insert(0, str(ROOT))
+    from machine import describe
+
+    from engine.decode import peak_budget
+    from tests.decode_peaks import measure
+    from tests.images import encode, photo
+
+    print(f"machine: {json.dumps(describe())}")
+    good = encode(photo(640, 480, seed=4), "JPEG", quality=90)
+    chosen = [(name, build) for i, (name, build) in enumerate(cases())
+              if i == 0 or not args.only or any(word in name for word in args.only)]
+    print(f"pixel cap {CAP:,}; decode memory budget {peak_budget(CAP) >> 20} MB (engine.decode)")
+    print("| case | file size | code | next input | peak RSS over idle, MB | x baseline | CPU s |")
+    print("|---|---|---|---|---|---|---|")
+    baseline = None
+    for name, build in chosen:
+        data = build()
+        first, after = measure([data, good], CAP)
+        growth = "-" if first.growth_mb is None else f"{first.growth_mb:.0f}"
+        baseline = baseline or first.growth_mb
+        ratio = "-" if first.growth_mb is None or not baseline else f"{first.growth_mb / baseline:.2f}"
+        cpu = "-" if first.cpu_s is None else f"{first.cpu_s:.2f}"
+        print(f"| {name} | {len(data):,} B | {first.code} | {after.code} | {growth} | {ratio} | {cpu} |", flush=True)
 
 
 if __name__ == "__main__":

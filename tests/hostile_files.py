@@ -137,3 +137,39 @@ def bmp_rle(width: int, height: int, rle4: bool = False) -> bytes:
     info = struct.pack("<IiiHHIIiiII", 40, width, height, 1, bits, 2 if rle4 else 1, len(pixels), 2835, 2835, 1 << bits, 0)
     offset = 14 + len(info) + len(palette)
     return b"BM" + struct.pack("<IHHI", offset + len(pixels), 0, 0, offset) + info + palette + pixels
+
+
+def _saved(image: Image.Image, fmt: str, **options: object) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, fmt, **options)
+    return buf.getvalue()
+
+
+def extreme_shape(fmt: str, width: int, height: int, mode: str = "L") -> bytes:
+    """A flat image, small on disk: of an extreme shape (1 x millions, costly per row or per column) or
+    a format costly per pixel (AVIF, WebP)."""
+    options: dict[str, object] = {"TIFF": {"compression": "tiff_adobe_deflate"}, "WEBP": {"lossless": True},
+                                  "AVIF": {"subsampling": "4:4:4"} if mode == "RGBA" else {}}.get(fmt, {})
+    return _saved(Image.new(mode, (width, height), (128,) * len(mode)), fmt, **options)
+
+
+def animation(fmt: str, side: int, frames: int = 3) -> bytes:
+    """A side x side canvas of one flat frame, then frames that each change a few pixels: the
+    encoders store those as tiny sub-frames, so the file is small and the canvas large."""
+    first = Image.new("RGB", (side, side), (30, 60, 90))
+    later = []
+    for n in range(1, frames):
+        frame = first.copy()
+        frame.paste((200, 20 * n, 40), (8 * n, 8 * n, 8 * n + 4, 8 * n + 4))
+        later.append(frame)
+    options: dict[str, object] = {"lossless": True} if fmt == "WEBP" else {}
+    return _saved(first, fmt, save_all=True, append_images=later, duration=100, **options)
+
+
+def webp_declaring_canvas(width: int, height: int) -> bytes:
+    """A small animated WebP whose extended header declares a width x height canvas: libwebp
+    allocates canvases of that size when the file is opened, before any frame is read."""
+    data = bytearray(animation("WEBP", 16, 2))
+    assert data[12:16] == b"VP8X"
+    data[24:30] = (width - 1).to_bytes(3, "little") + (height - 1).to_bytes(3, "little")
+    return bytes(data)

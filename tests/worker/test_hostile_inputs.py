@@ -321,6 +321,49 @@ def test_crafted_files_get_their_codes_within_bounds_and_the_next_input_is_serve
     assert peak_kb < 2 * baseline_kb, f"peak RSS {peak_kb // 1024} MB, the largest legal file alone {baseline_kb // 1024} MB"
 
 
+def test_extreme_shapes_and_animation_canvases_are_answered_or_refused_within_the_memory_bound() -> None:
+    """The third red-team pass, through the worker's own decode process (crop and PDQ hash), each
+    file's peak measured alone, under an 8 MP cap (the budget scales with it): legal files that
+    cost far more per pixel than an ordinary image (a row pointer per pixel of a 1-pixel-wide
+    image, libwebp's canvases) are refused from their headers as `image_too_large`, the rest are
+    answered; every peak stays within twice the largest ordinary image's, and the next file is
+    served."""
+    from tests import hostile_files as h
+    from tests.decode_peaks import measure
+
+    cap = 8_000_000
+    cases = [
+        ("baseline: 8 MP 8-bit RGB PNG", h.png(Image.new("RGB", (2828, 2828), (90, 140, 200))), "ok"),
+        ("PNG 1 x 8,000,000", h.extreme_shape("PNG", 1, cap), "image_too_large"),
+        ("TIFF 1 x 8,000,000", h.extreme_shape("TIFF", 1, cap), "image_too_large"),
+        ("BMP 1 x 8,000,000", h.extreme_shape("BMP", 1, cap), "image_too_large"),
+        ("PNG 4 x 2,000,000", h.extreme_shape("PNG", 4, cap // 4), "ok"),
+        ("PNG 16 x 500,000 RGB", h.extreme_shape("PNG", 16, cap // 16, "RGB"), "ok"),
+        ("PNG 8,000,000 x 1", h.extreme_shape("PNG", cap, 1), "ok"),
+        ("TIFF 8,000,000 x 1", h.extreme_shape("TIFF", cap, 1), "ok"),
+        ("BMP 8,000,000 x 1", h.extreme_shape("BMP", cap, 1), "ok"),
+        ("TIFF 1,600,000 x 5 RGB", h.extreme_shape("TIFF", cap // 5, 5, "RGB"), "ok"),
+        ("GIF 65535 x 122", h.extreme_shape("GIF", 65535, 122), "ok"),
+        ("GIF 122 x 65535", h.extreme_shape("GIF", 122, 65535), "ok"),
+        ("animated GIF, 2828 canvas", h.animation("GIF", 2828), "ok"),
+        ("animated PNG, 2828 canvas", h.animation("PNG", 2828), "ok"),
+        ("animated WebP, 2828 canvas", h.animation("WEBP", 2828), "image_too_large"),
+        ("animated WebP, 2000 canvas", h.animation("WEBP", 2000), "ok"),
+        ("WebP declaring a 16383 canvas", h.webp_declaring_canvas(16383, 16383), "image_too_large"),
+        ("WebP declaring a 3000 canvas", h.webp_declaring_canvas(3000, 3000), "image_too_large"),
+        ("AVIF 2828 RGBA 4:4:4", h.extreme_shape("AVIF", 2828, 2828, "RGBA"), "image_too_large"),
+        ("AVIF 2828 RGB", h.extreme_shape("AVIF", 2828, 2828, "RGB"), "ok"),
+    ]
+    good = encode(photo(640, 480, seed=4), "JPEG", quality=90)
+    measured = measure([data for _, data, _ in cases for data in (data, good)], cap)
+    baseline = measured[0].growth_mb
+    assert baseline is not None and baseline > 40  # a real decode of 8 MP, not a refusal
+    rows = [(name, m.code, after.code, m.growth_mb) for (name, _, _), m, after in zip(cases, measured[::2], measured[1::2])]
+    assert [(name, code, "ok") for name, _, code in cases] == [row[:3] for row in rows], rows
+    over = [row for row in rows if row[3] is None or row[3] > 2 * baseline]
+    assert not over, f"over twice the baseline's {baseline:.0f} MB: {over}"
+
+
 @pytest.mark.parametrize("location", ["javascript:alert(1)", "data:image/png;base64,AAAA", "http://[::1"])
 def test_scan_answers_every_url_class_and_goes_on(tiny_model_dir: Path, server: LocalServer, location: str) -> None:
     good = encode(photo(500, 400, seed=5), "PNG")
