@@ -1,8 +1,10 @@
-"""The embedded default behind the transport contract: stdin in, stdout verdicts, stderr dead letters.
+"""The embedded default behind the transport contract: stdin in, one answer per line on stdout.
 
 One partition ("stdin", 0) whose offsets are line numbers. Every line is a request, a blank one
-too: it gets a dead letter (`empty`) as an empty Kafka message does, so each input line has
-exactly one answer. A
+too: it gets a dead letter (`empty`) as an empty Kafka message does. Verdicts and dead letters
+share stdout, so each input line has exactly one output line there (in completion order; a
+verdict carries its `id`, a dead letter its line as `source.offset`), and stderr holds only the
+JSON log. A
 reader thread fills a bounded queue, so the delivery loop never blocks on input and
 SIGTERM or Ctrl-C are honoured while waiting for it; the queue bound and pausing keep
 memory bounded however fast lines arrive. Writes are acknowledged as soon as they are
@@ -29,9 +31,9 @@ class StdinTransport(Transport):
     allows_paths = True
     max_record_bytes = MAX_RECORD_BYTES
 
-    def __init__(self, stdin: IO[bytes], verdicts: IO[str], dead_letters: IO[str]) -> None:
+    def __init__(self, stdin: IO[bytes], out: IO[str]) -> None:
         self._stdin = stdin
-        self._out = {"verdict": verdicts, "dead_letter": dead_letters}
+        self._out = out
         self._write_lock = threading.Lock()
         self._lines: queue.Queue[tuple[int, bytes] | None] = queue.Queue(READ_AHEAD)
         self._eof = False
@@ -86,11 +88,10 @@ class StdinTransport(Transport):
         return out
 
     def publish(self, kind: Kind, key: bytes, value: bytes) -> Ack:
-        stream = self._out[kind]
         try:
             with self._write_lock:
-                stream.write(value.decode("utf-8") + "\n")
-                stream.flush()
+                self._out.write(value.decode("utf-8") + "\n")
+                self._out.flush()
         except (OSError, ValueError) as exc:  # a closed pipe: the record is not out, say so
             return DoneAck(exc)
         return DoneAck()

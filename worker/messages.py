@@ -66,7 +66,7 @@ def parse_request(value: bytes | None, source: Source, max_bytes: int, allow_pat
     if len(value) > max_bytes:
         raise Malformed("oversized", f"{len(value)} bytes, over the limit of {max_bytes}")
     try:
-        stripped = value.decode("utf-8").strip()
+        stripped = value.decode("utf-8").strip().lstrip("\ufeff")  # a byte-order mark some writers put first
     except UnicodeDecodeError as exc:
         raise Malformed("not_utf8", "message is not UTF-8 text") from exc
     if not stripped.startswith(("{", "[", '"')):

@@ -22,7 +22,6 @@ import threading
 import time
 from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -34,10 +33,11 @@ from engine.manifest import Manifest
 from worker.cache import CachedVerdict, Key, Lookup, VerdictCache
 from worker.completion import Completion, Record
 from worker.decode_pool import DecodeJob, DecodeLimits, DecodePool
-from worker.errors import FILE_NOT_FOUND, INFERENCE_FAILED, INTERNAL_ERROR, URL_INVALID, InputError
+from worker.errors import INFERENCE_FAILED, INTERNAL_ERROR, URL_INVALID, InputError
 from worker.fair_queue import FairQueue
 from worker.fetch import Fetcher
 from worker.hashing import sha256_hex
+from worker.local_files import read_path
 from worker.messages import Request, verdict
 from worker.metrics import Metrics
 from worker.prepare import Prepared
@@ -228,10 +228,7 @@ class Pipeline:
             return self.fetcher.get(request.url)
         if not self.allow_paths:
             raise InputError(URL_INVALID, "not an http(s) URL")
-        try:
-            return Path(request.url).read_bytes()
-        except OSError as exc:
-            raise InputError(FILE_NOT_FOUND, f"cannot read {request.url}: {exc.strerror or exc}") from exc
+        return read_path(request.url, self.fetcher.policy.max_bytes)
 
     def _fetch(self, work: _Work) -> None:
         if work.completion.done:

@@ -24,8 +24,9 @@ from engine.manifest import ModelDirError
 from engine.model_dir import load_model_dir
 from worker.config import pem_certificates, positive_float, positive_int
 from worker.decode_pool import DecodeJob, DecodeLimits, DecodePool
-from worker.errors import FILE_NOT_FOUND, INFERENCE_FAILED, INTERNAL_ERROR, InputError
+from worker.errors import INFERENCE_FAILED, INTERNAL_ERROR, InputError
 from worker.fetch import Fetcher, FetchPolicy, parse_networks
+from worker.local_files import read_path
 from worker.prepare import Prepared
 from worker.provenance import policy
 from worker.supervision import Supervisor
@@ -33,14 +34,11 @@ from worker.supervision import Supervisor
 PROGRESS_EVERY_S = 2.0
 
 
-def read_input(spec: str, fetcher: Callable[[], Fetcher]) -> bytes:
-    """Bytes of a local path or an http(s) URL; anything with '://' is treated as a URL."""
+def read_input(spec: str, fetcher: Callable[[], Fetcher], max_bytes: int) -> bytes:
+    """Bytes of a local path or an http(s) URL (either at most `max_bytes`); anything with '://' is a URL."""
     if "://" in spec:
         return fetcher().get(spec)
-    try:
-        return Path(spec).read_bytes()
-    except (FileNotFoundError, IsADirectoryError, PermissionError) as exc:
-        raise InputError(FILE_NOT_FOUND, f"cannot read {spec}: {exc.strerror or exc}") from exc
+    return read_path(spec, max_bytes)
 
 
 def expand_inputs(specs: Sequence[str]) -> list[str]:
@@ -116,7 +114,7 @@ def scan(detector: Detector, inputs: Sequence[str], batch_size: int, fetch_polic
             for i, spec in enumerate(chunk):
                 on_stage(f"reading {i + 1}/{len(chunk)} of this batch")
                 try:
-                    payloads[i] = read_input(spec, fetcher)
+                    payloads[i] = read_input(spec, fetcher, fetch_policy.max_bytes)
                 except Exception as exc:  # noqa: BLE001 - one input's failure is its own line
                     errors[i] = exc if isinstance(exc, InputError) else InputError(INTERNAL_ERROR, f"{type(exc).__name__}: {exc}")
             images: dict[int, np.ndarray] = {}
