@@ -4,7 +4,8 @@ With DDA_KAFKA_BOOTSTRAP set it consumes Kafka; without, it reads stdin and writ
 stdout through the same pipeline and delivery loop (the embedded default the README runs).
 Exit status: 0 drained and committed; 1 a stage died, publishing stalled with the broker
 reachable, or no broker answered at start (what was safe was committed); 2 bad configuration or
-model; 3 stopped with work abandoned or uncommitted (redelivered).
+model; 3 stopped with work abandoned or uncommitted (redelivered); 128 + N a signal N before
+the worker started (nothing consumed).
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ def worker_command(args: argparse.Namespace) -> int:
     """Runs the worker; a process that served ends here without interpreter finalisation
     (see `_end_process`). Every line on stderr is JSON (engine.logs)."""
     configure_logging()
+    stop_while_starting()
     try:
         config = worker_config.load(os.environ, vars(args))
     except worker_config.ConfigError as exc:
@@ -175,7 +177,7 @@ def _serve(config: worker_config.WorkerConfig, metrics: Metrics, checks: dict[st
             log.error(str(exc), exit_status=EXIT_FATAL)
             return EXIT_FATAL
     else:
-        transport = StdinTransport(sys.stdin.buffer, sys.stdout, sys.stderr)
+        transport = StdinTransport(sys.stdin.buffer, sys.stdout)
     pipeline = Pipeline(
         manifest=manifest, runner=runner, cache=cache, fetcher=fetcher, metrics=metrics,
         max_batch=config.max_batch, max_wait_ms=config.max_wait_ms, fetch_workers=config.fetch_workers,
@@ -227,6 +229,21 @@ def health_checks(pipeline: Pipeline, delivery: Delivery, transport: Transport, 
     return alive, ready
 
 
+def stop_while_starting() -> None:
+    """SIGTERM or Ctrl-C before the orderly shutdown exists (loading the model, waiting up to
+    DDA_KAFKA_CONNECT_TIMEOUT_S for a broker): nothing was consumed, so the process ends at
+    once, with one JSON line and no interpreter finalisation (kafka-python's half-made clients
+    printed tracebacks from their finalisers). `install_stop_signals` replaces this."""
+
+    def on_signal(signum: int, _frame: object) -> None:
+        name = signal.Signals(signum).name
+        log.info("stopped while starting: nothing was consumed", signal=name, exit_status=128 + signum)
+        _end_process(128 + signum)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, on_signal)
+
+
 def install_stop_signals(stop: threading.Event, hard_deadline_s: float) -> None:
     """SIGTERM and Ctrl-C start the orderly shutdown; if it is not over by `hard_deadline_s`
     (a hung broker call, say), the process exits anyway with EXIT_ABANDONED: nothing past
@@ -255,7 +272,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
                                         "on stdin and verdicts on stdout. Every setting is an environment variable (in "
                                         "brackets) and a flag; the flag wins. Exit status: 0 drained and committed, 1 a stage "
                                         "died or no broker answered, 2 bad configuration or model, 3 stopped with work "
-                                        "abandoned (redelivered).")
+                                        "abandoned (redelivered), 128+N signal N before it started.")
     worker_config.add_arguments(p)
     p.set_defaults(handler=worker_command)
 

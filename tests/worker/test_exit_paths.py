@@ -3,7 +3,7 @@ stderr, and every request accounted for.
 
 - a CPU batch still running at the drain deadline (it used to abort the process: SIGABRT after
   logging exit 3);
-- no broker at start (it used to end in a 35-line traceback);
+- no broker at start (it used to end in a 35-line traceback), and a signal while waiting for one;
 - a broker that lost its state under a running worker (a memory-only broker restarted empty:
   the worker scored new requests and published none for minutes, logging thousands of lines,
   /readyz 200 throughout).
@@ -104,6 +104,27 @@ def test_no_broker_at_start_is_one_clear_json_line_and_exit_1(tiny_model_dir: Pa
     assert "Traceback" not in proc.stderr
     assert records[-1]["level"] == "error" and records[-1]["exit_status"] == 1
     assert "cannot reach the Kafka brokers" in records[-1]["event"] and "DDA_KAFKA_BOOTSTRAP" in records[-1]["event"]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_while_waiting_for_an_unreachable_broker_is_one_json_line(tiny_model_dir: Path, sig: signal.Signals) -> None:
+    """Ctrl-C used to print "dda: interrupted" and a kafka-python finaliser's traceback; SIGTERM
+    ended the process without a word."""
+    env = {**os.environ, "DDA_MODEL": str(tiny_model_dir), "DDA_KAFKA_BOOTSTRAP": f"127.0.0.1:{free_port()}",
+           "DDA_KAFKA_CONNECT_TIMEOUT_S": "60", "DDA_METRICS_PORT": "0"}
+    proc = subprocess.Popen([sys.executable, "-m", "dda", "worker"], env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    seen = []
+    for line in proc.stderr:  # until the worker is inside kafka-python's bootstrap wait
+        seen.append(line)
+        if '"logger": "kafka.' in line:
+            break
+    proc.send_signal(sig)
+    _, rest = proc.communicate(timeout=30)
+    records = json_lines("".join(seen) + rest)
+    assert proc.returncode == 128 + sig, rest
+    assert records[-1]["event"] == "stopped while starting: nothing was consumed" and records[-1]["signal"] == sig.name
 
 
 @pytest.fixture()
