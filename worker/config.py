@@ -150,7 +150,7 @@ class WorkerConfig:
     decode_workers: int = setting("DDA_DECODE_WORKERS", str(max(1, (os.cpu_count() or 2) - 1)), positive_int, "decode/hash processes (a pod's total, split among its consumers)")
     fetch_allow_networks: tuple[IPNetwork, ...] = setting("DDA_FETCH_ALLOW_NETWORKS", "", parse_networks, "CIDRs exempt from the private-address block")
     fetch_timeout_s: float = setting("DDA_FETCH_TIMEOUT_S", "30", positive_float, "whole-request deadline per URL")
-    fetch_max_bytes: int = setting("DDA_FETCH_MAX_BYTES", str(50 * 1024 * 1024), positive_int, "largest image body fetched")
+    fetch_max_bytes: int = setting("DDA_FETCH_MAX_BYTES", str(50 * 1024 * 1024), positive_int, "largest image body fetched (or local file read, in stdin mode)")
     fetch_retries: int = setting("DDA_FETCH_RETRIES", "2", _non_negative_int, "retries for connect errors, 429 and 5xx")
     max_pixels: int = setting("DDA_MAX_PIXELS", "64000000", positive_int, "largest image decoded, in pixels")
     max_message_bytes: int = setting("DDA_MAX_MESSAGE_BYTES", "65536", positive_int, "larger input messages go to the dead-letter topic")
