@@ -27,6 +27,7 @@ from typing import Any
 import structlog
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.consumer.subscription_state import AsyncConsumerRebalanceListener
+from kafka.coordinator.assignors.cooperative_sticky import CooperativeStickyAssignor
 from kafka.errors import KafkaError, KafkaTimeoutError, MessageSizeTooLargeError
 from kafka.structs import OffsetAndMetadata
 
@@ -162,6 +163,7 @@ class KafkaTransport(Transport):
                 group_id=config.group_id, enable_auto_commit=False, auto_offset_reset="earliest",
                 session_timeout_ms=config.session_timeout_ms, heartbeat_interval_ms=config.session_timeout_ms // 3,
                 max_poll_records=max(1, config.max_in_flight // 2), **self._common, **bootstrap_timeout,
+                **({"partition_assignment_strategy": (CooperativeStickyAssignor,)} if config.kafka_rebalance == "cooperative" else {}),
             )
         except (KafkaError, OSError) as exc:  # kafka-python retries for DDA_KAFKA_CONNECT_TIMEOUT_S first
             if producer is not None:
