@@ -1,7 +1,8 @@
 """Untrusted bytes to RGB pixels, with Pillow restricted to an allow-list of formats.
 
 The format is sniffed from magic bytes and only that decoder is offered to Pillow; the
-pixel count is checked from the header before any pixel is decoded; only the first frame
+pixel count and the decode's modelled peak memory are checked from the header before any
+pixel is decoded (`check_decode_cost`); only the first frame
 of an animation is read; a file that ends early is an error, never a partly grey image.
 
 Modes, deliberately:

@@ -13,6 +13,10 @@ A commit's metadata names the offsets past it already published (`Position.ahead
 partition's next owner skips them. Kafka and noida-db keep commit metadata; tansu drops it
 (measured), and there only the process that published them skips them.
 
+The group rebalances eagerly by default; `DDA_KAFKA_REBALANCE=cooperative` selects
+kafka-python's cooperative-sticky assignor (KIP-429), under which the listener hears only of
+the partitions that move.
+
 Broker reachability for /readyz comes from a small probe thread that opens a TCP
 connection to a bootstrap server every few seconds; it never uses the Kafka clients.
 """

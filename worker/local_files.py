@@ -13,23 +13,26 @@ import stat
 
 from worker.errors import FETCH_TOO_LARGE, FILE_NOT_FOUND, URL_INVALID, InputError
 
+SHOWN_CHARS = 200  # of a path in an error message: the record carries the path itself already
+
 
 def read_path(path: str, max_bytes: int) -> bytes:
+    shown = path if len(path) <= SHOWN_CHARS else path[:SHOWN_CHARS] + "..."
     if "\x00" in path:
         raise InputError(URL_INVALID, "a path cannot hold a NUL character")
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # O_NONBLOCK: opening a FIFO must not wait
     except (OSError, ValueError) as exc:  # ValueError: a lone surrogate the file system cannot encode
-        raise InputError(FILE_NOT_FOUND, f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from exc
+        raise InputError(FILE_NOT_FOUND, f"cannot read {shown}: {getattr(exc, 'strerror', None) or exc}") from exc
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise InputError(FILE_NOT_FOUND, f"cannot read {path}: not a regular file")
+            raise InputError(FILE_NOT_FOUND, f"cannot read {shown}: not a regular file")
         with os.fdopen(fd, "rb", closefd=False) as f:
             data = f.read(max_bytes + 1)
     except OSError as exc:
-        raise InputError(FILE_NOT_FOUND, f"cannot read {path}: {exc.strerror or exc}") from exc
+        raise InputError(FILE_NOT_FOUND, f"cannot read {shown}: {exc.strerror or exc}") from exc
     finally:
         os.close(fd)
     if len(data) > max_bytes:
-        raise InputError(FETCH_TOO_LARGE, f"{path} is larger than the {max_bytes}-byte limit")
+        raise InputError(FETCH_TOO_LARGE, f"{shown} is larger than the {max_bytes}-byte limit")
     return data
