@@ -216,7 +216,7 @@ class Worker(Process):
             "DDA_KAFKA_BOOTSTRAP": broker.bootstrap, "DDA_INPUT_TOPIC": topics["input"], "DDA_OUTPUT_TOPIC": topics["output"],
             "DDA_DLQ_TOPIC": topics["dlq"], "DDA_GROUP_ID": group, "DDA_MODEL": str(model_dir),
             "DDA_FETCH_ALLOW_NETWORKS": "127.0.0.0/8", "DDA_METRICS_HOST": "127.0.0.1", "DDA_METRICS_PORT": str(self.metrics_port),
-            "DDA_KAFKA_SESSION_TIMEOUT_MS": "6000", "DDA_DECODE_WORKERS": "1", "DDA_FETCH_WORKERS": "8",
+            "DDA_KAFKA_SESSION_TIMEOUT_MS": "4000", "DDA_DECODE_WORKERS": "1", "DDA_FETCH_WORKERS": "8",
             "DDA_FETCH_TIMEOUT_S": "5", "DDA_MAX_WAIT_MS": "20", "DDA_LOG_LEVEL": "info", **env,
         }
         super().__init__([sys.executable, "-m", "dda", "worker"], env={**os.environ, **settings}, log=log, cwd=cwd)
