@@ -76,6 +76,11 @@ class Process:
 
 
 class Broker(Process):
+    # The session timeout workers get on this broker: tansu holds a JoinGroup for half of it, so
+    # every join and rebalance costs that long (Kafka's own floor, group.min.session.timeout.ms,
+    # is 6 s: noida-db keeps it and refuses less).
+    session_timeout_ms = 4000
+
     def __init__(self) -> None:
         self.port = free_port()
         url = f"tcp://127.0.0.1:{self.port}"
@@ -122,6 +127,8 @@ class NoidaBroker(Broker):
     """noida-db's Kafka service alone, in a temporary data directory: it persists across restarts
     and reports true end offsets (tansu's are wrong), but never expires a SIGKILLed member, so
     tests on it stop their workers with SIGTERM and use a fresh group."""
+
+    session_timeout_ms = 6000
 
     def __init__(self) -> None:
         import noida_db
@@ -216,7 +223,7 @@ class Worker(Process):
             "DDA_KAFKA_BOOTSTRAP": broker.bootstrap, "DDA_INPUT_TOPIC": topics["input"], "DDA_OUTPUT_TOPIC": topics["output"],
             "DDA_DLQ_TOPIC": topics["dlq"], "DDA_GROUP_ID": group, "DDA_MODEL": str(model_dir),
             "DDA_FETCH_ALLOW_NETWORKS": "127.0.0.0/8", "DDA_METRICS_HOST": "127.0.0.1", "DDA_METRICS_PORT": str(self.metrics_port),
-            "DDA_KAFKA_SESSION_TIMEOUT_MS": "4000", "DDA_DECODE_WORKERS": "1", "DDA_FETCH_WORKERS": "8",
+            "DDA_KAFKA_SESSION_TIMEOUT_MS": str(broker.session_timeout_ms), "DDA_DECODE_WORKERS": "1", "DDA_FETCH_WORKERS": "8",
             "DDA_FETCH_TIMEOUT_S": "5", "DDA_MAX_WAIT_MS": "20", "DDA_LOG_LEVEL": "info", **env,
         }
         super().__init__([sys.executable, "-m", "dda", "worker"], env={**os.environ, **settings}, log=log, cwd=cwd)

@@ -116,6 +116,7 @@ def test_library_warnings_reach_stderr_as_json(tiny_model_dir: Path, tmp_path: P
 
     class Nowhere:
         bootstrap = f"127.0.0.1:{free_port()}"
+        session_timeout_ms = 6000
 
     worker = Worker(tiny_model_dir, Nowhere(), {"input": "i", "output": "o", "dlq": "d"}, unique("group"),  # type: ignore[arg-type]
                     tmp_path / "w.log", DDA_DRAIN_TIMEOUT_S="1")
