@@ -129,9 +129,6 @@ class WorkerConfig:
     kafka_connect_timeout_s: float = setting("DDA_KAFKA_CONNECT_TIMEOUT_S", "30", positive_float,
                                              "how long the worker waits at start for a broker to answer before it exits 1")
     session_timeout_ms: int = setting("DDA_KAFKA_SESSION_TIMEOUT_MS", "10000", positive_int, "consumer group session timeout")
-    kafka_rebalance: str = setting("DDA_KAFKA_REBALANCE", "eager", _choice("eager", "cooperative"),
-                                   "group rebalancing: eager (every member gives up every partition) or cooperative "
-                                   "(KIP-429: only partitions that move are revoked); change it for the whole group at once")
     redis_url: str | None = setting("DDA_REDIS_URL", "", _optional, "Redis URL for the verdict cache; unset: in-process cache")
     cache_ttl_s: int = setting("DDA_CACHE_TTL_S", "604800", positive_int, "verdict cache TTL, seconds")
     model: str | None = setting("DDA_MODEL", "", _optional, "model directory or hf:// checkpoint; unset: the official DDA checkpoint")
@@ -198,7 +195,7 @@ def _settings() -> list[tuple[str, Setting]]:
 GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("Kafka", ("kafka_bootstrap", "input_topic", "output_topic", "dlq_topic", "group_id", "kafka_security_protocol",
                "kafka_sasl_mechanism", "kafka_sasl_username", "kafka_sasl_password", "kafka_ssl_cafile", "kafka_ssl_certfile",
-               "kafka_ssl_keyfile", "kafka_connect_timeout_s", "session_timeout_ms", "kafka_rebalance", "revoke_timeout_s", "kafka_max_request_bytes",
+               "kafka_ssl_keyfile", "kafka_connect_timeout_s", "session_timeout_ms", "revoke_timeout_s", "kafka_max_request_bytes",
                "max_message_bytes", "publish_stall_s", "lag_every_s")),
     ("model and engine", ("model", "device", "backend", "precision", "compile", "engine_dir", "consumers", "engine_socket",
                           "max_batch", "max_wait_ms")),

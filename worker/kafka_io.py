@@ -13,10 +13,6 @@ A commit's metadata names the offsets past it already published (`Position.ahead
 partition's next owner skips them. Kafka and noida-db keep commit metadata; tansu drops it
 (measured), and there only the process that published them skips them.
 
-The group rebalances eagerly by default; `DDA_KAFKA_REBALANCE=cooperative` selects
-kafka-python's cooperative-sticky assignor (KIP-429), under which the listener hears only of
-the partitions that move.
-
 Broker reachability for /readyz comes from a small probe thread that opens a TCP
 connection to a bootstrap server every few seconds; it never uses the Kafka clients.
 """
@@ -31,7 +27,6 @@ from typing import Any
 import structlog
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.consumer.subscription_state import AsyncConsumerRebalanceListener
-from kafka.coordinator.assignors.cooperative_sticky import CooperativeStickyAssignor
 from kafka.errors import KafkaError, KafkaTimeoutError, MessageSizeTooLargeError
 from kafka.structs import OffsetAndMetadata
 
@@ -167,7 +162,6 @@ class KafkaTransport(Transport):
                 group_id=config.group_id, enable_auto_commit=False, auto_offset_reset="earliest",
                 session_timeout_ms=config.session_timeout_ms, heartbeat_interval_ms=config.session_timeout_ms // 3,
                 max_poll_records=max(1, config.max_in_flight // 2), **self._common, **bootstrap_timeout,
-                **({"partition_assignment_strategy": (CooperativeStickyAssignor,)} if config.kafka_rebalance == "cooperative" else {}),
             )
         except (KafkaError, OSError) as exc:  # kafka-python retries for DDA_KAFKA_CONNECT_TIMEOUT_S first
             if producer is not None:
