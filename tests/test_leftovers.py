@@ -20,6 +20,9 @@ import json, os, subprocess, sys, time
 from tests.leftovers import become_subreaper, leftovers
 assert become_subreaper()
 subprocess.run(["sh", "-c", "exec sleep 120 </dev/null >/dev/null 2>&1 & echo $! > " + sys.argv[1]], check=True)
+orphan, deadline = int(open(sys.argv[1]).read()), time.monotonic() + 10
+while b"sleep" not in open(f"/proc/{orphan}/cmdline", "rb").read() and time.monotonic() < deadline:
+    time.sleep(0.01)  # until the background shell has exec'd sleep (its command line is empty meanwhile)
 print(json.dumps(leftovers(os.getpid())))
 """
 
