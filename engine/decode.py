@@ -160,7 +160,7 @@ def open_checked(data: bytes, max_pixels: int) -> Image.Image:
     check_decode_cost(image, max_pixels)
     # Pillow feeds raw decoders (BMP, uncompressed TIFF) blocks of 64 KB and joins what is left of
     # a row to each new block: a row of megabytes cost quadratic copying (18 s for 1 x 64 MP).
-    image.decodermaxblock = max(image.decodermaxblock, width * _STORAGE_BYTES.get(image.mode, 4))
+    image.decodermaxblock = max(image.decodermaxblock, _row_bytes(width, image.mode))
     return image
 
 
@@ -192,8 +192,13 @@ AV1_DECODER_BYTES = {"AVIF": 6, "HEIF": 6}
 PEAK_BYTES_PER_CAP_PIXEL = 19
 
 
+def _row_bytes(width: int, mode: str) -> int:
+    """One row in Pillow's storage: also what a raw decoder is handed per read (`open_checked`)."""
+    return width * _STORAGE_BYTES.get(mode, 4)
+
+
 def _pillow_image_bytes(width: int, height: int, mode: str) -> int:
-    return width * height * _STORAGE_BYTES.get(mode, 4) + height * ROW_POINTER_BYTES
+    return height * (_row_bytes(width, mode) + ROW_POINTER_BYTES)
 
 
 def _conversion_bytes(width: int, height: int, mode: str) -> int:
@@ -260,7 +265,7 @@ def check_decode_cost(image: Image.Image, max_pixels: int) -> None:
     width, height = image.size
     mode = image.mode
     need = _pillow_image_bytes(width, height, mode) + _conversion_bytes(width, height, mode)
-    need += 2 * width * _STORAGE_BYTES.get(mode, 4)  # a raw decoder's row: the block read and its join
+    need += 2 * _row_bytes(width, mode)  # a raw decoder's row: the block read and its join
     need += width * height * AV1_DECODER_BYTES.get(image.format or "", 0)
     if isinstance(image, TiffImagePlugin.TiffImageFile):
         tags = image.tag_v2

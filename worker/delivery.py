@@ -46,7 +46,7 @@ from worker.completion import Completion
 from worker.ledger import Entry, Ledger
 from worker.messages import Malformed, Request, Source, dead_letter, encode_record, parse_request
 from worker.metrics import Metrics
-from worker.transport import CommitFailed, Message, Partition, Position, Transport
+from worker.transport import CommitFailed, Message, Partition, Position, Transport, named_offsets
 
 log = structlog.get_logger("dda.delivery")
 POLL_S = 0.1
@@ -323,7 +323,7 @@ class Delivery:
             self._next_commit = now + COMMIT_TIMEOUT_S
             return False
         self.ledger.mark_committed(positions)
-        log.debug("committed", positions={f"{t}/{p}": o.offset for (t, p), o in positions.items()})
+        log.debug("committed", positions=named_offsets(positions))
         return True
 
     def _backpressure(self) -> None:
@@ -379,7 +379,7 @@ class Delivery:
                     self._resume[tp] = (position, frozenset(self.ledger.done_ahead(tp)))
             cancelled = self._forget(owned)
             log.info("partitions revoked", partitions=sorted(f"{t}/{p}" for t, p in partitions), in_flight=in_flight,
-                     cancelled=cancelled, commit={f"{t}/{p}": o.offset for (t, p), o in positions.items()},
+                     cancelled=cancelled, commit=named_offsets(positions),
                      published_ahead=sum(len(o.ahead) for o in positions.values()))
             return positions
 

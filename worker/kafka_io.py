@@ -31,7 +31,7 @@ from kafka.errors import KafkaError, KafkaTimeoutError, MessageSizeTooLargeError
 from kafka.structs import OffsetAndMetadata
 
 from worker.config import WorkerConfig
-from worker.transport import Ack, CommitFailed, DoneAck, Kind, Listener, Message, Partition, Position, Transport
+from worker.transport import Ack, CommitFailed, DoneAck, Kind, Listener, Message, Partition, Position, Transport, named_offsets
 
 log = structlog.get_logger("dda.kafka")
 PROBE_EVERY_S = 2.0
@@ -121,7 +121,7 @@ class _Rebalance(AsyncConsumerRebalanceListener):  # type: ignore[misc]  # kafka
             except KafkaError as exc:  # the next owner starts from the last commit: repeats, never gaps
                 log.warning("commit on revocation failed", error=f"{type(exc).__name__}: {exc}")
             else:
-                log.debug("committed", positions={f"{t}/{p}": o.offset for (t, p), o in positions.items()})
+                log.debug("committed", positions=named_offsets(positions))
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
         """Nothing of them is fetched until `KafkaTransport.poll` has announced them."""

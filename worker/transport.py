@@ -80,6 +80,11 @@ class Position:
     ahead: frozenset[int] = frozenset()
 
 
+def named_offsets(positions: dict[Partition, Position]) -> dict[str, int]:
+    """Positions as logs show them ("topic/partition": offset), one format for every commit line."""
+    return {f"{t}/{p}": o.offset for (t, p), o in positions.items()}
+
+
 class CommitFailed(Exception):
     """The commit did not happen (broker down, rebalance in progress); try again later."""
 
