@@ -15,7 +15,21 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from worker.transport import Ack, CommitFailed, DoneAck, Kind, Listener, Message, Partition, Position, Transport
+from worker.transport import (
+    Ack,
+    CommitFailed,
+    DoneAck,
+    Kind,
+    Listener,
+    Message,
+    Outgoing,
+    Partition,
+    Position,
+    ProducerUnusable,
+    Refusal,
+    TransactionAborted,
+    Transport,
+)
 
 
 class Unanswered(Ack):
@@ -51,8 +65,15 @@ class FakeBroker:
 
 
 class FakeTransport(Transport):
-    def __init__(self, broker: FakeBroker, max_record_bytes: int = 1 << 20, batch: int = 4) -> None:
+    def __init__(self, broker: FakeBroker, max_record_bytes: int = 1 << 20, batch: int = 4, transactional: bool = False) -> None:
+        """`transactional`: records leave only through `transact`, as with DDA_DELIVERY=exactly_once."""
         self.broker = broker
+        self.transactional = transactional
+        self.transactions: list[tuple[list[Outgoing], dict[Partition, int]]] = []  # committed ones, in order
+        self.aborted = 0
+        self.abort: Callable[[list[Outgoing]], dict[int, Refusal] | None] = lambda _records: None  # refusals: aborts it
+        self.fenced = False
+        self.plain_publishes = 0
         self.max_record_bytes = max_record_bytes
         self.batch = batch
         self.listener: Listener | None = None
@@ -117,7 +138,24 @@ class FakeTransport(Transport):
         for tp, offset in self.listener.on_assigned(last).items():
             self.positions[tp] = offset
 
+    def transact(self, records: list[Outgoing], positions: dict[Partition, Position], timeout_s: float) -> None:
+        if self.fenced:
+            raise ProducerUnusable("fenced: another worker runs this member slot")
+        refused = self.abort(records)
+        if refused is not None:
+            self.aborted += 1
+            raise TransactionAborted("refused by the test", refused)
+        with self.broker.lock:
+            for record in records:
+                self.broker.published[record.kind].append((record.key, record.value))
+            self.broker.committed.update({tp: p.offset for tp, p in positions.items()})
+            self.commits.append({tp: p.offset for tp, p in positions.items()})
+            self.transactions.append((records, {tp: p.offset for tp, p in positions.items()}))
+
     def publish(self, kind: Kind, key: bytes, value: bytes) -> Ack:
+        if self.transactional:
+            self.plain_publishes += 1  # a test asserts this stays 0
+            return DoneAck(RuntimeError("a transactional producer publishes inside transactions only"))
         refused = self.refuse(kind, value)
         if refused is not None:
             return refused

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, Literal
@@ -86,6 +87,13 @@ def _optional(text: str) -> str | None:
     return text or None
 
 
+def _slot(text: str) -> str | None:
+    """A member slot: Kafka's legal name characters (as for topics), short enough for the ids built from it."""
+    if len(text) > 240 or text.strip("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-"):
+        raise argparse.ArgumentTypeError("use at most 240 of the characters a-z A-Z 0-9 . _ -")
+    return text or None
+
+
 def pem_certificates(text: str) -> str | None:
     """A readable file holding at least one PEM certificate, or unset."""
     if not text:
@@ -129,6 +137,17 @@ class WorkerConfig:
     kafka_connect_timeout_s: float = setting("DDA_KAFKA_CONNECT_TIMEOUT_S", "30", positive_float,
                                              "how long the worker waits at start for a broker to answer before it exits 1")
     session_timeout_ms: int = setting("DDA_KAFKA_SESSION_TIMEOUT_MS", "10000", positive_int, "consumer group session timeout")
+    delivery: str = setting("DDA_DELIVERY", "at_least_once", _choice("at_least_once", "exactly_once"),
+                            "at_least_once: a verdict may be published again after a crash or rebalance; exactly_once: verdicts, dead letters "
+                            "and input offsets commit together in Kafka transactions (subscribers read with isolation_level=read_committed)")
+    instance_id: str | None = setting("DDA_INSTANCE_ID", "", _slot,
+                                      "exactly_once: this worker's stable slot, named in its transactional.id (a pod's consumers add -c0, "
+                                      "-c1, ...): unique per worker, the same after a restart; unset: the host name")
+    static_membership: bool = setting("DDA_STATIC_MEMBERSHIP", "off", _switch,
+                                      "exactly_once: join as a static member named by the slot (group.instance.id): a restarted slot takes "
+                                      "its partitions back without a rebalance; an orderly stop leaves the group")
+    transaction_interval_ms: int = setting("DDA_TRANSACTION_INTERVAL_MS", "100", positive_int,
+                                           "exactly_once: how often a transaction publishes and commits what has finished")
     redis_url: str | None = setting("DDA_REDIS_URL", "", _optional, "Redis URL for the verdict cache; unset: in-process cache")
     cache_ttl_s: int = setting("DDA_CACHE_TTL_S", "604800", positive_int, "verdict cache TTL, seconds")
     model: str | None = setting("DDA_MODEL", "", _optional, "model directory or hf:// checkpoint; unset: the official DDA checkpoint")
@@ -176,6 +195,10 @@ class WorkerConfig:
     drain_timeout_s: float = setting("DDA_DRAIN_TIMEOUT_S", "25", positive_float, "on SIGTERM, how long in-flight work may finish")
     log_level: str = setting("DDA_LOG_LEVEL", "info", _choice("debug", "info", "warning", "error"), "log level")
 
+    def member_slot(self) -> str:
+        """The stable name of this worker (exactly_once): the host name unless DDA_INSTANCE_ID says."""
+        return self.instance_id or socket.gethostname()
+
     def kafka_client_options(self) -> dict[str, Any]:
         """Security passthrough for kafka-python clients."""
         options: dict[str, Any] = {"security_protocol": self.kafka_security_protocol}
@@ -196,7 +219,8 @@ GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("Kafka", ("kafka_bootstrap", "input_topic", "output_topic", "dlq_topic", "group_id", "kafka_security_protocol",
                "kafka_sasl_mechanism", "kafka_sasl_username", "kafka_sasl_password", "kafka_ssl_cafile", "kafka_ssl_certfile",
                "kafka_ssl_keyfile", "kafka_connect_timeout_s", "session_timeout_ms", "revoke_timeout_s", "kafka_max_request_bytes",
-               "max_message_bytes", "publish_stall_s", "lag_every_s")),
+               "max_message_bytes", "publish_stall_s", "lag_every_s", "delivery", "instance_id", "static_membership",
+               "transaction_interval_ms")),
     ("model and engine", ("model", "device", "backend", "precision", "compile", "engine_dir", "consumers", "engine_socket",
                           "max_batch", "max_wait_ms")),
     ("fetching", ("fetch_workers", "fetch_timeout_s", "fetch_retries", "fetch_max_bytes", "fetch_allow_networks", "max_in_flight",
@@ -256,6 +280,8 @@ def load(env: Mapping[str, str], flags: Mapping[str, Any] | None = None) -> Work
                           f"({config.session_timeout_ms} ms): the rebalance waits for it")
     if config.consumers > 1 and not config.kafka_bootstrap:
         raise ConfigError(f"DDA_CONSUMERS={config.consumers} needs DDA_KAFKA_BOOTSTRAP: stdin has one reader")
+    if config.delivery == "exactly_once" and not config.kafka_bootstrap:
+        raise ConfigError("DDA_DELIVERY=exactly_once needs DDA_KAFKA_BOOTSTRAP: transactions are Kafka's")
     if config.consumers > 1 and config.engine_socket:
         raise ConfigError("DDA_CONSUMERS > 1 starts its own engine process; unset DDA_ENGINE_SOCKET")
     if config.input_topic in (config.output_topic, config.dlq_topic):

@@ -46,13 +46,16 @@ from worker.completion import Completion
 from worker.ledger import Entry, Ledger
 from worker.messages import Malformed, Request, Source, dead_letter, encode_record, parse_request
 from worker.metrics import Metrics
-from worker.transport import CommitFailed, Message, Partition, Position, Transport, named_offsets
+from worker.outcomes import published, refused
+from worker.transactions import Transactions
+from worker.transport import CommitFailed, Message, Partition, Position, Refusal, Transport, named_offsets
 
 log = structlog.get_logger("dda.delivery")
 POLL_S = 0.1
 COMMIT_EVERY_S = 1.0
 COMMIT_TIMEOUT_S = 2.0
-DEAD_LETTER_ATTEMPTS = 5
+TRANSACTION_TIMEOUT_S = 10.0  # a transaction's end not confirmed in this long: the producer is given up (exit 1)
+REVOKE_TRANSACTION_MIN_S = 1.0
 PUBLISH_BLOCKED_S = 1.0
 STEP_S = 0.005
 UNREADY_AT = 0.75  # of publish_stall_s: /readyz false
@@ -85,6 +88,7 @@ class Limits:
     lag_every_s: float = 10.0  # how often consumer lag is asked of the broker
     retry_base_s: float = 0.2  # first retry of a refused record; doubles, capped at 10 s
     publish_stall_s: float = 20.0  # records unacknowledged this long, broker reachable: a new producer (see above)
+    transaction_interval_s: float = 0.1  # exactly_once: how often a transaction commits what finished
 
 
 class Delivery:
@@ -109,7 +113,9 @@ class Delivery:
         self._stalled_s = 0.0  # broker reachable, records waiting, no acknowledgement: for this long
         self._watched_at = time.monotonic()
         self._renewed = False
-        self.publish_failure: str | None = None
+        self._stall_failure: str | None = None
+        self.transactions = (Transactions(transport, self.ledger, metrics, limits.transaction_interval_s, limits.retry_base_s,
+                                          GIVE_UP_AT * limits.publish_stall_s) if transport.transactional else None)
         self._lock = threading.Lock()  # loop, publisher and listener (transport thread) take turns
         self._wake = threading.Event()  # a record resolved: the publisher sends it now, not at the loop's next turn
 
@@ -119,7 +125,8 @@ class Delivery:
         """Consume until `stop` (or the input ends, or a stage dies); then shut down in order."""
         self.transport.start(self)
         publisher = threading.Thread(target=self._publish_loop, name="publisher", daemon=True)
-        publisher.start()
+        if self.transactions is None:  # records wait for a transaction otherwise
+            publisher.start()
         fatal = None
         while not stop.is_set():
             self.heartbeat = time.monotonic()
@@ -141,7 +148,8 @@ class Delivery:
         finally:
             self._closing = True  # set by the shutdown already, unless it raised
             self._wake.set()
-            publisher.join(COMMIT_TIMEOUT_S)
+            if publisher.is_alive():
+                publisher.join(COMMIT_TIMEOUT_S)
 
     def _publish_loop(self) -> None:
         """Publishes records as they resolve. The loop publishes too, at each turn, but a turn
@@ -194,7 +202,8 @@ class Delivery:
             entry = Entry(tp, message.offset, "verdict", self.processor.submit(request), request.id.encode())
         with self._lock:
             self.ledger.append(entry)
-        entry.completion.add_done_callback(functools.partial(self._resolved, entry))
+        if self.transactions is None:
+            entry.completion.add_done_callback(functools.partial(self._resolved, entry))
 
     def _resolved(self, entry: Entry, _completion: Completion) -> None:
         """On a stage thread: a record is ready; the publisher (or the loop) sends it."""
@@ -243,9 +252,16 @@ class Delivery:
         self._outstanding = pending
 
     @property
+    def publish_failure(self) -> str | None:
+        """Why records cannot leave any more (the loop ends for a restart), or None."""
+        return self._stall_failure or (self.transactions.failure if self.transactions is not None else None)
+
+    @property
     def publishing(self) -> bool:
-        """False while records wait for acknowledgements that do not come, the broker reachable (readiness)."""
-        return self._stalled_s < UNREADY_AT * self.limits.publish_stall_s
+        """False while records wait for acknowledgements (or transactions) that do not come, the
+        broker reachable (readiness)."""
+        failing = self.transactions.failing_for(time.monotonic()) if self.transactions is not None else self._stalled_s
+        return failing < UNREADY_AT * self.limits.publish_stall_s
 
     def _watch_publishing(self, now: float) -> None:
         """Counts how long records wait without any acknowledgement while the broker is reachable;
@@ -271,43 +287,31 @@ class Delivery:
                 for entry in self._retry:
                     entry.retry_at = now
                 self._publish_blocked_until = 0.0
-        if self._stalled_s >= GIVE_UP_AT * self.limits.publish_stall_s and self.publish_failure is None:
-            self.publish_failure = (f"no record acknowledged for {self._stalled_s:.0f} s with the broker reachable, "
+        if self._stalled_s >= GIVE_UP_AT * self.limits.publish_stall_s and self._stall_failure is None:
+            self._stall_failure = (f"no record acknowledged for {self._stalled_s:.0f} s with the broker reachable, "
                                     "a new producer included (the broker may have lost its state); stopping for a restart")
 
     def _acked(self, entry: Entry) -> None:
         self._stalled_s, self._renewed = 0.0, False
-        entry.acked = True
-        record = entry.completion.record
-        if entry.kind == "verdict" and record is not None:
-            self.metrics.verdicts.labels(record["status"], record["label"] or "none").inc()
-            if record["error"]:
-                self.metrics.errors.labels(record["error"]["code"]).inc()
+        published(entry, self.metrics)
 
     def _refused(self, entry: Entry, error: BaseException, too_large: bool, now: float) -> None:
-        entry.attempts += 1
-        self.metrics.publish_failures.labels(entry.kind).inc()
-        if too_large and not entry.compact:
-            entry.compact = True
-            entry.retry_at = now
-        elif entry.kind == "dead_letter" and (too_large or entry.attempts >= DEAD_LETTER_ATTEMPTS):
-            record = entry.completion.record or {}
-            log.error("dead letter given up after its retries; the message is skipped", source=f"{entry.tp}/{entry.offset}",
-                      reason=record.get("reason"), raw_size=record.get("raw_size"), raw_sha256=record.get("raw_sha256"),
-                      error=f"{type(error).__name__}: {error}")
-            self.metrics.dead_letters_dropped.inc()
-            entry.acked = True
+        at_once = too_large and not entry.compact  # sent compact straight away
+        if not refused(entry, Refusal(error, too_large), self.metrics):
             return
-        else:
-            entry.retry_at = now + min(10.0, self.limits.retry_base_s * 2 ** min(entry.attempts, 6))
+        entry.retry_at = now if at_once else now + min(10.0, self.limits.retry_base_s * 2 ** min(entry.attempts, 6))
         log.warning("broker refused a record; retrying it (nothing past it is committed)", kind=entry.kind,
                     source=f"{entry.tp}/{entry.offset}", attempt=entry.attempts, error=f"{type(error).__name__}: {error}")
         self._retry.append(entry)
 
     # --- committing and backpressure ----------------------------------------------------------
 
-    def _commit(self, force: bool = False, timeout_s: float = COMMIT_TIMEOUT_S) -> bool:
-        """Commit every partition's acknowledged prefix that moved; True when nothing is left to commit."""
+    def _commit(self, force: bool = False, timeout_s: float | None = None) -> bool:
+        """Commit every partition's acknowledged prefix that moved (exactly_once: publish and commit
+        what finished, in a transaction); True when nothing is left to commit."""
+        if self.transactions is not None:
+            return self.transactions.commit(None, TRANSACTION_TIMEOUT_S if timeout_s is None else timeout_s, force)
+        timeout_s = COMMIT_TIMEOUT_S if timeout_s is None else timeout_s
         now = time.monotonic()
         if not force and now < self._next_commit:
             return False
@@ -372,7 +376,7 @@ class Delivery:
             in_flight = self.ledger.unfinished(owned)
             if not self._closing:
                 self._settle(owned)
-            positions = self.ledger.committable(owned)
+            positions = self.ledger.committable(owned) if self.transactions is None else {}  # a transaction committed them
             for tp in owned:
                 position = self.ledger.position(tp)
                 if position is not None:
@@ -393,7 +397,8 @@ class Delivery:
                         cancelled=cancelled)
 
     def _settle(self, owned: set[Partition]) -> None:
-        """Revocation's deadline: half to let work finish, the rest for the broker's acknowledgements."""
+        """Revocation's deadline: half to let work finish, the rest for the broker: its
+        acknowledgements, or (exactly_once) one transaction of what finished."""
         start = time.monotonic()
         finish_by, acks_by = start + self.limits.revoke_timeout_s / 2, start + self.limits.revoke_timeout_s
         while time.monotonic() < finish_by and any(not e.completion.done for e in self.ledger.entries(owned)):
@@ -401,6 +406,9 @@ class Delivery:
             time.sleep(STEP_S)
         for entry in self.ledger.entries(owned):
             entry.completion.cancel()
+        if self.transactions is not None:
+            self.transactions.commit(owned, max(REVOKE_TRANSACTION_MIN_S, acks_by - time.monotonic()), force=True)
+            return
         while time.monotonic() < acks_by and any(e.completion.record is not None and not e.acked
                                                  for e in self.ledger.entries(owned)):
             self._pump()

@@ -28,10 +28,23 @@ import structlog
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.consumer.subscription_state import AsyncConsumerRebalanceListener
 from kafka.errors import KafkaError, KafkaTimeoutError, MessageSizeTooLargeError
-from kafka.structs import OffsetAndMetadata
+from kafka.structs import MemberState, OffsetAndMetadata
 
 from worker.config import WorkerConfig
-from worker.transport import Ack, CommitFailed, DoneAck, Kind, Listener, Message, Partition, Position, Transport, named_offsets
+from worker.kafka_transactions import TransactionalProducer, leave_group
+from worker.transport import (
+    Ack,
+    CommitFailed,
+    DoneAck,
+    Kind,
+    Listener,
+    Message,
+    Outgoing,
+    Partition,
+    Position,
+    Transport,
+    named_offsets,
+)
 
 log = structlog.get_logger("dda.kafka")
 PROBE_EVERY_S = 2.0
@@ -40,7 +53,8 @@ COMMITTED_TIMEOUT_MS = 5000  # reading a newly assigned partition's last commit
 AHEAD_PREFIX = "dda-ahead:"  # commit metadata: comma-separated distances past the committed offset
 AHEAD_MAX_CHARS = 3000  # brokers refuse metadata over offset.metadata.max.bytes (4096 by default)
 PRODUCER_MAX_BLOCK_MS = 2000  # send() waits this long for metadata at most; delivery retries later
-RENEW_BOOTSTRAP_MS = 5000  # a replacement producer's connection, made on the delivery thread
+RENEW_BOOTSTRAP_MS = 5000
+REJOIN_MARGIN_S = 3.0  # a rejoin's time beyond the revocation (JoinGroup waits for the other members)  # a replacement producer's connection, made on the delivery thread
 
 
 class BrokerUnavailable(Exception):
@@ -153,6 +167,13 @@ class KafkaTransport(Transport):
             raise ValueError("KafkaTransport needs DDA_KAFKA_BOOTSTRAP")
         self._common: dict[str, Any] = {"bootstrap_servers": config.kafka_bootstrap.split(","),
                                         **config.kafka_client_options()}
+        self.transactional = config.delivery == "exactly_once"
+        # exactly_once: offsets read as of committed transactions; optionally a static member named for its
+        # slot, so a restarted slot takes its partitions back at once (its producer fences the one it replaces)
+        self.static = self.transactional and config.static_membership
+        membership: dict[str, Any] = {"isolation_level": "read_committed"} if self.transactional else {}
+        if self.static:
+            membership["group_instance_id"] = config.member_slot()
         bootstrap_timeout = {"bootstrap_timeout_ms": int(config.kafka_connect_timeout_s * 1000)}
         started = time.monotonic()
         producer = None
@@ -161,8 +182,10 @@ class KafkaTransport(Transport):
             self.consumer = KafkaConsumer(
                 group_id=config.group_id, enable_auto_commit=False, auto_offset_reset="earliest",
                 session_timeout_ms=config.session_timeout_ms, heartbeat_interval_ms=config.session_timeout_ms // 3,
-                max_poll_records=max(1, config.max_in_flight // 2), **self._common, **bootstrap_timeout,
+                max_poll_records=max(1, config.max_in_flight // 2), **membership, **self._common, **bootstrap_timeout,
             )
+            self._transactions = (TransactionalProducer(producer, self.consumer, self.topics, config.kafka_connect_timeout_s,
+                                                        replace=self._replace_producer) if self.transactional else None)
         except (KafkaError, OSError) as exc:  # kafka-python retries for DDA_KAFKA_CONNECT_TIMEOUT_S first
             if producer is not None:
                 producer.close(timeout=0)
@@ -178,8 +201,19 @@ class KafkaTransport(Transport):
         self.consumer.subscribe([self.config.input_topic], listener=self._rebalance)
         self._probe.start()
 
+    def _finish_rejoin(self) -> None:
+        """kafka-python 3.0.12 drops a join it completed when the poll's time ran out meanwhile (the
+        revocation listener spends half of DDA_REVOKE_TIMEOUT_S of it), and its next poll sends
+        another JoinGroup: Kafka starts one more rebalance round; noida-db never answered the other
+        member's join and the group stayed stuck (measured: 5 of about 15 rebalances). A pending
+        rejoin is therefore driven to its end here, with time for the revocation."""
+        coordinator = self.consumer._coordinator  # noqa: SLF001 - kafka-python 3 has no public way to ask
+        if coordinator.need_rejoin():
+            coordinator.ensure_active_group(timeout_ms=int((self.config.revoke_timeout_s + REJOIN_MARGIN_S) * 1000))
+
     def poll(self, timeout_s: float) -> list[Message]:
         try:
+            self._finish_rejoin()
             batches = self.consumer.poll(timeout_ms=int(timeout_s * 1000))
         except KafkaError as exc:  # e.g. a commit or rebalance error surfaced by poll: the group recovers
             log.warning("poll failed", error=f"{type(exc).__name__}: {exc}")
@@ -216,19 +250,31 @@ class KafkaTransport(Transport):
             return DoneAck(exc)
 
     def _producer(self, **options: Any) -> KafkaProducer:
+        if self.transactional:
+            options |= TransactionalProducer.options(self.config.group_id, self.config.member_slot())
         return KafkaProducer(acks="all", enable_idempotence=True, linger_ms=5, max_block_ms=PRODUCER_MAX_BLOCK_MS,
                              max_request_size=self.config.kafka_max_request_bytes, **self._common, **options)
 
+    def transact(self, records: list[Outgoing], positions: dict[Partition, Position], timeout_s: float) -> None:
+        assert self._transactions is not None, "transact() needs DDA_DELIVERY=exactly_once"
+        self._transactions.transact(records, _offsets(positions), timeout_s)
+
     def renew(self) -> bool:
         """A new producer (a new producer id); the old one is discarded beside the delivery's thread."""
+        if self.transactional:
+            return False  # records only leave in transactions, which end or fail the producer
         try:
-            fresh = self._producer(bootstrap_timeout_ms=RENEW_BOOTSTRAP_MS)
+            self._replace_producer()
         except KafkaError as exc:
             log.warning("a new producer could not connect; the old one is kept", error=f"{type(exc).__name__}: {exc}")
             return False
+        return True
+
+    def _replace_producer(self) -> KafkaProducer:
+        fresh = self._producer(bootstrap_timeout_ms=RENEW_BOOTSTRAP_MS)
         old, self.producer = self.producer, fresh
         threading.Thread(target=discard, args=(old,), name="producer-discard", daemon=True).start()
-        return True
+        return fresh
 
     def commit(self, positions: dict[Partition, Position], timeout_s: float) -> None:
         try:
@@ -250,6 +296,10 @@ class KafkaTransport(Transport):
         return {_tp(p) for p in self.consumer.assignment()}
 
     def lag(self) -> dict[Partition, int]:
+        if self.consumer.group_metadata().state != MemberState.STABLE:
+            # noida-db left an offset fetch sent mid-rebalance unanswered, and with it every later request on
+            # that connection, the rejoin included (measured, read_committed): lag waits for a stable group
+            raise KafkaError("the group is rebalancing")
         mine = list(self.consumer.assignment())
         if not mine:
             return {}
@@ -279,6 +329,8 @@ class KafkaTransport(Transport):
         end = time.monotonic() + timeout_s
         try:
             self.consumer.close(autocommit=False, timeout_ms=int(max(0.1, (end - time.monotonic()) * 0.6) * 1000))
+            if self.static:  # a static member never leaves by itself: its partitions would wait a session timeout
+                leave_group(self._common, self.config.group_id, self.config.member_slot(), max(0.1, (end - time.monotonic()) * 0.5))
         finally:
             self.producer.close(timeout=max(0.1, end - time.monotonic()))
 

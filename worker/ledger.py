@@ -109,6 +109,27 @@ class Ledger:
                 out[tp] = Position(position, ahead)
         return out
 
+    def resolved_runs(self, tps: set[Partition] | None = None) -> dict[Partition, tuple[list[Entry], int]]:
+        """Exactly-once: per partition, the unbroken run of entries from its commit position whose
+        records are resolved (or given up), and the position just past the run; only partitions
+        where that position moved past the last commit. A record behind an unfinished one waits."""
+        out = {}
+        for tp, lane in self._lanes.items():
+            if tps is not None and tp not in tps:
+                continue
+            start = self.position(tp)
+            if start is None:
+                continue
+            run = []
+            for entry in lane.entries:
+                if not entry.acked and entry.completion.record is None:
+                    break
+                run.append(entry)
+            end = run[-1].offset + 1 if run else start
+            if lane.committed is None or end > lane.committed:
+                out[tp] = ([e for e in run if not e.acked], end)
+        return out
+
     def mark_committed(self, positions: dict[Partition, Position]) -> None:
         for tp, position in positions.items():
             lane = self._lanes.get(tp)

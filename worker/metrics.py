@@ -35,6 +35,12 @@ class Metrics:
         self.dead_letters_dropped = Counter("dda_dead_letters_dropped", "Dead letters given up after their retries (logged with source, size and SHA-256)", registry=r)
         self.producer_renewals = Counter("dda_producer_renewals", "Producers replaced because no record was acknowledged for DDA publish-stall time with the broker reachable (it lost its state)", registry=r)
         self.rebalances = Counter("dda_rebalances", "Partition events, by kind (assigned, revoked, lost)", ["kind"], registry=r)
+        self.transactions = Counter("dda_transactions", "Transactions (DDA_DELIVERY=exactly_once) by outcome (committed, aborted)", ["outcome"], registry=r)
+        for outcome in ("committed", "aborted"):
+            self.transactions.labels(outcome)
+        self.transaction_seconds = Histogram("dda_transaction_seconds", "Time from a transaction's start to its commit or abort",
+                                             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10), registry=r)
+        self.transaction_open = Gauge("dda_transaction_open_seconds", "Age of the transaction open now (0: none)", registry=r)
         self.commit_failures = Counter("dda_commit_failures", "Offset commits that failed (retried on the next commit)", registry=r)
         self.consumer_lag = Gauge("dda_consumer_lag", "Input messages not yet committed: the partition's end offset minus the group's committed offset (refreshed every DDA_LAG_EVERY_S)",
                                   ["topic", "partition"], registry=r)

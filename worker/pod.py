@@ -92,10 +92,11 @@ class Pod:
 
     def start_consumers(self) -> None:
         shares = decode_shares(self.config.decode_workers, self.config.consumers)
-        for share in shares:
+        for n, share in enumerate(shares):
             port = _free_loopback_port()
             env = {**os.environ, "DDA_CONSUMERS": "1", "DDA_ENGINE_SOCKET": self.socket, "DDA_MODEL": str(self.model_dir),
-                   "DDA_METRICS_HOST": "127.0.0.1", "DDA_METRICS_PORT": str(port), "DDA_DECODE_WORKERS": str(share)}
+                   "DDA_METRICS_HOST": "127.0.0.1", "DDA_METRICS_PORT": str(port), "DDA_DECODE_WORKERS": str(share),
+                   "DDA_INSTANCE_ID": f"{self.config.member_slot()}-c{n}"}  # each consumer its own slot, the same after a restart
             self.consumers.append(subprocess.Popen([sys.executable, "-m", "worker.service"], env=env, stdin=subprocess.DEVNULL))
             self.ports.append(port)
         log.info("consumer processes started", consumers=len(self.consumers), decode_workers_each=shares,

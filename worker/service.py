@@ -189,7 +189,7 @@ def _serve(config: worker_config.WorkerConfig, metrics: Metrics, checks: dict[st
     delivery = Delivery(transport, pipeline, metrics, Limits(
         max_in_flight=config.max_in_flight, max_message_bytes=config.max_message_bytes,
         revoke_timeout_s=config.revoke_timeout_s, drain_timeout_s=config.drain_timeout_s, lag_every_s=config.lag_every_s,
-        publish_stall_s=config.publish_stall_s))
+        publish_stall_s=config.publish_stall_s, transaction_interval_s=config.transaction_interval_ms / 1000))
     stop = threading.Event()
     install_stop_signals(stop, config.drain_timeout_s + HARD_EXIT_AFTER_DRAIN_S)
     started = threading.Event()
@@ -207,7 +207,8 @@ def _serve(config: worker_config.WorkerConfig, metrics: Metrics, checks: dict[st
             log.warning(f"model {manifest.version}: {manifest.warning}")
         log.info("worker started", model=manifest.version, mode="kafka" if config.kafka_bootstrap else "stdin",
                  input_topic=config.input_topic if config.kafka_bootstrap else None,
-                 cache="redis" if config.redis_url else "memory")
+                 cache="redis" if config.redis_url else "memory", delivery=config.delivery,
+                 member_slot=config.member_slot() if config.delivery == "exactly_once" else None)
         return delivery.run(stop, stop_stages=lambda: pipeline.close(timeout_s=1.0))
     finally:
         pipeline.close(timeout_s=0.5)

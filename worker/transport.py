@@ -89,6 +89,37 @@ class CommitFailed(Exception):
     """The commit did not happen (broker down, rebalance in progress); try again later."""
 
 
+@dataclass(frozen=True)
+class Outgoing:
+    """A record published inside a transaction."""
+
+    kind: Kind
+    key: bytes
+    value: bytes
+
+
+@dataclass(frozen=True)
+class Refusal:
+    error: BaseException
+    too_large: bool = False  # retrying it unchanged cannot succeed
+
+
+class TransactionAborted(Exception):
+    """The transaction was rolled back: read_committed readers never see its records and its
+    offsets are not committed. `refused` names, by index, the records the broker refused; the
+    others only fell with them."""
+
+    def __init__(self, reason: str, refused: dict[int, Refusal] | None = None) -> None:
+        super().__init__(reason)
+        self.refused = refused or {}
+
+
+class ProducerUnusable(Exception):
+    """The transactional producer cannot go on: a newer instance of this member slot fenced it, or
+    the broker did not confirm a transaction's end in time. The worker stops for a restart; its
+    successor's init_transactions settles whatever this one left open."""
+
+
 class Listener(Protocol):
     """Partition events, called from inside `Transport.poll`."""
 
@@ -148,6 +179,13 @@ class Transport(ABC):
         """Per assigned partition, its end offset minus the group's committed offset (asked of the
         broker: the operator's lag, the number KEDA scales on); {} where there is no such notion."""
         return {}
+
+    transactional: bool = False  # publishes only through `transact` (DDA_DELIVERY=exactly_once)
+
+    def transact(self, records: list[Outgoing], positions: dict[Partition, Position], timeout_s: float) -> None:
+        """Publish `records` and commit `positions` as one transaction, or neither: raises
+        TransactionAborted (try again) or ProducerUnusable (stop)."""
+        raise NotImplementedError(f"{type(self).__name__} has no transactions")
 
     def renew(self) -> bool:
         """Replace the producer: records were not acknowledged for long with the broker reachable

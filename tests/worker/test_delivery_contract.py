@@ -68,9 +68,9 @@ def req(i: str) -> bytes:
 
 
 class Harness:
-    def __init__(self, limits: Limits | None = None) -> None:
+    def __init__(self, limits: Limits | None = None, transactional: bool = False) -> None:
         self.broker = FakeBroker()
-        self.transport = FakeTransport(self.broker)
+        self.transport = FakeTransport(self.broker, transactional=transactional)
         self.processor = Processor()
         self.metrics = Metrics()
         self.delivery = Delivery(self.transport, self.processor, self.metrics, limits or Limits(

@@ -164,7 +164,7 @@ def test_a_rolling_restart_of_two_workers(
 ) -> None:
     group = unique("group")
     pair = [start(workers, tiny_model_dir, broker, topics, group, tmp_path / f"w{i}.log") for i in range(2)]
-    placed = send(broker, topics["input"], [f"r{n}" for n in range(240)], server.base + "/slow/{n}")
+    placed = send(broker, topics["input"], [f"r{n}" for n in range(140)], server.base + "/slow/{n}")
     verdicts = broker.reader(topics["output"])
     verdicts.read_until(lambda r: len(r) >= 30, 60)
     exits = []
