@@ -25,6 +25,11 @@ it the transport replaces its producer and every unacknowledged record is resent
 times it the loop ends as if a stage had died (exit 1, for a restart). Time only counts while the broker is
 reachable: an outage is waited out, and readiness already says so.
 
+DDA_DELIVERY=exactly_once swaps the publishing half: records are not sent as they resolve but
+in transactions with their offsets (`worker.transactions`), at the loop's commit step, at
+revocation (for the revoked partitions, in place of waiting for acknowledgements) and at
+shutdown; everything else here is shared.
+
 Shutdown, in order under one deadline: stop intake -> drain (DDA_DRAIN_TIMEOUT_S) -> stop
 the stages -> flush -> commit -> leave the group and close. Nothing past unfinished work
 is ever committed, so whatever is abandoned is redelivered.

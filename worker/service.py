@@ -3,7 +3,8 @@
 With DDA_KAFKA_BOOTSTRAP set it consumes Kafka; without, it reads stdin and writes
 stdout through the same pipeline and delivery loop (the embedded default the README runs).
 Exit status: 0 drained and committed; 1 a stage died, publishing stalled with the broker
-reachable, or no broker answered at start (what was safe was committed); 2 bad configuration or
+reachable, the transactional producer was fenced or could not go on (exactly_once), or no
+broker answered at start (what was safe was committed); 2 bad configuration or
 model; 3 stopped with work abandoned or uncommitted (redelivered); 128 + N a signal N before
 the worker started (nothing consumed).
 """

@@ -1,4 +1,4 @@
-"""Fixtures shared by the real-broker tests: one tansu broker per module, fresh topics per test."""
+"""Fixtures shared by the real-broker tests: one tansu broker (and noida-db where asked) per module, fresh topics per test."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.services import Broker, Worker, unique
+from tests.services import Broker, NoidaBroker, Worker, unique
 
 INPUT_PARTITIONS = 4
 
@@ -17,6 +17,15 @@ def broker() -> Iterator[Broker]:
     b.start()
     yield b
     b.kill()
+
+
+@pytest.fixture(scope="module")
+def noida() -> Iterator[NoidaBroker]:
+    """noida-db, for what tansu does not do faithfully (end offsets, read_committed)."""
+    broker = NoidaBroker()
+    broker.start()
+    yield broker
+    broker.stop()
 
 
 @pytest.fixture()

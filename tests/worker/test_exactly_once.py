@@ -35,14 +35,6 @@ SETTINGS = {"DDA_DELIVERY": "exactly_once", "DDA_DRAIN_TIMEOUT_S": "8", "DDA_REV
 
 
 @pytest.fixture(scope="module")
-def noida() -> Iterator[NoidaBroker]:
-    broker = NoidaBroker()
-    broker.start()
-    yield broker
-    broker.stop()
-
-
-@pytest.fixture(scope="module")
 def server() -> Iterator[LocalServer]:
     with LocalServer() as s:
         for i in range(20):
@@ -50,14 +42,6 @@ def server() -> Iterator[LocalServer]:
             s.routes[f"/img/{i}"] = Route(body=body)
             s.routes[f"/slow/{i}"] = Route(body=body, delay_s=0.25)
         yield s
-
-
-@pytest.fixture()
-def workers() -> Iterator[list[Worker]]:
-    started: list[Worker] = []
-    yield started
-    for w in started:
-        w.kill()
 
 
 def make_topics(noida: NoidaBroker, output_max_bytes: int | None = None) -> dict[str, str]:

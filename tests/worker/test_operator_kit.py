@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import re
 import signal
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,14 +21,6 @@ CHART = Path(__file__).resolve().parents[2] / "deploy" / "helm" / "dda-worker"
 PARTITIONS = 2
 
 pytestmark = pytest.mark.timeout(300)
-
-
-@pytest.fixture(scope="module")
-def noida() -> Iterator[NoidaBroker]:
-    broker = NoidaBroker()
-    broker.start()
-    yield broker
-    broker.stop()
 
 
 def exported_families(text: str) -> set[str]:
