@@ -84,7 +84,8 @@ def test_revocation_commits_what_finished_and_the_next_assignment_redoes_only_th
     harness.processor.hold = {"a4"}
     harness.broker.produce(P0, [req(f"a{i}") for i in range(8)])
     harness.start({P0})
-    wait_for(lambda: harness.committed(P0) == 4, 10, "the run before the held request")
+    wait_for(lambda: harness.committed(P0) == 4 and harness.processor.submitted["a7"] == 1, 10,
+             "the run before the held request committed, everything read")
     harness.transport.rebalance({P0})  # revoked with a4 unfinished (cancelled at the deadline), then given back
     wait_for(lambda: harness.processor.submitted["a5"] == 2, 10, "a4.. read again")
     harness.processor.release("a4")
