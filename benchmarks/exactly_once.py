@@ -11,7 +11,7 @@ readers are faithful; tansu's see aborted records) and an HTTP origin on 127.0.0
 noida-db answers a consumer's fetch at once instead of waiting for records, so an idle consumer
 polls without pause: the CPU figures include that, in both modes alike.
 
-    python benchmarks/exactly_once.py [--requests 600] [--rate 40] [--slow-requests 400] [--json FILE]
+    python benchmarks/exactly_once.py [--partitions 4] [--max-in-flight 256] [--rate 40] [--json FILE]
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ def measure(mode: str, model: Path, broker: NoidaBroker, server: LocalServer, co
     topics = {"input": unique("req"), "output": unique("out"), "dlq": unique("dlq")}
     broker.create_topics({topics["input"]: args.partitions, topics["output"]: 1, topics["dlq"]: 1})
     env = {"DDA_DELIVERY": mode, "DDA_INSTANCE_ID": f"bench-{mode}", "DDA_BENCH_STUB": "1", "DDA_DECODE_WORKERS": "1",
-           "DDA_FETCH_WORKERS": "32", "DDA_LOG_LEVEL": "warning", "DDA_MAX_IN_FLIGHT": "256",
+           "DDA_FETCH_WORKERS": "32", "DDA_LOG_LEVEL": "warning", "DDA_MAX_IN_FLIGHT": str(args.max_in_flight),
            "PYTHONPATH": os.pathsep.join([STUB, str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
     worker = Worker(model, broker, topics, unique("bench"), tmp / f"{mode}.log", **env)
     worker.start()
@@ -76,6 +76,7 @@ def main() -> None:
     parser.add_argument("--slow-requests", type=int, default=400, help="requests of the slow-fetch phase")
     parser.add_argument("--rate", type=float, default=40.0, help="requests/s of the slow-fetch phase")
     parser.add_argument("--partitions", type=int, default=4, help="input partitions")
+    parser.add_argument("--max-in-flight", type=int, default=256, help="DDA_MAX_IN_FLIGHT (exactly_once holds finished records in it until their transaction)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     count = args.warmup + args.requests + args.slow_requests
@@ -95,7 +96,8 @@ def main() -> None:
         finally:
             broker.stop()
     machine = describe()
-    setup = (f"one worker process, zero-cost model stub, in-memory cache, noida-db, {args.partitions} input partitions; flood: "
+    setup = (f"one worker process, zero-cost model stub, in-memory cache, noida-db, {args.partitions} input partitions, "
+             f"DDA_MAX_IN_FLIGHT {args.max_in_flight}; flood: "
              f"{args.requests} distinct 320x240 JPEGs at once; slow: {args.slow_requests} requests at {args.rate:g}/s, 1 in "
              f"{SLOW_EVERY} fetched in {SLOW_S:g} s; latency read by a read_committed subscriber")
     print(f"machine: {json.dumps(machine)}\nsetup: {setup}")
