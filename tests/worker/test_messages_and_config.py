@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import socket
 
 import pytest
 
@@ -108,9 +109,15 @@ def test_config_defaults_env_flags_and_errors() -> None:
                          ({"DDA_KAFKA_SECURITY_PROTOCOL": "SASL_SSL"}, "SASL_MECHANISM"), ({"DDA_DEVICE": "tpu"}, "must be one of"),
                          ({"DDA_OUTPUT_TOPIC": "dda.requests"}, "must differ"),
                          ({"DDA_MAX_MESSAGE_BYTES": "200000"}, "1/8 of DDA_KAFKA_MAX_REQUEST_BYTES"),
-                         ({"DDA_REVOKE_TIMEOUT_S": "6"}, "half the session timeout")]:
+                         ({"DDA_REVOKE_TIMEOUT_S": "6"}, "half the session timeout"),
+                         ({"DDA_DELIVERY": "exactly_once"}, "needs DDA_KAFKA_BOOTSTRAP"),
+                         ({"DDA_DELIVERY": "exactly-once"}, "must be one of"),
+                         ({"DDA_INSTANCE_ID": "pod/0"}, "a-z A-Z 0-9"), ({"DDA_INSTANCE_ID": "p" * 241}, "at most 240")]:
         with pytest.raises(ConfigError, match=message):
             load(env)
+    exactly = load({"DDA_DELIVERY": "exactly_once", "DDA_KAFKA_BOOTSTRAP": "k:9092"})
+    assert exactly.member_slot() == socket.gethostname() and not exactly.static_membership
+    assert load({"DDA_INSTANCE_ID": "pod-7.a_b"}).member_slot() == "pod-7.a_b"
     sasl = load({"DDA_KAFKA_SECURITY_PROTOCOL": "SASL_SSL", "DDA_KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
                  "DDA_KAFKA_SASL_USERNAME": "u", "DDA_KAFKA_SASL_PASSWORD": "p"})
     assert sasl.kafka_client_options() == {"security_protocol": "SASL_SSL", "sasl_mechanism": "SCRAM-SHA-512",
