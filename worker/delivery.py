@@ -294,7 +294,7 @@ class Delivery:
                 self._publish_blocked_until = 0.0
         if self._stalled_s >= GIVE_UP_AT * self.limits.publish_stall_s and self._stall_failure is None:
             self._stall_failure = (f"no record acknowledged for {self._stalled_s:.0f} s with the broker reachable, "
-                                    "a new producer included (the broker may have lost its state); stopping for a restart")
+                                   "a new producer included (the broker may have lost its state); stopping for a restart")
 
     def _acked(self, entry: Entry) -> None:
         self._stalled_s, self._renewed = 0.0, False
