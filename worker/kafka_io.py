@@ -13,6 +13,9 @@ A commit's metadata names the offsets past it already published (`Position.ahead
 partition's next owner skips them. Kafka and noida-db keep commit metadata; tansu drops it
 (measured), and there only the process that published them skips them.
 
+DDA_DELIVERY=exactly_once: the producer is transactional (`worker.kafka_transactions`), records
+leave only through `transact`, and the consumer reads offsets as of committed transactions.
+
 Broker reachability for /readyz comes from a small probe thread that opens a TCP
 connection to a bootstrap server every few seconds; it never uses the Kafka clients.
 """
@@ -53,8 +56,8 @@ COMMITTED_TIMEOUT_MS = 5000  # reading a newly assigned partition's last commit
 AHEAD_PREFIX = "dda-ahead:"  # commit metadata: comma-separated distances past the committed offset
 AHEAD_MAX_CHARS = 3000  # brokers refuse metadata over offset.metadata.max.bytes (4096 by default)
 PRODUCER_MAX_BLOCK_MS = 2000  # send() waits this long for metadata at most; delivery retries later
-RENEW_BOOTSTRAP_MS = 5000
-REJOIN_MARGIN_S = 3.0  # a rejoin's time beyond the revocation (JoinGroup waits for the other members)  # a replacement producer's connection, made on the delivery thread
+RENEW_BOOTSTRAP_MS = 5000  # a replacement producer's connection, made on the delivery thread
+REJOIN_MARGIN_S = 3.0  # a rejoin's time beyond the revocation (JoinGroup waits for the other members)
 
 
 class BrokerUnavailable(Exception):
@@ -205,7 +208,8 @@ class KafkaTransport(Transport):
         """kafka-python 3.0.12 drops a join it completed when the poll's time ran out meanwhile (the
         revocation listener spends half of DDA_REVOKE_TIMEOUT_S of it), and its next poll sends
         another JoinGroup: Kafka starts one more rebalance round; noida-db never answered the other
-        member's join and the group stayed stuck (measured: 5 of about 15 rebalances). A pending
+        member's join and the group stayed stuck (about a third of the join/leave and rolling-restart
+        runs with exactly-once workers, measured). A pending
         rejoin is therefore driven to its end here, with time for the revocation."""
         coordinator = self.consumer._coordinator  # noqa: SLF001 - kafka-python 3 has no public way to ask
         if coordinator.need_rejoin():
