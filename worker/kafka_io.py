@@ -209,8 +209,8 @@ class KafkaTransport(Transport):
         revocation listener spends half of DDA_REVOKE_TIMEOUT_S of it), and its next poll sends
         another JoinGroup: Kafka starts one more rebalance round; noida-db never answered the other
         member's join and the group stayed stuck (about a third of the join/leave and rolling-restart
-        runs with exactly-once workers, measured). A pending
-        rejoin is therefore driven to its end here, with time for the revocation."""
+        runs with exactly-once workers, measured). A pending rejoin is therefore driven to its end
+        here, with time for the revocation."""
         coordinator = self.consumer._coordinator  # noqa: SLF001 - kafka-python 3 has no public way to ask
         if coordinator.need_rejoin():
             coordinator.ensure_active_group(timeout_ms=int((self.config.revoke_timeout_s + REJOIN_MARGIN_S) * 1000))
