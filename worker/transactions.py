@@ -26,7 +26,7 @@ from worker.ledger import Entry, Ledger
 from worker.messages import encode_record
 from worker.metrics import Metrics
 from worker.outcomes import published, refused
-from worker.transport import Outgoing, Partition, Position, ProducerUnusable, TransactionAborted, Transport
+from worker.transport import Outgoing, Partition, Position, ProducerUnusable, TransactionAborted, Transport, named_offsets
 
 log = structlog.get_logger("dda.transactions")
 MAX_BACKOFF_S = 10.0
@@ -88,7 +88,7 @@ class Transactions:
             published(entry, self.metrics)
         self.ledger.mark_committed(positions)
         self._aborts, self._failing_since = 0, None
-        log.debug("committed", records=len(entries), positions={f"{t}/{p}": o.offset for (t, p), o in positions.items()})
+        log.debug("committed", records=len(entries), positions=named_offsets(positions))
         return True
 
     def _aborted(self, entries: list[Entry], exc: TransactionAborted, now: float) -> None:
