@@ -51,7 +51,7 @@ from worker.completion import Completion
 from worker.ledger import Entry, Ledger
 from worker.messages import Malformed, Request, Source, dead_letter, encode_record, parse_request
 from worker.metrics import Metrics
-from worker.outcomes import published, refused
+from worker.outcomes import published, refused, retry_delay
 from worker.transactions import Transactions
 from worker.transport import CommitFailed, Message, Partition, Position, Refusal, Transport, named_offsets
 
@@ -304,7 +304,7 @@ class Delivery:
         at_once = too_large and not entry.compact  # sent compact straight away
         if not refused(entry, Refusal(error, too_large), self.metrics):
             return
-        entry.retry_at = now if at_once else now + min(10.0, self.limits.retry_base_s * 2 ** min(entry.attempts, 6))
+        entry.retry_at = now if at_once else now + retry_delay(self.limits.retry_base_s, entry.attempts)
         log.warning("broker refused a record; retrying it (nothing past it is committed)", kind=entry.kind,
                     source=f"{entry.tp}/{entry.offset}", attempt=entry.attempts, error=f"{type(error).__name__}: {error}")
         self._retry.append(entry)

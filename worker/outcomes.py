@@ -14,6 +14,13 @@ from worker.transport import Refusal
 
 log = structlog.get_logger("dda.delivery")
 DEAD_LETTER_ATTEMPTS = 5
+MAX_RETRY_DELAY_S = 10.0
+
+
+def retry_delay(base_s: float, attempts: int) -> float:
+    """How long a refused record (or an aborted transaction) waits before it goes again: doubling
+    from `base_s` with the attempts, at most MAX_RETRY_DELAY_S."""
+    return min(MAX_RETRY_DELAY_S, base_s * float(2 ** min(attempts, 6)))
 
 
 def published(entry: Entry, metrics: Metrics) -> None:

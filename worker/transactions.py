@@ -25,11 +25,10 @@ import structlog
 from worker.ledger import Entry, Ledger
 from worker.messages import encode_record
 from worker.metrics import Metrics
-from worker.outcomes import published, refused
+from worker.outcomes import published, refused, retry_delay
 from worker.transport import Outgoing, Partition, Position, ProducerUnusable, TransactionAborted, Transport, named_offsets
 
 log = structlog.get_logger("dda.transactions")
-MAX_BACKOFF_S = 10.0
 
 
 class Transactions:
@@ -100,7 +99,7 @@ class Transactions:
             refused(entry, refusal, self.metrics)
             at_once = at_once and (shrinks or entry.acked)
         self._aborts += 1
-        self._next = now if at_once else now + min(MAX_BACKOFF_S, self.retry_base_s * 2 ** min(self._aborts, 6))
+        self._next = now if at_once else now + retry_delay(self.retry_base_s, self._aborts)
         log.warning("transaction aborted; its records go again in a later one (readers never saw them)", error=str(exc),
                     records=len(entries), refused={f"{entries[i].tp}/{entries[i].offset}": f"{type(r.error).__name__}: {r.error}"
                                                    for i, r in exc.refused.items()}, aborts_in_a_row=self._aborts)
