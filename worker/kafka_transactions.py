@@ -99,7 +99,7 @@ class TransactionalProducer:
             self._abort(deadline)
             raise TransactionAborted(str(exc), refused) from None
         except FENCED as exc:
-            raise ProducerUnusable(f"fenced: another worker runs this member slot ({_text(exc)}); give each worker its own DDA_INSTANCE_ID") from exc
+            raise _fenced(exc) from exc
         except KafkaError as exc:  # an abortable error: the offsets refused
             self._abort(deadline)
             raise TransactionAborted(_text(exc), refused) from exc
@@ -146,8 +146,7 @@ class TransactionalProducer:
             self._use(self._replace())
         except KafkaError as exc:
             if isinstance(exc, FENCED) or isinstance(self._manager.last_error, FENCED):
-                raise ProducerUnusable(f"fenced: another worker runs this member slot ({_text(self._manager.last_error or exc)}); "
-                                       "give each worker its own DDA_INSTANCE_ID") from exc
+                raise _fenced(self._manager.last_error or exc) from exc
             raise ProducerUnusable(f"the transaction could not be aborted: {_text(exc)}") from exc
 
 
@@ -162,6 +161,10 @@ def leave_group(client_options: dict[str, Any], group_id: str, slot: str, timeou
             admin.close()
     except (KafkaError, OSError) as exc:
         log.warning("could not leave the group; its partitions move after the session timeout", error=_text(exc))
+
+
+def _fenced(error: BaseException) -> ProducerUnusable:
+    return ProducerUnusable(f"fenced: another worker runs this member slot ({_text(error)}); give each worker its own DDA_INSTANCE_ID")
 
 
 def _text(exc: BaseException) -> str:
