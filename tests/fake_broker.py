@@ -145,12 +145,13 @@ class FakeTransport(Transport):
         if refused is not None:
             self.aborted += 1
             raise TransactionAborted("refused by the test", refused)
+        offsets = {tp: p.offset for tp, p in positions.items()}
         with self.broker.lock:
             for record in records:
                 self.broker.published[record.kind].append((record.key, record.value))
-            self.broker.committed.update({tp: p.offset for tp, p in positions.items()})
-            self.commits.append({tp: p.offset for tp, p in positions.items()})
-            self.transactions.append((records, {tp: p.offset for tp, p in positions.items()}))
+            self.broker.committed.update(offsets)
+            self.commits.append(offsets)
+            self.transactions.append((records, offsets))
 
     def publish(self, kind: Kind, key: bytes, value: bytes) -> Ack:
         if self.transactional:
