@@ -198,14 +198,14 @@ class TopicReader:
 
 
 class RedisServer(Process):
-    def __init__(self) -> None:
+    def __init__(self, *extra: str) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError("redis-server is not installed (scripts/test installs it)")
         self.port = free_port()
         self.dir = tempfile.mkdtemp(prefix="dda-redis-")
         super().__init__([binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", self.dir, "--save", "",
-                          "--appendonly", "no", "--daemonize", "no"])
+                          "--appendonly", "no", "--daemonize", "no", *extra])
 
     @property
     def url(self) -> str:
@@ -218,6 +218,47 @@ class RedisServer(Process):
     def stop(self) -> None:
         self.kill()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class RedisClusterServers:
+    """A Redis Cluster of three masters (no replicas) on 127.0.0.1. A node killed and started again
+    keeps its slots (its nodes.conf stays in its folder) but not its data, like a restarted pod."""
+
+    def __init__(self) -> None:
+        # The bus port is named: by default it is the port + 10000, which may be taken or past 65535.
+        self.nodes = [RedisServer("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "1000",
+                                  "--cluster-port", str(free_port())) for _ in range(3)]
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.nodes[0].port}"
+
+    def start(self) -> None:
+        """Starts the nodes and joins them; stops them again if that fails."""
+        try:
+            self._create()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _create(self) -> None:
+        for node in self.nodes:
+            node.start()
+        created = subprocess.run(["redis-cli", "--cluster", "create", *(f"127.0.0.1:{n.port}" for n in self.nodes),
+                                  "--cluster-replicas", "0", "--cluster-yes"], capture_output=True, text=True, timeout=60)
+        assert created.returncode == 0, created.stdout + created.stderr
+        self.wait_healthy()
+
+    def wait_healthy(self) -> None:
+        def ok(node: RedisServer) -> bool:
+            info = subprocess.run(["redis-cli", "-p", str(node.port), "cluster", "info"], capture_output=True, text=True, timeout=10)
+            return "cluster_state:ok" in info.stdout
+
+        wait_for(lambda: all(ok(n) for n in self.nodes), 30, "the Redis cluster to report ok", interval_s=0.1)
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
 
 
 class Worker(Process):

@@ -12,17 +12,11 @@ bits of the original. So a match carries whether its entry is trusted (an operat
 it: `dda trust-verdicts`), and only the pipeline's policy decides whether a trusted match may
 answer without scoring; model-scored entries never do.
 
-Lookups are bounded whatever the index holds: a slot set takes at most MAX_SLOT_MEMBERS
-hashes (more are not indexed there, counted), and a lookup reads at most MAX_READ_PER_KEY
-members of each of its 272 keys (counted when a key had more), so flooding one slot with
-hashes costs an attacker their uploads and the worker a bounded amount of work.
-
-Radius search without a vector database: the 256-bit hash is cut into 16 slots of 16
-bits. Two hashes within Hamming distance 31 share at least one slot within distance 1
-(if every slot differed in 2 bits or more, the total would be at least 32), so a query
-unions the index sets of each slot's value and its 16 one-bit neighbours (272 keys, one
-pipelined round trip per batch), then checks real distances. Keys are namespaced by
-model version and expire after the TTL.
+Near-duplicate search is an in-memory index in each process (`worker.near_index`), fed from a
+log in the store that every worker appends its indexed hashes to: lookups cost no round trip
+but the one that fetches a match's verdict, and the store holds nothing that grows with lookups.
+Keys are namespaced by model version and expire after the TTL; a match whose verdict entry has
+expired is no match.
 
 If the store fails (Redis down), the cache reports misses and skips writes, counts the
 error, and tries the store again after a back-off: verdicts keep flowing, uncached.
@@ -39,16 +33,12 @@ from typing import Any
 import structlog
 
 from engine.labels import AI_GENERATED
-from worker.cache_store import Store, slot_key
-from worker.hashing import hamming
+from worker.cache_store import Store
+from worker.near_index import NearIndex
 
-SLOTS = 16
-SLOT_HEX = 4  # 16 bits
-MATCH_DISTANCE = 31
 MIN_QUALITY = 50
 RETRY_AFTER_S = 2.0
-MAX_SLOT_MEMBERS = 256  # ~15 per slot value at a million cached AI hashes
-MAX_READ_PER_KEY = 32
+INDEX_CAPACITY = 20_000_000  # hashes a process indexes (~84 bytes each) unless told otherwise
 
 log = structlog.get_logger("dda.cache")
 
@@ -67,7 +57,7 @@ class CachedVerdict:
 
 @dataclass(frozen=True)
 class Lookup:
-    kind: str  # "miss", "exact" or "near_duplicate"
+    kind: str  # "miss", "exact", "near_duplicate", or "not_searched" (the near-duplicate index was still loading)
     verdict: CachedVerdict | None = None
     distance: int | None = None
 
@@ -90,24 +80,17 @@ def namespace_for(version: str, threshold: float) -> str:
     return f"{version}-t{threshold!r}"
 
 
-def slot_values(pdq: str) -> list[int]:
-    return [int(pdq[i * SLOT_HEX : (i + 1) * SLOT_HEX], 16) for i in range(SLOTS)]
-
-
 class VerdictCache:
     def __init__(self, store: Store, namespace: str, ttl_s: int, on_error: Callable[[Exception], None] = lambda e: None,
-                 on_capped: Callable[[str, int], None] = lambda _where, _n: None) -> None:
+                 on_capped: Callable[[str, int], None] = lambda _where, _n: None, index_capacity: int = INDEX_CAPACITY) -> None:
         self.store = store
         self.prefix = f"dda:{namespace}:"
         self.ttl_s = ttl_s
         self.on_error = on_error
         self.on_capped = on_capped  # ("read" | "write", how many) when a bound left hashes out
+        self.index = NearIndex(store, self.prefix, ttl_s, index_capacity, on_refused=lambda n: on_capped("write", n),
+                               on_error=on_error)
         self._down_until = 0.0
-
-    @property
-    def slot_prefix(self) -> str:
-        """Slot sets' keys: this prefix, then `worker.cache_store.slot_key`'s slot:value."""
-        return f"{self.prefix}pdq:"
 
     @property
     def available(self) -> bool:
@@ -144,35 +127,32 @@ class VerdictCache:
         searching = [(i, k.pdq) for i, k in enumerate(keys) if k.searchable and k.pdq is not None]
         if not searching:
             return results
-        groups = self.store.sample_neighbourhoods(self.slot_prefix, [slot_values(pdq) for _, pdq in searching], MAX_READ_PER_KEY)
-        best: dict[int, tuple[int, str]] = {}
-        for (i, pdq), (members, capped) in zip(searching, groups):
-            if capped:
-                self.on_capped("read", capped)
-            scored = [(hamming(pdq, m), m) for m in members]
-            close = [s for s in scored if s[0] <= MATCH_DISTANCE]
-            if close:
-                best[i] = min(close)
+        answer = self.index.search([bytes.fromhex(pdq) for _, pdq in searching])
+        if answer is None:
+            for i, _ in searching:
+                results[i] = Lookup("not_searched")
+            return results
+        matches, capped = answer
+        if sum(capped):
+            self.on_capped("read", sum(capped))
+        best = {i: m for (i, _), m in zip(searching, matches) if m is not None}
         if best:
-            found = self.store.get_many([f"{self.prefix}pdqv:{pdq}" for _, pdq in best.values()])
-            for (i, (distance, _)), blob in zip(best.items(), found):
+            found = self.store.get_many([f"{self.prefix}pdqv:{m.hash.hex()}" for m in best.values()])
+            for (i, m), blob in zip(best.items(), found):
                 cached = _decode(blob) if blob is not None else None
                 if cached is not None and cached.label == AI_GENERATED:  # the laundering rule, enforced on read too
-                    results[i] = Lookup("near_duplicate", cached, distance)
+                    results[i] = Lookup("near_duplicate", cached, m.distance)
         return results
 
     def _index(self, items: Sequence[tuple[Key, CachedVerdict]]) -> None:
-        """Write verdicts by SHA-256 and index the AI ones by PDQ slot, within MAX_SLOT_MEMBERS."""
+        """Write verdicts by SHA-256; publish the AI ones' PDQ hashes to every worker's index."""
         blobs = [(f"{self.prefix}sha:{k.sha256}", _encode(v)) for k, v in items]
         indexed = [(k, v) for k, v in items if v.label == AI_GENERATED and k.searchable]
         blobs += [(f"{self.prefix}pdqv:{k.pdq}", _encode(replace(v, provenance=None))) for k, v in indexed]
         self.store.set_many(blobs, self.ttl_s)
-        members = [(slot_key(self.slot_prefix, slot, value), pdq) for k, _ in indexed if (pdq := k.pdq) is not None
-                   for slot, value in enumerate(slot_values(pdq))]
-        if members:
-            refused = self.store.add_members(members, self.ttl_s, MAX_SLOT_MEMBERS)
-            if refused:
-                self.on_capped("write", refused)
+        hashes = [bytes.fromhex(pdq) for k, _ in indexed if (pdq := k.pdq) is not None]
+        if hashes:
+            self.index.publish(hashes)
 
     def store_many(self, items: Sequence[tuple[Key, CachedVerdict]]) -> None:
         if not items or not self.available:

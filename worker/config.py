@@ -149,7 +149,10 @@ class WorkerConfig:
     transaction_interval_ms: int = setting("DDA_TRANSACTION_INTERVAL_MS", "100", positive_int,
                                            "exactly_once: how often a transaction publishes and commits what has finished")
     redis_url: str | None = setting("DDA_REDIS_URL", "", _optional, "Redis URL for the verdict cache; unset: in-process cache")
+    redis_cluster: bool = setting("DDA_REDIS_CLUSTER", "off", _switch, "on: DDA_REDIS_URL names a node of a Redis Cluster (the client finds the rest)")
     cache_ttl_s: int = setting("DDA_CACHE_TTL_S", "604800", positive_int, "verdict cache TTL, seconds")
+    near_index_max_hashes: int = setting("DDA_NEAR_INDEX_MAX_HASHES", "20000000", positive_int,
+                                         "PDQ hashes each consumer process indexes in memory (~84 bytes each); more are not indexed (counted)")
     model: str | None = setting("DDA_MODEL", "", _optional, "model directory or hf:// checkpoint; unset: the official DDA checkpoint")
     device: str = setting("DDA_DEVICE", "cpu", _choice("cpu", "cuda"), "inference device")
     precision: Precision | Literal["auto"] = setting("DDA_PRECISION", "auto", _choice("auto", "fp32", "bf16", "fp16"),
@@ -227,7 +230,7 @@ GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
                   "max_in_flight_bytes")),
     ("decoding and provenance", ("decode_workers", "max_pixels", "decode_timeout_s", "decode_cpu_s", "decode_memory_mb",
                                  "provenance_policy", "c2pa_trust_anchors")),
-    ("cache", ("redis_url", "cache_ttl_s", "near_duplicates")),
+    ("cache", ("redis_url", "redis_cluster", "cache_ttl_s", "near_duplicates", "near_index_max_hashes")),
     ("operations", ("metrics_host", "metrics_port", "drain_timeout_s", "log_level")),
 )
 HIDDEN = {"engine_socket"}  # set by a pod for its consumer processes, never by hand

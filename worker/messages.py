@@ -151,9 +151,11 @@ def verdict(
     cache_match: dict[str, Any] | None = None,
     provenance: dict[str, Any] | None = None,
     label_reason: str | None = None,
+    near_duplicate_search: str | None = None,
 ) -> dict[str, Any]:
     """A verdict record (schema/verdict.v2.schema.json). `label_reason` is set only when a
-    provenance policy, not the model, decided the label."""
+    provenance policy, not the model, decided the label; `near_duplicate_search` only when the
+    image was not compared with cached AI hashes ("not_searched": the index was loading)."""
     out = {
         "schema_version": SCHEMA_VERSION,
         "id": request.id,
@@ -175,6 +177,8 @@ def verdict(
     }
     if cache_match is not None:
         out["cache_match"] = cache_match
+    if near_duplicate_search is not None:
+        out["near_duplicate_search"] = near_duplicate_search
     return out
 
 

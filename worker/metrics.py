@@ -17,7 +17,11 @@ class Metrics:
         self.errors = Counter("dda_request_errors", "Requests that ended with an error verdict", ["code"], registry=r)
         self.cache_hits = Counter("dda_cache_lookups", "Cache lookups by result", ["kind"], registry=r)
         self.engine_images = Counter("dda_engine_images", "Images scored by the model (cache misses)", registry=r)
-        self.cache_index_capped = Counter("dda_cache_index_capped", "PDQ index bounds applied: hashes not indexed (write) or slot sets sampled (read)", ["where"], registry=r)
+        self.cache_index_capped = Counter("dda_cache_index_capped", "PDQ index bounds applied: hashes not indexed, the index full (write); lookups cut short in a flooded region (read)",
+                                          ["where"], registry=r)
+        self.near_index_hashes = Gauge("dda_near_index_hashes", "PDQ hashes in this process's near-duplicate index", registry=r)
+        self.near_index_bytes = Gauge("dda_near_index_bytes", "Memory of this process's near-duplicate index", registry=r)
+        self.near_index_ready = Gauge("dda_near_index_ready", "1 once the near-duplicate index has replayed the shared log (before: lookups are not_searched)", registry=r)
         self.redis_errors = Counter("dda_cache_errors", "Cache store failures (the worker continues uncached)", registry=r)
         self.engine_batch = Histogram("dda_engine_batch_images", "Images in the engine process's batch that carried each of this worker's batches (pods only)",
                                       buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256), registry=r)

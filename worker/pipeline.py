@@ -62,6 +62,7 @@ class _Work:
     held: int = 0
     release: Callable[[], None] = field(default=lambda: None)
     match: dict[str, Any] | None = None  # a near-duplicate reported beside the model's own verdict
+    near_unsearched: bool = False  # the near-duplicate index was still loading: say so rather than "no match"
 
     @property
     def provenance(self) -> dict[str, Any] | None:
@@ -343,6 +344,7 @@ class Pipeline:
     def _on_near(self, work: _Work, found: Lookup, spent_ms: float) -> None:
         work.request.timings_ms["cache"] = work.request.timings_ms.get("cache", 0.0) + spent_ms
         self.metrics.cache_hits.labels(found.kind).inc()
+        work.near_unsearched = found.kind == "not_searched"
         if found.verdict is not None:
             match = {"sha256": found.verdict.sha256, "pdq_distance": found.distance, "trusted": found.verdict.trusted}
             if found.verdict.trusted and self.trust_near_duplicates:
@@ -361,7 +363,7 @@ class Pipeline:
         self._finish(work, verdict(
             work.request, model=self.model_info, threshold=self.manifest.threshold, status="ok", logit=v.logit,
             score=v.score, label=label, label_reason=reason, hashes=hashes, cache=kind, cache_match=match,
-            provenance=provenance))
+            provenance=provenance, near_duplicate_search="not_searched" if work.near_unsearched else None))
 
     def _count_signals(self, provenance: dict[str, Any]) -> None:
         for signal in report.signals(provenance):

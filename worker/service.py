@@ -161,10 +161,14 @@ def _serve(config: worker_config.WorkerConfig, metrics: Metrics, checks: dict[st
         log.error(f"cannot load the model: {exc}", exit_status=EXIT_CONFIG)
         return EXIT_CONFIG
 
-    store: Store = RedisStore(config.redis_url) if config.redis_url else MemoryStore()
+    store: Store = RedisStore(config.redis_url, cluster=config.redis_cluster) if config.redis_url else MemoryStore()
     cache = VerdictCache(store, namespace_for(manifest.version, manifest.threshold), config.cache_ttl_s,
                          on_error=lambda _e: metrics.redis_errors.inc(),
-                         on_capped=lambda where, n: metrics.cache_index_capped.labels(where).inc(n))
+                         on_capped=lambda where, n: metrics.cache_index_capped.labels(where).inc(n),
+                         index_capacity=config.near_index_max_hashes)
+    metrics.near_index_hashes.set_function(lambda: len(cache.index.index))
+    metrics.near_index_bytes.set_function(lambda: cache.index.index.nbytes)
+    metrics.near_index_ready.set_function(lambda: float(cache.index.ready))
     fetcher = Fetcher(FetchPolicy(
         max_bytes=config.fetch_max_bytes, total_timeout_s=config.fetch_timeout_s, retries=config.fetch_retries,
         allow_networks=config.fetch_allow_networks,
@@ -200,6 +204,7 @@ def _serve(config: worker_config.WorkerConfig, metrics: Metrics, checks: dict[st
     try:
         try:
             pipeline.start()
+            cache.index.start()
         except RuntimeError as exc:
             log.error(f"cannot start the decode processes: {exc}", exit_status=EXIT_FATAL)
             return EXIT_FATAL
@@ -208,11 +213,12 @@ def _serve(config: worker_config.WorkerConfig, metrics: Metrics, checks: dict[st
             log.warning(f"model {manifest.version}: {manifest.warning}")
         log.info("worker started", model=manifest.version, mode="kafka" if config.kafka_bootstrap else "stdin",
                  input_topic=config.input_topic if config.kafka_bootstrap else None,
-                 cache="redis" if config.redis_url else "memory", delivery=config.delivery,
+                 cache=("redis cluster" if config.redis_cluster else "redis") if config.redis_url else "memory", delivery=config.delivery,
                  member_slot=config.member_slot() if config.delivery == "exactly_once" else None)
         return delivery.run(stop, stop_stages=lambda: pipeline.close(timeout_s=1.0))
     finally:
         pipeline.close(timeout_s=0.5)
+        cache.index.close()
         fetcher.close()
 
 

@@ -49,7 +49,8 @@ def trust_command(args: argparse.Namespace) -> int:
     except (OSError, ValueError, ModelDirError) as exc:
         say(f"error: {exc}")
         return 2
-    cache = VerdictCache(RedisStore(redis_url), namespace_for(manifest.version, manifest.threshold), args.ttl_s)
+    cluster = args.redis_cluster or os.environ.get("DDA_REDIS_CLUSTER") == "on"
+    cache = VerdictCache(RedisStore(redis_url, cluster=cluster), namespace_for(manifest.version, manifest.threshold), args.ttl_s)
     try:
         outcome = cache.trust(hashes)
     except Exception as exc:  # noqa: BLE001 - a store failure is reported, not a traceback
@@ -65,5 +66,6 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p.add_argument("hashes", metavar="FILE", help="SHA-256s of confirmed AI images, one per line ('-': stdin)")
     p.add_argument("--model", default=None, help="the workers' model (its version and threshold name the cache keys)")
     p.add_argument("--redis-url", default=None, help="the workers' Redis (default: DDA_REDIS_URL)")
+    p.add_argument("--redis-cluster", action="store_true", help="the URL names a node of a Redis Cluster (default: DDA_REDIS_CLUSTER=on)")
     p.add_argument("--ttl-s", type=int, default=604800, help="how long confirmed entries live (default: %(default)s)")
     p.set_defaults(handler=trust_command)

@@ -1,4 +1,4 @@
-"""The verdict cache on both stores: memory, and a real redis-server."""
+"""The verdict cache on every store: memory, a real redis-server, and a real three-node Redis Cluster."""
 
 from __future__ import annotations
 
@@ -6,9 +6,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.services import RedisServer
-from worker.cache import CachedVerdict, Key, VerdictCache, slot_values
+from tests.services import RedisClusterServers, RedisServer
+from worker.cache import CachedVerdict, Key, VerdictCache
 from worker.cache_store import MemoryStore, RedisStore, Store
+from worker.near_index import NearIndex
 
 A = "f8f8f0cee0f4a84f06370a22038f63f0b36e2ed596621e1d33e6b39c4e9c9b22"
 
@@ -24,10 +25,26 @@ def cached(label: str, sha: str = "s-a", pdq: str = A) -> CachedVerdict:
     return CachedVerdict(1.5 if label == "ai_generated" else -1.5, 0.8, label, sha, pdq, 100)
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[RedisClusterServers]:
+    servers = RedisClusterServers()
+    try:
+        servers.start()
+        yield servers
+    finally:
+        servers.stop()
+
+
+@pytest.fixture(params=["memory", "redis", "cluster"])
 def store(request: pytest.FixtureRequest) -> Iterator[Store]:
     if request.param == "memory":
         yield MemoryStore()
+        return
+    if request.param == "cluster":
+        servers = request.getfixturevalue("cluster")
+        client = RedisStore(servers.url, cluster=True)
+        client.client.flushall()
+        yield client
         return
     server = RedisServer()
     server.start()
@@ -96,45 +113,87 @@ def test_model_scored_matches_are_untrusted_until_an_operator_confirms_them(stor
     assert cache.lookup_exact_many(["s-ai"])[0].verdict.trusted is True
 
 
-def test_a_flooded_slot_is_capped_on_write_and_sampled_on_read(store: Store) -> None:
-    """5,000 AI hashes share slot 0's value: the slot set stops at MAX_SLOT_MEMBERS, a lookup reads
-    at most MAX_READ_PER_KEY of it, and a real near-duplicate is still found through its other slots."""
+def test_a_flooded_region_bounds_lookups_and_the_index_its_size(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """2,000 AI hashes share A's first 32-bit word: a lookup compares at most PER_BUCKET of that
+    bucket (counted as "read") and still finds A's true near-duplicate through its other words;
+    an index at capacity refuses more hashes (counted as "write")."""
     import random
 
-    from worker.cache import MAX_READ_PER_KEY, MAX_SLOT_MEMBERS
+    monkeypatch.setattr("worker.pdq_index.TAIL_MAX", 100)  # into the tables, not the brute-forced tail
+
+    from worker.pdq_index import PER_BUCKET
 
     capped: list[tuple[str, int]] = []
-    cache = VerdictCache(store, "m1", 60, on_capped=lambda where, n: capped.append((where, n)))
+    cache = VerdictCache(store, "m1", 60, on_capped=lambda where, n: capped.append((where, n)), index_capacity=2100)
     rng = random.Random(1)
-    flood = [A[:4] + "".join(rng.choice("0123456789abcdef") for _ in range(60)) for _ in range(5000)]
+    flood = [A[:8] + "".join(rng.choice("0123456789abcdef") for _ in range(56)) for _ in range(2000)]
+    assert PER_BUCKET < len(flood)
     for start in range(0, len(flood), 1000):
         cache.store_many([(Key(f"f{start + i}", h, 100), cached("ai_generated", f"f{start + i}", h))
                           for i, h in enumerate(flood[start : start + 1000])])
-    written = sum(n for where, n in capped if where == "write")
-    assert written >= len(flood) - MAX_SLOT_MEMBERS - 1000  # per batch, Redis checks sizes before adding
-    [(members, _)] = store.sample_neighbourhoods(cache.slot_prefix, [slot_values(A)], 10_000)  # slot 0's set, and few more
-    assert MAX_SLOT_MEMBERS <= len(members) <= MAX_SLOT_MEMBERS + 1000 + 272
-
     cache.store_many([(Key("s-ai", A, 100), cached("ai_generated", "s-ai"))])
-    capped.clear()
-    [found] = cache.lookup_near_many([Key("victim", flip(A, [0, 1]), 100)])  # slot 15 differs, slot 0 is the flooded one
-    assert found.kind == "near_duplicate" and found.verdict.sha256 == "s-ai"
+    [found] = cache.lookup_near_many([Key("victim", flip(A, [0, 1, 40, 41, 42]), 100)])
+    assert found.kind == "near_duplicate" and found.verdict.sha256 == "s-ai" and found.distance == 5
     assert ("read", 1) in capped
-    [(sampled, _)] = store.sample_neighbourhoods(cache.slot_prefix, [slot_values(A)], MAX_READ_PER_KEY)
-    assert len(sampled) <= 272 * MAX_READ_PER_KEY
+    cache.store_many([(Key(f"g{i}", flip(A, [100 + i]), 100), cached("ai_generated", f"g{i}", flip(A, [100 + i]))) for i in range(150)])
+    cache.lookup_near_many([Key("any", A, 100)])  # reads the log, where the index refuses what is over capacity
+    assert sum(n for where, n in capped if where == "write") == 2000 + 1 + 150 - 2100
 
 
-def test_both_stores_sample_the_same_neighbourhood(store: Store) -> None:
-    """The Redis script names a neighbourhood's keys itself: it must name exactly the sets the
-    cache writes (`slot_key`), as the in-memory store does: each slot's value and its 16 one-bit
-    neighbours, nothing further."""
-    from worker.cache_store import neighbourhood
+def test_every_worker_finds_what_any_worker_indexed_and_a_late_one_replays_it(store: Store) -> None:
+    first, second = VerdictCache(store, "m1", 60), VerdictCache(store, "m1", 60)
+    first.store_many([(Key("s-ai", A, 100), cached("ai_generated", "s-ai"))])
+    near = Key("victim", flip(A, [7, 70, 170]), 100)
+    assert second.lookup_near_many([near])[0].verdict.sha256 == "s-ai"
+    second.store_many([(Key("s-ai2", flip(A, [128]), 100), cached("ai_generated", "s-ai2", flip(A, [128])))])
+    late = VerdictCache(store, "m1", 60)
+    assert late.lookup_near_many([Key("v2", flip(A, [128, 3]), 100)])[0].verdict.sha256 == "s-ai2"
+    assert len(late.index.index) == 2
+    assert VerdictCache(store, "m2", 60).lookup_near_many([near])[0].kind == "miss"  # another model's index is its own
 
-    base = [0x1234 + slot for slot in range(16)]
-    near = neighbourhood("p:", base)
-    assert len(near) == 272 and len(set(near)) == 272
-    members = [(key, f"m{i}") for i, key in enumerate(near)]
-    two_bits = [(f"p:{slot}:{base[slot] ^ 0b11:04x}", f"far{slot}") for slot in range(16)]
-    assert store.add_members(members + two_bits, 60, 10) == 0
-    [(found, capped)] = store.sample_neighbourhoods("p:", [base], 5)
-    assert found == {m for _, m in members} and capped == 0
+
+class _HeldStore(MemoryStore):
+    """Reads of the log wait until released: a replay that takes its time."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        import threading
+
+        self.release = threading.Event()
+
+    def read_ranges(self, ranges: list[tuple[str, int, int]]) -> list[bytes]:  # type: ignore[override]
+        self.release.wait(30)
+        return super().read_ranges(ranges)
+
+
+def test_a_loading_index_answers_not_searched_never_a_false_miss() -> None:
+    store = _HeldStore()
+    VerdictCache(store, "m1", 60).store_many([(Key("s-ai", A, 100), cached("ai_generated", "s-ai"))])
+    cache = VerdictCache(store, "m1", 60)
+    cache.index.start()
+    try:
+        assert [r.kind for r in cache.lookup_near_many([Key("v", flip(A, [1]), 100), Key("low", A, 10)])] == ["not_searched", "miss"]
+        store.release.set()
+        from tests.services import wait_for
+
+        wait_for(lambda: cache.index.ready, 10, "the index to load")
+        assert cache.lookup_near_many([Key("v", flip(A, [1]), 100)])[0].kind == "near_duplicate"
+    finally:
+        store.release.set()
+        cache.index.close()
+
+
+def test_the_follower_reads_other_workers_hashes_within_a_follow_interval() -> None:
+    from tests.services import wait_for
+
+    store = MemoryStore()
+    cache = VerdictCache(store, "m1", 60)
+    cache.index.start()
+    try:
+        wait_for(lambda: cache.index.ready, 10, "the index to load")
+        VerdictCache(store, "m1", 60).store_many([(Key("s-ai", A, 100), cached("ai_generated", "s-ai"))])
+        wait_for(lambda: len(cache.index.index) == 1, 10, "the other worker's hash to be followed")
+        assert cache.lookup_near_many([Key("v", flip(A, [9]), 100)])[0].verdict.sha256 == "s-ai"
+    finally:
+        cache.index.close()
+    assert isinstance(cache.index, NearIndex)

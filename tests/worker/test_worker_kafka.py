@@ -11,7 +11,6 @@ import json
 import signal
 import subprocess
 import sys
-import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,7 +24,7 @@ from engine.runner import TorchRunner
 from tests.http_server import LocalServer, Route
 from tests.images import encode, scene
 from tests.provenance_files import IPTC, sign, with_xmp, xmp_packet
-from tests.services import Broker, RedisServer, Worker, unique, wait_for
+from tests.services import Broker, RedisClusterServers, RedisServer, TopicReader, Worker, unique, wait_for
 from worker.hashing import hamming
 from worker.prepare import prepare
 
@@ -242,6 +241,19 @@ def test_sigkill_mid_batch_then_restart_loses_nothing(
     print(f"SIGKILL: {len(duplicates)} duplicate verdicts of {total}, committed at kill {committed_at_kill}")
 
 
+def wait_until_cached_again(broker: Broker, topic: str, verdicts: TopicReader, url: str) -> None:
+    """After a store outage the cache retries on its own schedule: request one image until a
+    verdict for it is an exact hit (a write landed in the store that came back, then a read)."""
+
+    def cached_again() -> bool:
+        n = len(verdicts.records)
+        broker.produce(topic, [request(f"retry{n}", url)])
+        verdicts.read_until(lambda r: len(r) > n, 30)
+        return json.loads(verdicts.records[-1].value)["cache"] == "exact"
+
+    wait_for(cached_again, 60, "caching to resume once the store is back", interval_s=0.5)
+
+
 def test_redis_outage_loses_no_verdict_and_caching_resumes(
     tiny_model_dir: Path, broker: Broker, topics: dict[str, str], server: LocalServer, redis_server: RedisServer,
     workers: list[Worker], tmp_path: Path,
@@ -256,19 +268,48 @@ def test_redis_outage_loses_no_verdict_and_caching_resumes(
     verdicts.read_until(lambda r: len(r) >= 36, 90)
     assert worker.metric("dda_cache_errors_total") > 0
     redis_server.start()
-    time.sleep(0)  # the cache retries the store on its own schedule; wait on the observable effect below
-
-    def cached_again() -> bool:
-        n = len(verdicts.records)
-        broker.produce(topics["input"], [request(f"c{n}", f"{server.base}/img/3")])
-        verdicts.read_until(lambda r: len(r) > n, 30)
-        return json.loads(verdicts.records[-1].value)["cache"] == "exact"
-
-    # First a write must land in the restarted (empty) Redis, then a repeat must hit it.
-    wait_for(cached_again, 60, "caching to resume after Redis restarted", interval_s=0.5)
+    wait_until_cached_again(broker, topics["input"], verdicts, f"{server.base}/img/3")
     ids = Counter(v["id"] for v in verdicts.values())
     assert all(f"a{i}" in ids for i in range(12)) and all(f"b{i}" in ids for i in range(24))
     assert all(v["status"] == "ok" for v in verdicts.values())
+
+
+def test_redis_cluster_serves_both_cache_paths_and_a_dead_master_loses_nothing(
+    tiny_model_dir: Path, broker: Broker, topics: dict[str, str], server: LocalServer, workers: list[Worker], tmp_path: Path,
+) -> None:
+    """A three-master cluster: exact hits and near-duplicate matches go through it; a master killed
+    with requests in flight costs cache misses (counted), no verdict; caching resumes once it is back."""
+    chosen = labelled(tiny_model_dir, [encode(scene(500, 420, seed=100 + i), "PNG") for i in range(16)])
+    server.routes["/cl/ai"], server.routes["/cl/twin"] = Route(body=chosen["ai_generated"]), Route(body=twin(chosen["ai_generated"]))
+    cluster = RedisClusterServers()
+    cluster.start()
+    try:
+        worker = start_worker(workers, tiny_model_dir, broker, topics, unique("group"), tmp_path / "w.log",
+                              DDA_REDIS_URL=cluster.url, DDA_REDIS_CLUSTER="on")
+        wait_for(lambda: worker.metric("dda_near_index_ready") == 1, 30, "the near-duplicate index to load")
+        verdicts = broker.reader(topics["output"])
+        broker.produce(topics["input"], [request(f"a{i}", f"{server.base}/img/{i}") for i in range(12)] +
+                       [request("ai", f"{server.base}/cl/ai")])
+        verdicts.read_until(lambda r: len(r) >= 13, 60)
+        broker.produce(topics["input"], [request(f"r{i}", f"{server.base}/img/{i}") for i in range(12)] +
+                       [request("ai-twin", f"{server.base}/cl/twin")])
+        verdicts.read_until(lambda r: len(r) >= 26, 60)
+        got = {v["id"]: v for v in verdicts.values()}
+        assert all(got[f"r{i}"]["cache"] == "exact" for i in range(12))  # keys spread over all three masters
+        assert got["ai-twin"]["cache_match"]["sha256"] == got["ai"]["hashes"]["sha256"]
+
+        broker.produce(topics["input"], [request(f"b{i}", f"{server.base}/img/{i % 24}") for i in range(40)])
+        verdicts.read_until(lambda r: len(r) >= 30, 60)
+        cluster.nodes[1].kill()  # with most of the 40 still in flight
+        verdicts.read_until(lambda r: len(r) >= 66, 90)
+        assert worker.metric("dda_cache_errors_total") > 0
+        cluster.nodes[1].start()
+        cluster.wait_healthy()
+        wait_until_cached_again(broker, topics["input"], verdicts, f"{server.base}/img/5")
+        ids = Counter(v["id"] for v in verdicts.values())
+        assert all(ids[f"b{i}"] == 1 for i in range(40)) and all(v["status"] == "ok" for v in verdicts.values())
+    finally:
+        cluster.stop()
 
 
 def test_two_workers_split_partitions_and_produce_every_verdict_once(
