@@ -254,26 +254,6 @@ def wait_until_cached_again(broker: Broker, topic: str, verdicts: TopicReader, u
     wait_for(cached_again, 60, "caching to resume once the store is back", interval_s=0.5)
 
 
-def test_redis_outage_loses_no_verdict_and_caching_resumes(
-    tiny_model_dir: Path, broker: Broker, topics: dict[str, str], server: LocalServer, redis_server: RedisServer,
-    workers: list[Worker], tmp_path: Path,
-) -> None:
-    worker = start_worker(workers, tiny_model_dir, broker, topics, unique("group"), tmp_path / "w.log",
-                          DDA_REDIS_URL=redis_server.url)
-    verdicts = broker.reader(topics["output"])
-    broker.produce(topics["input"], [request(f"a{i}", f"{server.base}/img/{i}") for i in range(12)])
-    verdicts.read_until(lambda r: len(r) >= 12, 60)
-    redis_server.kill()
-    broker.produce(topics["input"], [request(f"b{i}", f"{server.base}/img/{i}") for i in range(24)])
-    verdicts.read_until(lambda r: len(r) >= 36, 90)
-    assert worker.metric("dda_cache_errors_total") > 0
-    redis_server.start()
-    wait_until_cached_again(broker, topics["input"], verdicts, f"{server.base}/img/3")
-    ids = Counter(v["id"] for v in verdicts.values())
-    assert all(f"a{i}" in ids for i in range(12)) and all(f"b{i}" in ids for i in range(24))
-    assert all(v["status"] == "ok" for v in verdicts.values())
-
-
 def test_redis_cluster_serves_both_cache_paths_and_a_dead_master_loses_nothing(
     tiny_model_dir: Path, broker: Broker, topics: dict[str, str], server: LocalServer, workers: list[Worker], tmp_path: Path,
 ) -> None:
