@@ -8,7 +8,8 @@ from typing import Literal
 
 from engine.contract import Precision, Runner
 from engine.engine_file import engine_directories, find_engine
-from engine.model_dir import LoadedModel
+from engine.manifest import Manifest
+from engine.model_dir import LoadedModel, load_model_dir
 from engine.runner import TorchRunner
 
 Backend = Literal["auto", "torch", "tensorrt"]
@@ -55,3 +56,19 @@ def make_runner(
         log(f"backend: torch {precision} on {device}")
     return TorchRunner(loaded.network, loaded.manifest.preprocessing, device=device, precision=precision, max_batch=max_batch,
                        compile=compile)
+
+
+def load_shadow(model: Path, served: Runner, *, device: str, precision: Precision | Literal["auto"], max_batch: int,
+                log: Callable[[str], None]) -> tuple[Manifest, Runner] | None:
+    """The shadow model (a candidate scored beside the served one) on torch, or None, said why,
+    when it cannot score the served model's crops: a shadow's failure must never stop serving."""
+    try:
+        loaded = load_model_dir(model)
+        if loaded.manifest.preprocessing != served.preprocessing:
+            raise ValueError(f"its preprocessing {loaded.manifest.preprocessing} differs from the served model's "
+                             f"{served.preprocessing}: it cannot score the same crops")
+        return loaded.manifest, make_runner(loaded, model, backend="torch", device=device, precision=precision,
+                                            max_batch=max_batch, engine_dir=None, compile=False, log=log)
+    except (ValueError, RuntimeError, OSError, ImportError) as exc:  # a ModelDirError is a ValueError
+        log(f"shadow model {model} not loaded, serving without it: {exc}")
+        return None

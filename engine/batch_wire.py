@@ -8,8 +8,9 @@ bytes, never pickle: a process that parses hostile images must not be able to ma
 engine run code.
 
     hello    worker -> engine   MAGIC, capacity, crop size         + the memfd (SCM_RIGHTS)
-    welcome  engine -> worker   MAGIC, max_batch
-    request  worker -> engine   sequence, count                    (crops 0..count-1 of the memfd)
+    welcome  engine -> worker   MAGIC, max_batch, models           (1, or 2 with a shadow model loaded)
+    request  worker -> engine   sequence, count, model             (crops 0..count-1 of the memfd; model 0
+                                                                     the served one, 1 the shadow)
     answer   engine -> worker   sequence, status, engine batch     + count float32 logits, or a UTF-8 reason
 """
 
@@ -19,8 +20,9 @@ import struct
 
 MAGIC = b"DDA1"
 HELLO = struct.Struct("<4sII")
-WELCOME = struct.Struct("<4sI")
-REQUEST = struct.Struct("<QI")
+WELCOME = struct.Struct("<4sIB")
+REQUEST = struct.Struct("<QIB")
+SERVED, SHADOW = 0, 1
 ANSWER = struct.Struct("<QII")
 OK, FAILED = 0, 1
 MAX_REASON = 2048

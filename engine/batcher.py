@@ -5,8 +5,11 @@ Why a process of its own: a worker process spends milliseconds of Python per req
 far below what a GPU scores. A pod therefore runs several worker processes and one engine
 process, whose work per request is a crop copy and two short messages (`engine.batch_wire`).
 
-Batching: each turn takes every request waiting, whole, up to `max_batch` crops, and scores
-them as one batch; requests that arrive meanwhile make the next batch. There is no wait
+Batching: each turn takes every request waiting for the model the oldest one names, whole,
+up to `max_batch` crops, and scores them as one batch; requests that arrive meanwhile make
+the next batch. A shadow model (`--shadow-model`: a candidate scored beside the served one,
+never answering for it) is optional; a batch of it runs synchronously, and a shadow that
+fails to load or to score fails only its own requests. There is no wait
 timer here: the workers' own micro-batch window (DDA_MAX_WAIT_MS) already gathered them.
 Two host buffers are reused in turn; with a runner that can `start` a batch and answer
 later (torch on CUDA), the next batch is copied into one buffer while the other is on the
@@ -67,13 +70,16 @@ class _Request:
     client: _Client
     sequence: int
     count: int
+    model: int
 
 
 class EngineServer:
     """Serves workers on `address` until `stop()`; one thread, no locks."""
 
-    def __init__(self, runner: Runner, address: str, log: Callable[[str], None] = lambda _m: None) -> None:
+    def __init__(self, runner: Runner, address: str, log: Callable[[str], None] = lambda _m: None,
+                 shadow: Runner | None = None) -> None:
         self.runner = runner
+        self.runners = [runner] if shadow is None else [runner, shadow]
         self.size = runner.preprocessing.crop_size
         self.max_batch = runner.max_batch
         self.log = log
@@ -179,7 +185,7 @@ class EngineServer:
             mapping = mmap.mmap(fds[0], length)
         finally:
             os.close(fds[0])
-        sock.send(wire.WELCOME.pack(wire.MAGIC, self.max_batch))
+        sock.send(wire.WELCOME.pack(wire.MAGIC, self.max_batch, len(self.runners)))
         return _Client(sock, np.ndarray((capacity, size, size, 3), np.uint8, buffer=mapping), mapping)
 
     def _receive(self, client: _Client) -> None:
@@ -190,11 +196,12 @@ class EngineServer:
         if len(message) != wire.REQUEST.size:  # end of file (the worker is gone) or not our protocol
             self._drop(client)
             return
-        sequence, count = wire.REQUEST.unpack(message)
-        if not 1 <= count <= len(client.slots):
-            self._send(client, wire.ANSWER.pack(sequence, wire.FAILED, 0) + f"count {count} outside 1..{len(client.slots)}".encode())
+        sequence, count, model = wire.REQUEST.unpack(message)
+        if not 1 <= count <= len(client.slots) or model >= len(self.runners):
+            reason = f"count {count} outside 1..{len(client.slots)}" if model < len(self.runners) else f"no model {model} here"
+            self._send(client, wire.ANSWER.pack(sequence, wire.FAILED, 0) + reason.encode())
             return
-        self.queue.append(_Request(client, sequence, count))
+        self.queue.append(_Request(client, sequence, count, model))
 
     def _drop(self, client: _Client) -> None:
         if self.clients.pop(client.sock.fileno(), None) is None:
@@ -212,18 +219,23 @@ class EngineServer:
     # --- batches ------------------------------------------------------------------------------
 
     def _launch(self, buffer: np.ndarray) -> tuple[list[_Request], Waiter]:
+        model = self.queue[0].model
         taken: list[_Request] = []
         filled = 0
-        while self.queue and filled + self.queue[0].count <= self.max_batch:
-            request = self.queue.popleft()
+        for request in list(self.queue):
+            if request.model != model:
+                continue
+            if filled + request.count > self.max_batch:
+                break
+            self.queue.remove(request)
             buffer[filled : filled + request.count] = request.client.slots[: request.count]
             filled += request.count
             taken.append(request)
         batch = buffer[:filled]
         try:
-            if self._starting is not None:
+            if self._starting is not None and model == wire.SERVED:
                 return taken, self._starting.start(batch)
-            logits = self.runner.logits(batch)
+            logits = self.runners[model].logits(batch)
         except Exception as exc:  # noqa: BLE001 - the batch's requests are told why; the engine goes on
             return taken, _raiser(exc)
         return taken, lambda: logits
@@ -266,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     import structlog
 
     from engine import lifetime
-    from engine.backend import make_runner
+    from engine.backend import load_shadow, make_runner
     from engine.logs import configure_logging
     from engine.model_dir import load_model_dir
 
@@ -280,6 +292,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-batch", type=int, default=32)
     parser.add_argument("--engine-dir", type=Path)
     parser.add_argument("--compile", action="store_true", help="torch.compile per batch bucket, each compiled before ready")
+    parser.add_argument("--shadow-model", type=Path, help="a second model scored on request beside the served one (torch)")
     parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     args = parser.parse_args(argv)
     lifetime.die_with_parent(args.parent_pid)
@@ -296,7 +309,11 @@ def main(argv: list[str] | None = None) -> int:
                              precision=args.precision, max_batch=args.max_batch, engine_dir=args.engine_dir,
                              compile=args.compile, log=chosen.append)
         warm_up(runner, log)
-        server = EngineServer(runner, args.socket, log)
+        shadow = None
+        if args.shadow_model is not None:
+            shadow = load_shadow(args.shadow_model, runner, device=args.device, precision=args.precision, max_batch=args.max_batch,
+                                 log=log)
+        server = EngineServer(runner, args.socket, log, shadow=shadow[1] if shadow else None)
     except (ValueError, RuntimeError, OSError, ImportError) as exc:
         logger.error(f"cannot start the engine: {exc}", exit_status=2)
         return 2

@@ -54,6 +54,7 @@ class RemoteRunner:
         self._slots = np.ndarray((capacity, size, size, 3), np.uint8, buffer=self._mapping)
         self._answer_size = wire.answer_size(capacity)
         self._sequence = 0
+        self.models = 1  # the engine's welcome says whether it also holds a shadow model
         self._lock = threading.Lock()
         try:
             self._sock = self._connect()
@@ -74,22 +75,30 @@ class RemoteRunner:
         if len(welcome) != wire.WELCOME.size or welcome[:4] != wire.MAGIC:
             sock.close()
             raise _Disconnected(f"the engine process refused {self.max_batch} slots of {self.preprocessing.crop_size} px crops")
+        self.models = wire.WELCOME.unpack(welcome)[2]
         return sock
 
     def logits(self, crops: np.ndarray) -> np.ndarray:
         """float32 [N] logits; raises EngineLost when the engine process is gone or silent,
         RuntimeError when it failed this batch alone."""
+        return self.score(crops, wire.SERVED)
+
+    def shadow(self) -> RemoteShadow | None:
+        """The engine's shadow model as a Runner, when it holds one."""
+        return RemoteShadow(self) if self.models > 1 else None
+
+    def score(self, crops: np.ndarray, model: int) -> np.ndarray:
         check_crops(crops, self.preprocessing.crop_size)
         with self._lock:
-            return run_in_chunks(crops, self.max_batch, self._run)
+            return run_in_chunks(crops, self.max_batch, lambda chunk: self._run(chunk, model))
 
-    def _run(self, chunk: np.ndarray) -> np.ndarray:
+    def _run(self, chunk: np.ndarray, model: int) -> np.ndarray:
         count = len(chunk)
         self._slots[:count] = chunk
         deadline = None
         while True:
             try:
-                return self._exchange(count)
+                return self._exchange(count, model)
             except _Disconnected as exc:
                 deadline = deadline or time.monotonic() + self.reconnect_s
                 self.on_reconnect()
@@ -107,10 +116,10 @@ class RemoteRunner:
                 raise EngineLost(f"the engine process is gone and did not come back in {self.reconnect_s:g} s: {why}")
             time.sleep(RETRY_S)
 
-    def _exchange(self, count: int) -> np.ndarray:
+    def _exchange(self, count: int, model: int) -> np.ndarray:
         self._sequence += 1
         try:
-            self._sock.send(wire.REQUEST.pack(self._sequence, count))
+            self._sock.send(wire.REQUEST.pack(self._sequence, count, model))
             answer = self._sock.recv(self._answer_size)
         except TimeoutError as exc:
             raise EngineLost(f"the engine process did not answer in {self.timeout_s:g} s") from exc
@@ -132,3 +141,15 @@ class RemoteRunner:
     def close(self) -> None:
         self._sock.close()
         os.close(self._fd)
+
+
+class RemoteShadow:
+    """The engine process's shadow model, over its served model's connection and crop memory."""
+
+    def __init__(self, remote: RemoteRunner) -> None:
+        self.remote = remote
+        self.preprocessing = remote.preprocessing
+        self.max_batch = remote.max_batch
+
+    def logits(self, crops: np.ndarray) -> np.ndarray:
+        return self.remote.score(crops, wire.SHADOW)

@@ -24,6 +24,7 @@ from engine.model_dir import load_model_dir
 from engine.preprocess import Preprocessing
 from engine.remote import RemoteRunner
 from engine.runner import TorchRunner
+from tests.models import shifted_copy
 from tests.services import wait_for
 
 pytestmark = pytest.mark.timeout(120)
@@ -102,7 +103,7 @@ class _WireClient:
     def ask(self, sequence: int, values: list[int]) -> None:
         for i, v in enumerate(values):
             self.slots[i] = v
-        self.sock.send(wire.REQUEST.pack(sequence, len(values)))
+        self.sock.send(wire.REQUEST.pack(sequence, len(values), wire.SERVED))
 
     def answer(self) -> tuple[int, int, int, bytes]:
         message = self.sock.recv(wire.answer_size(len(self.slots)))
@@ -197,7 +198,7 @@ def test_hostile_or_dying_peers_cost_only_their_own_connection(tiny_model_dir: P
     silent.connect(address)
     silent.close()  # connects and leaves before its hello
     bad_count = _WireClient(address, 2, size)
-    bad_count.sock.send(wire.REQUEST.pack(7, 3))  # more crops than its slots
+    bad_count.sock.send(wire.REQUEST.pack(7, 3, wire.SERVED))  # more crops than its slots
     sequence, status, _, reason = bad_count.answer()
     assert (sequence, status) == (7, wire.FAILED) and b"outside 1..2" in reason
     garbage = _WireClient(address, 2, size)
@@ -214,9 +215,9 @@ def test_hostile_or_dying_peers_cost_only_their_own_connection(tiny_model_dir: P
     good.close()
 
 
-def start_engine(model: Path, address: str) -> subprocess.Popen[bytes]:
+def start_engine(model: Path, address: str, *extra: str) -> subprocess.Popen[bytes]:
     proc = subprocess.Popen([sys.executable, "-m", "engine.batcher", str(model), address, str(os.getpid()),
-                             "--max-batch", str(MAX_BATCH)], stdout=subprocess.PIPE)
+                             "--max-batch", str(MAX_BATCH), *extra], stdout=subprocess.PIPE)
     assert proc.stdout is not None
     assert json.loads(proc.stdout.readline())["ready"] is True
     return proc
@@ -293,3 +294,35 @@ def test_a_compiling_engine_compiles_its_buckets_before_it_is_ready(tiny_model_d
         record = json.loads(line)
         assert record["process"] == "engine" and record["level"] in ("info", "warning", "error"), record
         assert record["timestamp"].endswith("Z") and "T" in record["timestamp"], record
+
+
+def test_a_shadow_model_scores_the_same_crops_on_request_and_a_broken_one_is_left_out(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """The engine process holds the served model and a shadow (here the served model with its
+    logit shifted by 1.5): a worker's shadow requests get the shadow's logits for its crops, its
+    served requests the served ones. A shadow that cannot load leaves the engine serving without it."""
+    shadow_dir = shifted_copy(tiny_model_dir, tmp_path / "shadow", 1.5)
+    pre = load_model_dir(tiny_model_dir).manifest.preprocessing
+    batch = crops(5, 3, pre.crop_size)
+    proc = start_engine(tiny_model_dir, str(tmp_path / "a.sock"), "--shadow-model", str(shadow_dir))
+    try:
+        runner = RemoteRunner(str(tmp_path / "a.sock"), pre, 4)
+        shadow = runner.shadow()
+        assert shadow is not None
+        served, shadowed = runner.logits(batch), shadow.logits(batch)
+        assert np.abs(shadowed - served - 1.5).max() < 1e-4
+        runner.close()
+    finally:
+        proc.kill()
+        proc.wait()
+    proc = start_engine(tiny_model_dir, str(tmp_path / "b.sock"), "--shadow-model", str(tmp_path / "missing"))
+    try:
+        runner = RemoteRunner(str(tmp_path / "b.sock"), pre, 4)
+        assert runner.shadow() is None and runner.logits(batch).shape == (5,)
+        client = _WireClient(str(tmp_path / "b.sock"), 2, pre.crop_size)
+        client.sock.send(wire.REQUEST.pack(1, 1, wire.SHADOW))
+        sequence, status, _, reason = client.answer()
+        assert (sequence, status) == (1, wire.FAILED) and b"no model 1" in reason
+        runner.close()
+    finally:
+        proc.kill()
+        proc.wait()
