@@ -83,6 +83,13 @@ def _switch(text: str) -> bool:
 _switch.allowed = ("on", "off")  # type: ignore[attr-defined]
 
 
+def _fraction(text: str) -> float:
+    value = positive_float(text)
+    if value > 1:
+        raise argparse.ArgumentTypeError(f"must be at most 1, got {text!r}")
+    return value
+
+
 def _optional(text: str) -> str | None:
     return text or None
 
@@ -154,6 +161,9 @@ class WorkerConfig:
     near_index_max_hashes: int = setting("DDA_NEAR_INDEX_MAX_HASHES", "20000000", positive_int,
                                          "PDQ hashes each consumer process indexes in memory (~84 bytes each); more are not indexed (counted)")
     model: str | None = setting("DDA_MODEL", "", _optional, "model directory or hf:// checkpoint; unset: the official DDA checkpoint")
+    shadow_model: str | None = setting("DDA_SHADOW_MODEL", "", _optional,
+                                       "a candidate model directory scored beside the served one on sampled misses (verdict field shadow); never changes a label")
+    shadow_fraction: float = setting("DDA_SHADOW_FRACTION", "1.0", _fraction, "share of misses the shadow model scores (by SHA-256), 0 < f <= 1")
     device: str = setting("DDA_DEVICE", "cpu", _choice("cpu", "cuda"), "inference device")
     precision: Precision | Literal["auto"] = setting("DDA_PRECISION", "auto", _choice("auto", "fp32", "bf16", "fp16"),
                                                       "torch precision; auto: bf16 on cuda, fp32 (the reference's numerics) on cpu")
@@ -224,8 +234,8 @@ GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
                "kafka_ssl_keyfile", "kafka_connect_timeout_s", "session_timeout_ms", "revoke_timeout_s", "kafka_max_request_bytes",
                "max_message_bytes", "publish_stall_s", "lag_every_s", "delivery", "instance_id", "static_membership",
                "transaction_interval_ms")),
-    ("model and engine", ("model", "device", "backend", "precision", "compile", "engine_dir", "consumers", "engine_socket",
-                          "max_batch", "max_wait_ms")),
+    ("model and engine", ("model", "shadow_model", "shadow_fraction", "device", "backend", "precision", "compile", "engine_dir",
+                          "consumers", "engine_socket", "max_batch", "max_wait_ms")),
     ("fetching", ("fetch_workers", "fetch_timeout_s", "fetch_retries", "fetch_max_bytes", "fetch_allow_networks", "max_in_flight",
                   "max_in_flight_bytes")),
     ("decoding and provenance", ("decode_workers", "max_pixels", "decode_timeout_s", "decode_cpu_s", "decode_memory_mb",

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-SCHEMA_VERSION = 2  # 2 added `provenance` and `label_reason` to verdicts; a version only ever adds fields
+SCHEMA_VERSION = 3  # 2 added `provenance` and `label_reason` to verdicts, 3 `shadow`; a version only ever adds fields
 MAX_DEPTH = 64  # nesting levels accepted in a request (the verdict adds two around metadata)
 MAX_DETAIL = 1000  # characters of a parse error kept in a dead letter
 URL_KEPT_WHEN_COMPACT = 2048
@@ -152,10 +152,12 @@ def verdict(
     provenance: dict[str, Any] | None = None,
     label_reason: str | None = None,
     near_duplicate_search: str | None = None,
+    shadow: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """A verdict record (schema/verdict.v2.schema.json). `label_reason` is set only when a
+    """A verdict record (schema/verdict.v3.schema.json). `label_reason` is set only when a
     provenance policy, not the model, decided the label; `near_duplicate_search` only when the
-    image was not compared with cached AI hashes ("not_searched": the index was loading)."""
+    image was not compared with cached AI hashes ("not_searched": the index was loading);
+    `shadow` only on misses the shadow model scored."""
     out = {
         "schema_version": SCHEMA_VERSION,
         "id": request.id,
@@ -179,6 +181,8 @@ def verdict(
         out["cache_match"] = cache_match
     if near_duplicate_search is not None:
         out["near_duplicate_search"] = near_duplicate_search
+    if shadow is not None:
+        out["shadow"] = shadow
     return out
 
 

@@ -52,6 +52,15 @@ class Metrics:
                                   ["signal"], registry=r)
         for signal in report.SIGNALS:  # every series exists from the start, at 0
             self.provenance.labels(signal)
+        self.shadow_verdicts = Counter("dda_shadow_verdicts", "Misses the shadow model scored, by the served label and the shadow's (equal: agreement; unequal: a flip that way)",
+                                       ["served", "shadow"], registry=r)
+        self.shadow_score_delta = Histogram("dda_shadow_score_delta", "Shadow score minus served score, by served label", ["served"],
+                                            buckets=(-0.5, -0.25, -0.1, -0.05, -0.01, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0), registry=r)
+        self.shadow_seconds = Histogram("dda_shadow_seconds", "Time the shadow model took per batch", registry=r,
+                                        buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
+        self.shadow_failures = Counter("dda_shadow_failures", "Shadow model failures (load, inference); served verdicts are unaffected", ["reason"], registry=r)
+        for reason in ("load", "inference"):
+            self.shadow_failures.labels(reason)
         self.paused = Gauge("dda_partitions_paused", "1 while input partitions are paused for backpressure", registry=r)
 
     def render(self) -> bytes:

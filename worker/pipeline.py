@@ -42,6 +42,7 @@ from worker.messages import Request, verdict
 from worker.metrics import Metrics
 from worker.prepare import Prepared
 from worker.provenance import policy, report
+from worker.shadow import Shadow
 from worker.supervision import Supervisor
 
 log = structlog.get_logger("dda.pipeline")
@@ -63,6 +64,7 @@ class _Work:
     release: Callable[[], None] = field(default=lambda: None)
     match: dict[str, Any] | None = None  # a near-duplicate reported beside the model's own verdict
     near_unsearched: bool = False  # the near-duplicate index was still loading: say so rather than "no match"
+    shadow: dict[str, Any] | None = None  # the shadow model's answer (sampled misses only)
 
     @property
     def provenance(self) -> dict[str, Any] | None:
@@ -105,9 +107,11 @@ class Pipeline:
         trust_near_duplicates: bool = False,
         provenance_policy: str = "report",
         c2pa_trust_anchors: str | None = None,
+        shadow: Shadow | None = None,
     ) -> None:
         self.manifest = manifest
         self.runner = runner
+        self.shadow = shadow
         self.cache = cache
         self.fetcher = fetcher
         self.metrics = metrics
@@ -363,7 +367,7 @@ class Pipeline:
         self._finish(work, verdict(
             work.request, model=self.model_info, threshold=self.manifest.threshold, status="ok", logit=v.logit,
             score=v.score, label=label, label_reason=reason, hashes=hashes, cache=kind, cache_match=match,
-            provenance=provenance, near_duplicate_search="not_searched" if work.near_unsearched else None))
+            provenance=provenance, near_duplicate_search="not_searched" if work.near_unsearched else None, shadow=work.shadow))
 
     def _count_signals(self, provenance: dict[str, Any]) -> None:
         for signal in report.signals(provenance):
@@ -403,6 +407,12 @@ class Pipeline:
             scored.append((work, CachedVerdict(logit, sigmoid(logit), label_for(logit, self.manifest), work.sha256,
                                                work.key.pdq, work.key.pdq_quality, provenance=work.provenance)))
         self.cache.store_many([(work.key, v) for work, v in scored])  # before resolving: a repeat right behind hits it
+        if self.shadow is not None:  # on the very crops just scored
+            sampled = [i for i, (w, _) in enumerate(scored) if self.shadow.sampled(w.sha256)]
+            answers = self.shadow.score([batch[i * self.crops : (i + 1) * self.crops] for i in sampled],
+                                        [(scored[i][1].logit, scored[i][1].label) for i in sampled], self.metrics)
+            for i, answer in zip(sampled, answers):
+                scored[i][0].shadow = answer
         for work, v in scored:
             self._scored(work, v, work.hashes, "miss", work.match, work.provenance)
 

@@ -82,6 +82,8 @@ class Pod:
             command += ["--engine-dir", c.engine_dir]
         if c.compile:
             command.append("--compile")
+        if c.shadow_model:
+            command += ["--shadow-model", c.shadow_model]
         self.engine = subprocess.Popen(command, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
         assert self.engine.stdout is not None
         line = self.engine.stdout.readline()  # the model loads first: minutes for ViT-L from a slow volume

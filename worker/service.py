@@ -39,6 +39,7 @@ from worker.fetch import Fetcher, FetchPolicy
 from worker.local_io import StdinTransport
 from worker.metrics import Metrics
 from worker.pipeline import Pipeline
+from worker.shadow import Shadow
 from worker.transport import Transport
 
 log = structlog.get_logger("dda.worker")
@@ -130,17 +131,27 @@ def _progress(message: str) -> None:
     log.info(message)
 
 
-def _model(config: worker_config.WorkerConfig, metrics: Metrics) -> tuple[Manifest, Runner]:
-    """The manifest and a runner: the engine process's when DDA_ENGINE_SOCKET is set (a pod's
-    consumer: no torch, no weights in this process), else the model loaded here."""
+def _model(config: worker_config.WorkerConfig, metrics: Metrics) -> tuple[Manifest, Runner, Shadow | None]:
+    """The manifest, a runner and the shadow model if one serves: the engine process's when
+    DDA_ENGINE_SOCKET is set (a pod's consumer: no torch, no weights in this process), else
+    loaded here. A shadow that cannot load is logged and counted, and the worker serves without it."""
     if config.engine_socket:
         if not config.model:
             raise ModelDirError("DDA_ENGINE_SOCKET needs DDA_MODEL: the model directory the engine process loaded")
         lifetime.die_with_parent(os.getppid())
         manifest = read_manifest(Path(config.model))
-        return manifest, RemoteRunner(config.engine_socket, manifest.preprocessing, config.max_batch,
-                                      on_batch=metrics.engine_batch.observe, on_reconnect=metrics.engine_reconnects.inc)
-    from engine.backend import make_runner
+        remote = RemoteRunner(config.engine_socket, manifest.preprocessing, config.max_batch,
+                              on_batch=metrics.engine_batch.observe, on_reconnect=metrics.engine_reconnects.inc)
+        shadow = None
+        if config.shadow_model:
+            engine_shadow = remote.shadow()
+            if engine_shadow is None:
+                metrics.shadow_failures.labels("load").inc()
+                log.error("the engine process holds no shadow model (its log says why); serving without it")
+            else:
+                shadow = Shadow(read_manifest(Path(config.shadow_model)), engine_shadow, config.shadow_fraction)
+        return manifest, remote, shadow
+    from engine.backend import load_shadow, make_runner
     from engine.hub import resolve_model
     from engine.model_dir import load_model_dir
 
@@ -150,13 +161,22 @@ def _model(config: worker_config.WorkerConfig, metrics: Metrics) -> tuple[Manife
                          engine_dir=Path(config.engine_dir) if config.engine_dir else None, precision=config.precision,
                          max_batch=config.max_batch, compile=config.compile, log=lambda message: log.info(message))
     warm_up(runner, lambda message: log.info(message))
-    return loaded.manifest, runner
+    shadow = None
+    if config.shadow_model:
+        found = load_shadow(Path(config.shadow_model), runner, device=config.device, precision=config.precision,
+                            max_batch=config.max_batch, log=lambda message: log.error(message))
+        if found is None:
+            metrics.shadow_failures.labels("load").inc()
+        else:
+            shadow = Shadow(found[0], found[1], config.shadow_fraction)
+            log.info("shadow model loaded", shadow=found[0].version, fraction=config.shadow_fraction)
+    return loaded.manifest, runner, shadow
 
 
 def _serve(config: worker_config.WorkerConfig, metrics: Metrics, checks: dict[str, Callable[[], bool]],
            endpoints: Endpoints | None) -> int:
     try:
-        manifest, runner = _model(config, metrics)
+        manifest, runner, shadow = _model(config, metrics)
     except (ModelDirError, ValueError, RuntimeError, OSError, ImportError) as exc:  # EngineLost is a RuntimeError
         log.error(f"cannot load the model: {exc}", exit_status=EXIT_CONFIG)
         return EXIT_CONFIG
@@ -189,7 +209,7 @@ def _serve(config: worker_config.WorkerConfig, metrics: Metrics, checks: dict[st
         decode_workers=config.decode_workers, max_pixels=config.max_pixels, max_in_flight_bytes=config.max_in_flight_bytes,
         decode_limits=DecodeLimits(config.decode_timeout_s, config.decode_cpu_s, config.decode_memory_mb), allow_paths=transport.allows_paths,
         trust_near_duplicates=config.near_duplicates == "trusted", provenance_policy=config.provenance_policy,
-        c2pa_trust_anchors=config.c2pa_trust_anchors,
+        c2pa_trust_anchors=config.c2pa_trust_anchors, shadow=shadow,
     )
     delivery = Delivery(transport, pipeline, metrics, Limits(
         max_in_flight=config.max_in_flight, max_message_bytes=config.max_message_bytes,

@@ -221,3 +221,55 @@ def test_decode_processes_die_with_a_sigkilled_worker() -> None:
     finally:
         parent.kill()
         parent.wait()
+
+
+class _FailingRunner:
+    """A shadow whose every batch raises."""
+
+    def __init__(self, like: TorchRunner) -> None:
+        self.preprocessing = like.preprocessing
+        self.max_batch = like.max_batch
+
+    def logits(self, crops: Any) -> Any:
+        raise RuntimeError("shadow exploded")
+
+
+def test_a_shadow_answers_for_the_sampled_misses_only_and_its_failure_costs_no_verdict(
+    tiny_model_dir: Path, files: Any, tmp_path: Path,
+) -> None:
+    """Shadow = the served model with its logit shifted by 0.75, on half the misses by SHA-256:
+    sampled verdicts carry its answer (logit exactly 0.75 above the served one), the rest none;
+    served labels are the plain pipeline's. A shadow that raises leaves every verdict whole."""
+    from engine.manifest import read_manifest
+    from tests.models import shifted_copy
+    from worker.hashing import sha256_hex
+    from worker.shadow import Shadow
+
+    shadow_dir = shifted_copy(tiny_model_dir, tmp_path / "shadow", 0.75)
+    shadow_model = load_model_dir(shadow_dir)
+    shadow = Shadow(read_manifest(shadow_dir), TorchRunner(shadow_model.network, shadow_model.manifest.preprocessing), 0.5)
+    paths = [files(f"s{i}.png", seed=40 + i) for i in range(12)]
+    results = {}
+    for name, options in (("plain", {}), ("shadowed", {"shadow": shadow}),
+                          ("failing", {"shadow": Shadow(shadow.manifest, _FailingRunner(shadow.runner), 1.0)})):  # type: ignore[arg-type]
+        pipeline, fetcher = make_pipeline(tiny_model_dir, **options)
+        pipeline.start()
+        try:
+            done = [submit(pipeline, p, f"{name}{i}") for i, p in enumerate(paths)]
+            wait_for(lambda done=done: all(c.done for c in done), 60, "every verdict")
+            results[name] = [c.record for c in done]
+            metrics = pipeline.metrics
+        finally:
+            pipeline.close()
+            fetcher.close()
+        if name == "failing":
+            assert metrics.shadow_failures.labels("inference")._value.get() >= 1  # noqa: SLF001
+    sampled = [int(sha256_hex(Path(p).read_bytes())[:8], 16) < 2**31 for p in paths]
+    assert 0 < sum(sampled) < len(paths)  # both kinds present
+    for plain, shadowed, failing, in_sample in zip(results["plain"], results["shadowed"], results["failing"], sampled):
+        assert plain["label"] == shadowed["label"] == failing["label"] and "shadow" not in plain and "shadow" not in failing
+        assert ("shadow" in shadowed) == in_sample
+        if in_sample:
+            answer = shadowed["shadow"]
+            assert answer["version"].endswith("-shift0.75") and abs(answer["logit"] - shadowed["logit"] - 0.75) < 1e-4
+            assert answer["label"] == ("ai_generated" if answer["logit"] > 0 else "real")

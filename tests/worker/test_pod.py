@@ -23,6 +23,7 @@ from engine.model_dir import load_model_dir
 from engine.runner import TorchRunner
 from tests.http_server import LocalServer, Route
 from tests.images import encode, scene
+from tests.models import shifted_copy
 from tests.services import Broker, Worker, descendants, unique, wait_for
 from tests.worker.conftest import INPUT_PARTITIONS
 from tests.worker.test_delivery_kafka import account, committed_all
@@ -50,8 +51,8 @@ def server(images: list[bytes]) -> Iterator[LocalServer]:
         yield s
 
 
-def start_pod(started: list[Worker], model: Path, broker: Broker, topics: dict[str, str], group: str, log: Path) -> Worker:
-    pod = Worker(model, broker, topics, group, log, **POD)
+def start_pod(started: list[Worker], model: Path, broker: Broker, topics: dict[str, str], group: str, log: Path, **env: str) -> Worker:
+    pod = Worker(model, broker, topics, group, log, **POD, **env)
     started.append(pod)
     pod.start()
     pod.wait_ready(120)
@@ -81,8 +82,11 @@ def test_a_pod_answers_every_request_once_and_outlives_its_engine_process(
     tiny_model_dir: Path, broker: Broker, topics: dict[str, str], server: LocalServer, images: list[bytes], workers: list[Worker],
     tmp_path: Path,
 ) -> None:
+    """The engine process also holds a shadow model (the served one, its logit shifted by 0.5):
+    every miss carries the shadow's answer, computed there on the same crops."""
     group = unique("group")
-    pod = start_pod(workers, tiny_model_dir, broker, topics, group, tmp_path / "pod.log")
+    shadow_dir = shifted_copy(tiny_model_dir, tmp_path / "shadow", 0.5)
+    pod = start_pod(workers, tiny_model_dir, broker, topics, group, tmp_path / "pod.log", DDA_SHADOW_MODEL=str(shadow_dir))
     family = members(pod)
     assert len(family["engine"]) == 1 and len(family["consumer"]) == 2 and len(family["decode"]) == 2
     assert maps_torch(family["engine"][0])
@@ -107,6 +111,8 @@ def test_a_pod_answers_every_request_once_and_outlives_its_engine_process(
         else:
             n = int(v["id"][1:]) % 30
             assert v["status"] == "ok" and abs(v["logit"] - expected[n]) < 1e-4, v
+            assert ("shadow" in v) == (v["cache"] == "miss")
+            assert v["cache"] != "miss" or abs(v["shadow"]["logit"] - v["logit"] - 0.5) < 1e-4
 
     scrape = pod.get("/metrics")[1]
     consumed = [float(line.rsplit(" ", 1)[1]) for line in scrape.splitlines() if line.startswith("dda_messages_consumed_total{")]

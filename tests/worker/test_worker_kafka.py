@@ -109,7 +109,10 @@ def test_500_mixed_requests_get_exactly_one_verdict_each(
     malformed = 500 - len(expected)
 
     group = unique("group")
-    worker = start_worker(workers, tiny_model_dir, broker, topics, group, tmp_path / "w.log", DDA_REDIS_URL=redis_server.url)
+    # A shadow model that cannot load (no such directory) is logged and counted; serving goes on without it.
+    worker = start_worker(workers, tiny_model_dir, broker, topics, group, tmp_path / "w.log", DDA_REDIS_URL=redis_server.url,
+                          DDA_SHADOW_MODEL=str(tmp_path / "no-such-model"))
+    assert worker.metric("dda_shadow_failures_total", 'reason="load"') == 1
     verdicts = broker.reader(topics["output"])
     verdicts.read_until(lambda r: len({json.loads(x.value)["id"] for x in r}) >= len(expected), 180)
     dead = broker.reader(topics["dlq"])
@@ -121,7 +124,7 @@ def test_500_mixed_requests_get_exactly_one_verdict_each(
     for rid, want in expected.items():
         v = got[rid][0]
         assert (v["status"] if want == "ok" else v["error"]["code"]) == want, v
-        assert v["schema_version"] == 2 and v["model"]["version"].startswith("dda-")
+        assert v["schema_version"] == 3 and v["model"]["version"].startswith("dda-") and "shadow" not in v
         if want == "ok":
             assert v["label"] in ("ai_generated", "real") and len(v["hashes"]["sha256"]) == 64 and v["error"] is None
     assert got["r0"][0]["metadata"] == {"n": 0}
@@ -314,3 +317,43 @@ def test_two_workers_split_partitions_and_produce_every_verdict_once(
     assert len(counts) == total and max(counts.values()) == 1
     consumed = [w.metric("dda_messages_consumed_total") for w in pair]
     assert all(c > 0 for c in consumed) and sum(consumed) == total
+
+
+def test_promoting_the_shadow_loses_nothing_and_never_serves_the_old_models_cache(
+    tiny_model_dir: Path, broker: Broker, topics: dict[str, str], server: LocalServer, redis_server: RedisServer,
+    workers: list[Worker], tmp_path: Path,
+) -> None:
+    """A serves with B as its shadow (B: A's logit + 0.8); then B is promoted: A stops (SIGTERM),
+    requests keep arriving, a worker serving B starts on the same group and Redis. Every request
+    gets one verdict; B's verdicts for images A had cached are B's own scores (cache miss, B's
+    version), equal to what the shadow had said; A's entries remain under A's namespace until
+    their TTL."""
+    import redis
+
+    from tests.models import shifted_copy
+    from worker.cache import namespace_for
+
+    b_dir = shifted_copy(tiny_model_dir, tmp_path / "b", 0.8)
+    group = unique("group")
+    verdicts = broker.reader(topics["output"])
+    first = start_worker(workers, tiny_model_dir, broker, topics, group, tmp_path / "a.log", DDA_REDIS_URL=redis_server.url,
+                         DDA_SHADOW_MODEL=str(b_dir))
+    broker.produce(topics["input"], [request(f"a{i}", f"{server.base}/img/{i}") for i in range(10)])
+    verdicts.read_until(lambda r: len(r) >= 10, 60)
+    shadowed = {v["id"]: v for v in verdicts.values()}
+    assert all(v["shadow"]["version"].endswith("-shift0.8") for v in shadowed.values())
+    assert first.terminate() == 0
+    broker.produce(topics["input"], [request(f"b{i}", f"{server.base}/img/{i}") for i in range(10)])  # during the switch
+    start_worker(workers, b_dir, broker, topics, group, tmp_path / "b.log", DDA_REDIS_URL=redis_server.url)
+    verdicts.read_until(lambda r: len(r) >= 20, 60)
+    got = by_id(verdicts.values())
+    assert sorted(got) == sorted([*(f"a{i}" for i in range(10)), *(f"b{i}" for i in range(10))])
+    assert all(len(v) == 1 for v in got.values())
+    for i in range(10):
+        promoted, before = got[f"b{i}"][0], shadowed[f"a{i}"]
+        assert promoted["cache"] == "miss" and promoted["model"]["version"] == before["shadow"]["version"]
+        assert abs(promoted["logit"] - before["shadow"]["logit"]) < 1e-4 and promoted["label"] == before["shadow"]["label"]
+        assert "shadow" not in promoted
+    client = redis.Redis.from_url(redis_server.url)
+    old = list(client.scan_iter(f"dda:{namespace_for(before['model']['version'], before['threshold'])}:sha:*"))
+    assert len(old) == 10 and all(0 < client.ttl(k) <= 604800 for k in old)
