@@ -11,7 +11,7 @@ from dda import local_stack
 from engine import cli as engine_cli
 from engine import compile_cli
 from training import cli as training_cli
-from worker import scan, service, trust_cli
+from worker import compare_cli, scan, service, trust_cli
 
 
 class DefaultsFormatter(argparse.HelpFormatter):
@@ -41,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     engine_cli.register(commands)
     compile_cli.register(commands)
     scan.register(commands)
+    compare_cli.register(commands)
     service.register(commands)
     trust_cli.register(commands)
     local_stack.register(commands)

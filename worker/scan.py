@@ -91,11 +91,13 @@ class _Decoder:
 
 def scan(detector: Detector, inputs: Sequence[str], batch_size: int, fetch_policy: FetchPolicy, max_pixels: int,
          decode_limits: DecodeLimits | None = None, on_stage: Callable[[str], None] = lambda _s: None,
-         provenance_policy: str = "report", c2pa_trust_anchors: str | None = None) -> Iterator[dict[str, Any]]:
+         provenance_policy: str = "report", c2pa_trust_anchors: str | None = None,
+         also: Sequence[Detector] = ()) -> Iterator[dict[str, Any]]:
     """Results in input order; a bad input yields an error record and never stops the run.
 
     In the reference's single-crop mode only the centre crop is decoded where the format
-    allows (bit-identical); five crops need the whole image."""
+    allows (bit-identical); five crops need the whole image. `also`: more detectors scored on
+    the same crops, their answers under "also" (`dda compare-models`)."""
     size = detector.manifest.preprocessing.crop_size
     shared: list[Fetcher] = []
 
@@ -130,15 +132,18 @@ def scan(detector: Detector, inputs: Sequence[str], batch_size: int, fetch_polic
             on_stage(f"scoring {len(images)} images")
             try:
                 predictions = dict(zip(images, detector.predict_views(list(images.values()))))
+                others = [dict(zip(images, other.predict_views(list(images.values())))) for other in also]
             except Exception as exc:  # noqa: BLE001 - the batch's inputs get the error, the run goes on
                 failure = InputError(INFERENCE_FAILED, f"{type(exc).__name__}: {exc}")
-                predictions, errors = {}, {**errors, **dict.fromkeys(images, failure)}
+                predictions, others, errors = {}, [], {**errors, **dict.fromkeys(images, failure)}
             for i, spec in enumerate(chunk):
                 if i in predictions:
                     p = predictions[i]
                     label, reason = policy.label(p.label, provenance[i], provenance_policy)
+                    compared = {"also": [{"model": other.manifest.version, "logit": answers[i].logit, "score": answers[i].score,
+                                          "label": answers[i].label} for other, answers in zip(also, others)]} if also else {}
                     yield {"input": spec, "status": "ok", "logit": p.logit, "score": p.score, "label": label,
-                           "label_reason": reason, "model": version, **warning, "error": None, "provenance": provenance[i]}
+                           "label_reason": reason, "model": version, **warning, "error": None, "provenance": provenance[i], **compared}
                 else:
                     yield {"input": spec, "status": "error", "logit": None, "score": None, "label": None, "label_reason": None,
                            "model": version, **warning, "error": errors[i].to_json(), "provenance": None}

@@ -151,3 +151,46 @@ def test_import_checkpoint_cli(tiny_checkpoint: Path, tmp_path: Path) -> None:
     assert json.loads((tmp_path / "m" / "manifest.json").read_text())["format"] == "dda-model/1"
     missing = dda("import-checkpoint", str(tmp_path / "nope.pth"), str(tmp_path / "m2"))
     assert missing.returncode == 2 and "nope.pth" in missing.stderr
+
+
+def test_compare_models_reports_exactly_the_inputs_whose_label_flips(tiny_model_dir: Path, tmp_path: Path, server: LocalServer) -> None:
+    """B is A with its logit moved just enough to carry the three images nearest the threshold
+    (on the side more images are) across it: those three, and only they, are reported as flips
+    that way, whether they came from a folder or from a JSONL of past requests (URLs on a local
+    server); a bad request line is refused with its line number."""
+    from tests.images import scene
+    from tests.models import shifted_copy
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    data = {f"s{i:02d}.png": encode(scene(260, 240, seed=200 + i), "PNG") for i in range(14)}
+    for name, body in data.items():
+        (folder / name).write_bytes(body)
+    loaded = load_model_dir(tiny_model_dir)
+    detector = Detector(loaded.manifest, TorchRunner(loaded.network, loaded.manifest.preprocessing))
+    logits = dict(zip(data, (p.logit for p in detector.predict([decode_rgb(b) for b in data.values()]))))
+    ai = sorted((v, k) for k, v in logits.items() if v > 0)
+    real = sorted(((-v, k) for k, v in logits.items() if v <= 0))
+    nearest, direction, flip = (ai, -1.0, "ai_to_real") if len(ai) >= len(real) else (real, 1.0, "real_to_ai")
+    assert len(nearest) >= 4 and nearest[3][0] - nearest[2][0] > 2e-3
+    shift = direction * (nearest[2][0] + 1e-3)  # the three nearest cross; the fourth stays
+    expected = {name for _, name in nearest[:3]}
+    b_dir = shifted_copy(tiny_model_dir, tmp_path / "b", shift)
+
+    for name in ("s00.png", "s01.png"):
+        server.routes[f"/u/{name}"] = Route(body=data[name])
+    requests = tmp_path / "past.jsonl"
+    requests.write_text("".join(json.dumps({"id": n, "url": f"{server.base}/u/{n}"}) + "\n" for n in ("s00.png", "s01.png")))
+    out = dda("compare-models", "--model", str(tiny_model_dir), "--model", str(b_dir), str(folder), str(requests),
+              "--fetch-allow-networks", "127.0.0.0/8", "--json", str(tmp_path / "r.jsonl"))
+    assert out.returncode == 0, out.stderr
+    summary = json.loads((tmp_path / "r.jsonl").read_text().splitlines()[-1])["summary"]
+    via_urls = expected & {"s00.png", "s01.png"}
+    other = "real_to_ai" if flip == "ai_to_real" else "ai_to_real"
+    assert summary == {**summary, "inputs": 16, "scored": 16, "errors": 0, flip: 3 + len(via_urls), other: 0}
+    flipped = [line.split(" | ")[0].removeprefix("| ") for line in out.stdout.splitlines() if line.startswith("| ") and "label" not in line]
+    assert sorted(Path(f).name for f in flipped) == sorted([*expected, *via_urls])
+
+    requests.write_text(json.dumps({"url": "http://x/a"}) + "\n" + "not json\n")
+    bad = dda("compare-models", "--model", str(tiny_model_dir), "--model", str(b_dir), str(requests))
+    assert bad.returncode == 2 and "past.jsonl:2: not a request" in bad.stderr
