@@ -45,6 +45,12 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
   mountPath: {{ .Values.worker.model }}
   subPath: {{ .Values.model.subPath }}
   readOnly: true
+{{- if .Values.worker.shadowModel }}
+- name: models
+  mountPath: {{ .Values.worker.shadowModel }}
+  subPath: {{ required "model.shadowSubPath is needed when worker.shadowModel is set" .Values.model.shadowSubPath }}
+  readOnly: true
+{{- end }}
 {{- end }}
 {{- if include "dda.engineVolume" . }}
 - name: engines
