@@ -127,6 +127,15 @@ def test_c2pa_trust_anchors_come_from_a_mounted_config_map() -> None:
     assert "DDA_C2PA_TRUST_ANCHORS" not in {e["name"] for e in worker_container(render())["env"]}
 
 
+def test_a_shadow_model_is_mounted_read_only_from_the_model_claim() -> None:
+    values = {"worker": {"shadowModel": "/models/candidate", "shadowFraction": 0.25}, "model": {"shadowSubPath": "dda-2027-01"}}
+    container = worker_container(render(values))
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["DDA_SHADOW_MODEL"] == "/models/candidate" and env["DDA_SHADOW_FRACTION"] == "0.25"
+    assert {"name": "models", "mountPath": "/models/candidate", "subPath": "dda-2027-01", "readOnly": True} in container["volumeMounts"]
+    assert sum(m["name"] == "models" for m in worker_container(render())["volumeMounts"]) == 1  # no shadow: one mount
+
+
 def test_secrets_are_referenced_never_inlined() -> None:
     docs = render(EVERYTHING_ON)
     env = {e["name"]: e for e in worker_container(docs)["env"]}
