@@ -11,7 +11,7 @@ from dda import local_stack
 from engine import cli as engine_cli
 from engine import compile_cli
 from training import cli as training_cli
-from worker import compare_cli, scan, service, trust_cli
+from worker import compare_cli, hash_lists, scan, service, trust_cli
 
 
 class DefaultsFormatter(argparse.HelpFormatter):
@@ -44,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     compare_cli.register(commands)
     service.register(commands)
     trust_cli.register(commands)
+    hash_lists.register(commands)
     local_stack.register(commands)
     training_cli.register(commands)
     return parser

@@ -57,9 +57,10 @@ class CachedVerdict:
 
 @dataclass(frozen=True)
 class Lookup:
-    kind: str  # "miss", "exact", "near_duplicate", or "not_searched" (the near-duplicate index was still loading)
+    kind: str  # "miss", "exact", "near_duplicate", "hash_list", or "not_searched" (the near-duplicate index was loading)
     verdict: CachedVerdict | None = None
     distance: int | None = None
+    source: str | None = None  # "hash_list": the list that holds the matching hash
 
 
 @dataclass(frozen=True)
@@ -137,10 +138,13 @@ class VerdictCache:
             self.on_capped("read", sum(capped))
         best = {i: m for (i, _), m in zip(searching, matches) if m is not None}
         if best:
-            found = self.store.get_many([f"{self.prefix}pdqv:{m.hash.hex()}" for m in best.values()])
-            for (i, m), blob in zip(best.items(), found):
+            found = self.store.get_many([f"{self.prefix}{family}:{m.hash.hex()}" for m in best.values() for family in ("pdql", "pdqv")])
+            for n, (i, m) in enumerate(best.items()):
+                listed, blob = found[2 * n], found[2 * n + 1]
                 cached = _decode(blob) if blob is not None else None
-                if cached is not None and cached.label == AI_GENERATED:  # the laundering rule, enforced on read too
+                if listed is not None:  # an imported list's word outranks a model's
+                    results[i] = Lookup("hash_list", None, m.distance, json.loads(listed)["source"])
+                elif cached is not None and cached.label == AI_GENERATED:  # the laundering rule, enforced on read too
                     results[i] = Lookup("near_duplicate", cached, m.distance)
         return results
 
@@ -161,6 +165,30 @@ class VerdictCache:
             self._index(items)
         except Exception as exc:  # noqa: BLE001
             self._failed(exc)
+
+    def import_list(self, source: str, hashes: Sequence[str]) -> None:
+        """Index PDQ hashes (lowercase hex) of a list of known AI-generated images, attributed to `source`;
+        raises if the store fails. The list's own key records them, for `remove_list`."""
+        for start in range(0, len(hashes), 10_000):
+            chunk = hashes[start : start + 10_000]
+            self.store.set_many([(f"{self.prefix}pdql:{h}", json.dumps({"source": source}).encode()) for h in chunk], self.ttl_s)
+            self.store.append_many([(f"{self.prefix}list:{source}", b"".join(bytes.fromhex(h) for h in chunk))],
+                                   int(time.time()) + self.ttl_s)
+            self.index.publish([bytes.fromhex(h) for h in chunk])
+
+    def remove_list(self, source: str) -> int:
+        """Delete the entries `source` imported (those another list imported since keep theirs); how many."""
+        key = f"{self.prefix}list:{source}"
+        [length] = self.store.lengths([key])
+        removed = 0
+        for start in range(0, length, 32 * 10_000):
+            [blob] = self.store.read_ranges([(key, start, min(length, start + 32 * 10_000))])
+            keys = [f"{self.prefix}pdql:{blob[i : i + 32].hex()}" for i in range(0, len(blob) - 31, 32)]
+            owned = [k for k, v in zip(keys, self.store.get_many(keys)) if v is not None and json.loads(v)["source"] == source]
+            self.store.delete_many(owned)
+            removed += len(owned)
+        self.store.delete_many([key])
+        return removed
 
     def trust(self, shas: Sequence[str]) -> dict[str, str]:
         """Mark cached "ai_generated" verdicts (by SHA-256) as operator-confirmed; raises if the store fails.

@@ -1,7 +1,7 @@
 """Key-value storage behind the verdict cache: Redis (one node or a cluster) in production,
 memory for local runs.
 
-The cache needs five operations: get many, set many with a TTL, and three on append-only logs
+The cache needs six operations: get many, set many with a TTL, delete many, and three on append-only logs
 (append records with an expiry time, read lengths, read byte ranges: the shared log the
 near-duplicate index is replayed and followed from, `worker.index_log`). Every operation names
 one key per command, so a Redis Cluster serves them as well as one node: reads go out as
@@ -33,6 +33,8 @@ class Store(Protocol):
     def read_ranges(self, ranges: Sequence[tuple[str, int, int]]) -> list[bytes]:
         """Bytes [start, end) of each key's value (shorter if the value is)."""
         ...
+
+    def delete_many(self, keys: Sequence[str]) -> None: ...
 
 
 class MemoryStore:
@@ -80,6 +82,11 @@ class MemoryStore:
     def read_ranges(self, ranges: Sequence[tuple[str, int, int]]) -> list[bytes]:
         with self._lock:
             return [(self._live(key) or b"")[start:end] for key, start, end in ranges]
+
+    def delete_many(self, keys: Sequence[str]) -> None:
+        with self._lock:
+            for key in keys:
+                self._values.pop(key, None)
 
 
 class RedisStore:
@@ -133,3 +140,9 @@ class RedisStore:
         for key, start, end in ranges:
             pipe.getrange(key, start, end - 1)  # GETRANGE's end is inclusive
         return [bytes(b) for b in pipe.execute()] if ranges else []
+
+    def delete_many(self, keys: Sequence[str]) -> None:
+        pipe = self._pipeline()
+        for key in keys:
+            pipe.delete(key)  # one key a command: a cluster routes each
+        pipe.execute()

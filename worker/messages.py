@@ -153,11 +153,13 @@ def verdict(
     label_reason: str | None = None,
     near_duplicate_search: str | None = None,
     shadow: dict[str, Any] | None = None,
+    hash_list_match: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """A verdict record (schema/verdict.v3.schema.json). `label_reason` is set only when a
     provenance policy, not the model, decided the label; `near_duplicate_search` only when the
     image was not compared with cached AI hashes ("not_searched": the index was loading);
-    `shadow` only on misses the shadow model scored."""
+    `shadow` only on misses the shadow model scored; `hash_list_match` only for a near-duplicate of
+    a hash an imported list holds."""
     out = {
         "schema_version": SCHEMA_VERSION,
         "id": request.id,
@@ -183,6 +185,8 @@ def verdict(
         out["near_duplicate_search"] = near_duplicate_search
     if shadow is not None:
         out["shadow"] = shadow
+    if hash_list_match is not None:
+        out["hash_list_match"] = hash_list_match
     return out
 
 

@@ -61,6 +61,7 @@ class Metrics:
         self.shadow_failures = Counter("dda_shadow_failures", "Shadow model failures (load, inference); served verdicts are unaffected", ["reason"], registry=r)
         for reason in ("load", "inference"):
             self.shadow_failures.labels(reason)
+        self.hash_list_matches = Counter("dda_hash_list_matches", "Lookups that matched a hash of an imported list (dda import-hashes), by list", ["source"], registry=r)
         self.paused = Gauge("dda_partitions_paused", "1 while input partitions are paused for backpressure", registry=r)
 
     def render(self) -> bytes:

@@ -29,6 +29,7 @@ import structlog
 
 from engine.contract import EngineLost, Runner
 from engine.detector import label_for, sigmoid
+from engine.labels import AI_GENERATED
 from engine.manifest import Manifest
 from worker.cache import CachedVerdict, Key, Lookup, VerdictCache
 from worker.completion import Completion, Record
@@ -65,6 +66,7 @@ class _Work:
     match: dict[str, Any] | None = None  # a near-duplicate reported beside the model's own verdict
     near_unsearched: bool = False  # the near-duplicate index was still loading: say so rather than "no match"
     shadow: dict[str, Any] | None = None  # the shadow model's answer (sampled misses only)
+    list_match: dict[str, Any] | None = None  # a near-duplicate of a hash an imported list holds
 
     @property
     def provenance(self) -> dict[str, Any] | None:
@@ -349,6 +351,9 @@ class Pipeline:
         work.request.timings_ms["cache"] = work.request.timings_ms.get("cache", 0.0) + spent_ms
         self.metrics.cache_hits.labels(found.kind).inc()
         work.near_unsearched = found.kind == "not_searched"
+        if found.kind == "hash_list" and found.source is not None:
+            work.list_match = {"source": found.source, "pdq_distance": found.distance}
+            self.metrics.hash_list_matches.labels(found.source).inc()
         if found.verdict is not None:
             match = {"sha256": found.verdict.sha256, "pdq_distance": found.distance, "trusted": found.verdict.trusted}
             if found.verdict.trusted and self.trust_near_duplicates:
@@ -364,10 +369,14 @@ class Pipeline:
         if self.provenance_policy == "off":  # not read, so not reported either (a cached entry may hold some)
             provenance = None
         label, reason = policy.label(v.label, provenance, self.provenance_policy)
+        listed = work.list_match
+        if listed is not None and self.trust_near_duplicates and label != AI_GENERATED:  # a trusted list's word, the score the model's
+            label, reason = AI_GENERATED, f"near-duplicate (distance {listed['pdq_distance']}) of a hash listed by {listed['source']}"
         self._finish(work, verdict(
             work.request, model=self.model_info, threshold=self.manifest.threshold, status="ok", logit=v.logit,
             score=v.score, label=label, label_reason=reason, hashes=hashes, cache=kind, cache_match=match,
-            provenance=provenance, near_duplicate_search="not_searched" if work.near_unsearched else None, shadow=work.shadow))
+            provenance=provenance, near_duplicate_search="not_searched" if work.near_unsearched else None, shadow=work.shadow,
+            hash_list_match=listed))
 
     def _count_signals(self, provenance: dict[str, Any]) -> None:
         for signal in report.signals(provenance):

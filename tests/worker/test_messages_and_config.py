@@ -89,7 +89,7 @@ def test_schemas_describe_requests_and_stay_additive() -> None:
     one; a request is what parse_request accepts."""
     v1, v2, v3 = (json.loads((SCHEMAS / f"verdict.v{n}.schema.json").read_text()) for n in (1, 2, 3))
     assert set(v2["required"]) == {"provenance", "label_reason"} and v2["allOf"] == [{"$ref": "verdict.v1.schema.json"}]
-    assert v3["allOf"] == [{"$ref": "verdict.v2.schema.json"}] and "required" not in v3 and set(v3["properties"]) == {"schema_version", "shadow"}
+    assert v3["allOf"] == [{"$ref": "verdict.v2.schema.json"}] and "required" not in v3 and set(v3["properties"]) == {"schema_version", "shadow", "hash_list_match"}
     assert set(v1["required"]) >= {"schema_version", "id", "url", "status", "label", "score", "logit", "hashes", "error"}
     for value in (b'{"url": "http://a/b"}', b'{"id": "x", "url": "https://a/b", "metadata": [1, {"k": null}]}'):
         check("request.schema.json", json.loads(value))

@@ -273,3 +273,36 @@ def test_a_shadow_answers_for_the_sampled_misses_only_and_its_failure_costs_no_v
             answer = shadowed["shadow"]
             assert answer["version"].endswith("-shift0.75") and abs(answer["logit"] - shadowed["logit"] - 0.75) < 1e-4
             assert answer["label"] == ("ai_generated" if answer["logit"] > 0 else "real")
+
+
+def test_a_near_duplicate_of_a_listed_hash_is_reported_and_labelled_by_a_trusted_list(tiny_model_dir: Path, files: Any,
+                                                                                       tmp_path: Path) -> None:
+    """A list holds a hash 2 bits from an image's, which the model (shifted down) calls real: its
+    verdict names the list; in trusted mode the label is ai_generated with the list as the reason
+    (the score stays the model's), in report mode the label is the model's own."""
+    from tests.models import shifted_copy
+    from worker.prepare import prepare
+
+    model = shifted_copy(tiny_model_dir, tmp_path / "real", -50.0)
+
+    path = files("listed.png", seed=77)
+    pdq = str(prepare(Path(path).read_bytes(), 336, 1, 10_000_000).pdq)
+    listed = f"{int(pdq, 16) ^ 0b101:064x}"
+    records = {}
+    for trusted in (False, True):
+        pipeline, fetcher = make_pipeline(model, trust_near_duplicates=trusted)
+        pipeline.cache.import_list("partner-a", [listed])
+        pipeline.start()
+        try:
+            done = submit(pipeline, path, f"t{trusted}")
+            wait_for(lambda done=done: done.done, 60, "the verdict")
+            records[trusted] = done.record
+            assert pipeline.metrics.hash_list_matches.labels("partner-a")._value.get() == 1  # noqa: SLF001
+        finally:
+            pipeline.close()
+            fetcher.close()
+    plain, trusted_record = records[False], records[True]
+    assert plain["hash_list_match"] == trusted_record["hash_list_match"] == {"source": "partner-a", "pdq_distance": 2}
+    assert plain["score"] == trusted_record["score"] and plain["label"] == "real" and plain["label_reason"] is None
+    assert trusted_record["label"] == "ai_generated"
+    assert trusted_record["label_reason"] == "near-duplicate (distance 2) of a hash listed by partner-a"
