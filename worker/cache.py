@@ -183,7 +183,7 @@ class VerdictCache:
         removed = 0
         for start in range(0, length, 32 * 10_000):
             [blob] = self.store.read_ranges([(key, start, min(length, start + 32 * 10_000))])
-            keys = [f"{self.prefix}pdql:{blob[i : i + 32].hex()}" for i in range(0, len(blob) - 31, 32)]
+            keys = list(dict.fromkeys(f"{self.prefix}pdql:{blob[i : i + 32].hex()}" for i in range(0, len(blob) - 31, 32)))
             owned = [k for k, v in zip(keys, self.store.get_many(keys)) if v is not None and json.loads(v)["source"] == source]
             self.store.delete_many(owned)
             removed += len(owned)
