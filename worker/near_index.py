@@ -48,9 +48,11 @@ class NearIndex:
         self._thread.start()
 
     def close(self) -> None:
+        """Stops following; a replay still reading a large log is not waited for beyond a few
+        seconds (the thread is a daemon: it ends with the process)."""
         self._stop.set()
         if self._thread is not None:
-            self._thread.join()
+            self._thread.join(timeout=5)
 
     def _follow(self) -> None:
         while not self._stop.is_set():

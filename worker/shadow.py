@@ -13,6 +13,7 @@ whichever worker sees it.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -56,6 +57,10 @@ class Shadow:
         for image, (served_logit, served_label) in zip(crops, served):
             logit = float(logits[start : start + len(image)].mean())
             start += len(image)
+            if not math.isfinite(logit):  # a broken candidate: no answer rather than a NaN in the verdict's JSON
+                metrics.shadow_failures.labels("inference").inc()
+                out.append(None)
+                continue
             label = label_for(logit, self.manifest)
             metrics.shadow_verdicts.labels(served_label, label).inc()
             metrics.shadow_score_delta.labels(served_label).observe(sigmoid(logit) - sigmoid(served_logit))
