@@ -166,15 +166,33 @@ class VerdictCache:
         except Exception as exc:  # noqa: BLE001
             self._failed(exc)
 
-    def import_list(self, source: str, hashes: Sequence[str]) -> None:
+    def import_list(self, source: str, hashes: Sequence[str]) -> int:
         """Index PDQ hashes (lowercase hex) of a list of known AI-generated images, attributed to `source`;
-        raises if the store fails. The list's own key records them, for `remove_list`."""
+        raises if the store fails. Returns how many were new to the source: the list's own key records
+        those (for `remove_list`), and the registry of lists counts them (`list_counts`)."""
+        added = 0
         for start in range(0, len(hashes), 10_000):
             chunk = hashes[start : start + 10_000]
-            self.store.set_many([(f"{self.prefix}pdql:{h}", json.dumps({"source": source}).encode()) for h in chunk], self.ttl_s)
-            self.store.append_many([(f"{self.prefix}list:{source}", b"".join(bytes.fromhex(h) for h in chunk))],
-                                   int(time.time()) + self.ttl_s)
-            self.index.publish([bytes.fromhex(h) for h in chunk])
+            keys = [f"{self.prefix}pdql:{h}" for h in chunk]
+            new = [h for h, v in zip(chunk, self.store.get_many(keys)) if v is None or json.loads(v)["source"] != source]
+            self.store.set_many([(k, json.dumps({"source": source}).encode()) for k in keys], self.ttl_s)  # refreshes the TTL of all
+            if new:
+                self.store.append_many([(f"{self.prefix}list:{source}", b"".join(bytes.fromhex(h) for h in new))],
+                                       int(time.time()) + self.ttl_s)
+                self.index.publish([bytes.fromhex(h) for h in new])
+            added += len(new)
+        counts = self.list_counts()
+        self.store.set_many([(self._lists_key, json.dumps({**counts, source: counts.get(source, 0) + added}).encode())], self.ttl_s)
+        return added
+
+    @property
+    def _lists_key(self) -> str:
+        return f"{self.prefix}lists"
+
+    def list_counts(self) -> dict[str, int]:
+        """Entries each imported list holds (the registry `import_list` and `remove_list` keep)."""
+        [blob] = self.store.get_many([self._lists_key])
+        return {str(k): int(v) for k, v in json.loads(blob).items()} if blob is not None else {}
 
     def remove_list(self, source: str) -> int:
         """Delete the entries `source` imported (those another list imported since keep theirs); how many."""
@@ -188,6 +206,9 @@ class VerdictCache:
             self.store.delete_many(owned)
             removed += len(owned)
         self.store.delete_many([key])
+        counts = self.list_counts()
+        counts.pop(source, None)
+        self.store.set_many([(self._lists_key, json.dumps(counts).encode())], self.ttl_s)
         return removed
 
     def trust(self, shas: Sequence[str]) -> dict[str, str]:

@@ -139,11 +139,11 @@ def import_command(args: argparse.Namespace) -> int:
         if parsed is None:
             print(json.dumps({"source": args.source, "removed": cache.remove_list(args.source)}))
             return 0
-        cache.import_list(args.source, parsed.hashes)
+        added = cache.import_list(args.source, parsed.hashes)
     except Exception as exc:  # noqa: BLE001 - a store failure is reported, not a traceback
         say(f"error: the cache store failed: {type(exc).__name__}: {exc}")
         return 1
-    print(json.dumps({"source": args.source, "imported": len(parsed.hashes), "low_quality": parsed.low_quality,
+    print(json.dumps({"source": args.source, "imported": len(parsed.hashes), "new": added, "low_quality": parsed.low_quality,
                       "other_types": parsed.other_types, "repeated": parsed.repeated}))
     return 0
 

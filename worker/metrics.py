@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from worker.provenance import report
 
@@ -64,5 +68,25 @@ class Metrics:
         self.hash_list_matches = Counter("dda_hash_list_matches", "Lookups that matched a hash of an imported list (dda import-hashes), by list", ["source"], registry=r)
         self.paused = Gauge("dda_partitions_paused", "1 while input partitions are paused for backpressure", registry=r)
 
+    def watch_lists(self, counts: Callable[[], dict[str, int]]) -> None:
+        """dda_hash_list_entries{source}: read from the cache's registry of imported lists at each scrape."""
+        self.registry.register(_ListEntries(counts))
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _ListEntries(Collector):
+    def __init__(self, counts: Callable[[], dict[str, int]]) -> None:
+        self.counts = counts
+
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily("dda_hash_list_entries", "Entries each imported hash list holds (dda import-hashes); absent while the store cannot be read",
+                                   labels=["source"])
+        try:
+            counts = self.counts()
+        except Exception:  # noqa: BLE001 - a scrape must not fail because the store does
+            counts = {}
+        for source, n in sorted(counts.items()):
+            family.add_metric([source], n)
+        yield family

@@ -189,6 +189,7 @@ def _serve(config: worker_config.WorkerConfig, metrics: Metrics, checks: dict[st
     metrics.near_index_hashes.set_function(lambda: len(cache.index.index))
     metrics.near_index_bytes.set_function(lambda: cache.index.index.nbytes)
     metrics.near_index_ready.set_function(lambda: float(cache.index.ready))
+    metrics.watch_lists(cache.list_counts)
     fetcher = Fetcher(FetchPolicy(
         max_bytes=config.fetch_max_bytes, total_timeout_s=config.fetch_timeout_s, retries=config.fetch_retries,
         allow_networks=config.fetch_allow_networks,

@@ -16,6 +16,7 @@ from tests.services import RedisServer
 from worker.cache import Key, VerdictCache, namespace_for
 from worker.cache_store import RedisStore
 from worker.hash_lists import parse
+from worker.metrics import Metrics
 
 
 def flip(pdq: str, bits: list[int]) -> str:
@@ -54,10 +55,17 @@ def test_a_list_is_checked_whole_imported_matched_by_source_and_removed(tiny_mod
     good.write_text("# partner A, 2026-12\n" + "\n".join(lines) + "\n" + f"{hashes[0]},90\n" + f"{'ab' * 32},20\n")
     done = run(tiny_model_dir, redis_server.url, str(good), "--source", "partner-a")
     assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout) == {"source": "partner-a", "imported": 10_000, "low_quality": 1, "other_types": 0, "repeated": 1}
+    assert json.loads(done.stdout) == {"source": "partner-a", "imported": 10_000, "new": 10_000, "low_quality": 1, "other_types": 0,
+                                       "repeated": 1}
+    again = run(tiny_model_dir, redis_server.url, str(good), "--source", "partner-a")
+    assert again.returncode == 0 and json.loads(again.stdout)["new"] == 0  # a refresh adds nothing twice
 
     manifest = read_manifest(tiny_model_dir)
     cache = VerdictCache(RedisStore(redis_server.url), namespace_for(manifest.version, manifest.threshold), 604800)
+    assert cache.list_counts() == {"partner-a": 10_000}
+    metrics = Metrics()
+    metrics.watch_lists(cache.list_counts)
+    assert 'dda_hash_list_entries{source="partner-a"} 10000.0' in metrics.render().decode()
     near = [Key(f"q{i}", flip(hashes[i * 997], [3, 90, 200]), 100) for i in range(10)]
     found = cache.lookup_near_many(near)
     assert {(r.kind, r.source, r.distance) for r in found} == {("hash_list", "partner-a", 3)}
@@ -65,6 +73,9 @@ def test_a_list_is_checked_whole_imported_matched_by_source_and_removed(tiny_mod
     removed = run(tiny_model_dir, redis_server.url, "--source", "partner-a", "--remove")
     assert removed.returncode == 0 and json.loads(removed.stdout) == {"source": "partner-a", "removed": 10_000}
     assert {r.kind for r in cache.lookup_near_many(near)} == {"miss"}
+    assert cache.list_counts() == {} and "dda_hash_list_entries{" not in metrics.render().decode()
+    redis_server.kill()  # a scrape while the store is down still answers, without the gauge's samples
+    assert "dda_hash_list_entries{" not in metrics.render().decode()
 
 
 def test_csv_exports_name_their_columns_and_other_types_are_skipped() -> None:
