@@ -22,18 +22,14 @@ import argparse
 import csv
 import io
 import json
-import os
 import re
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from engine.console import say
-from engine.hub import resolve_model
-from engine.manifest import ModelDirError
-from engine.model_dir import load_model_dir
-from worker.cache import MIN_QUALITY, VerdictCache, namespace_for
-from worker.cache_store import RedisStore
+from worker import cache_cli
+from worker.cache import MIN_QUALITY
 
 PDQ = re.compile(r"^[0-9a-f]{64}$")
 SOURCE = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
@@ -110,7 +106,7 @@ def parse(text: str) -> Parsed:
 
 
 def import_command(args: argparse.Namespace) -> int:
-    redis_url = args.redis_url or os.environ.get("DDA_REDIS_URL")
+    redis_url = cache_cli.redis_url(args)
     if not redis_url:
         say("error: importing hashes needs the workers' Redis: --redis-url or DDA_REDIS_URL")
         return 2
@@ -118,14 +114,14 @@ def import_command(args: argparse.Namespace) -> int:
         say("error: --source must be 1-64 of A-Z a-z 0-9 . _ : -")
         return 2
     try:
-        manifest = load_model_dir(resolve_model(args.model, progress=say)).manifest
+        manifest = cache_cli.workers_manifest(args)
         if args.remove:
             parsed = None
         elif args.file is None:
             raise ValueError("name the list FILE ('-': stdin), or --remove")
         else:
             parsed = parse(sys.stdin.read() if args.file == "-" else open(args.file, encoding="utf-8").read())
-    except (OSError, ValueError, ModelDirError) as exc:
+    except (OSError, ValueError) as exc:  # a ModelDirError is a ValueError
         say(f"error: {exc}")
         return 2
     if parsed is not None and parsed.errors:
@@ -133,8 +129,7 @@ def import_command(args: argparse.Namespace) -> int:
             say(f"error: {args.file}: {line}")
         say(f"error: {len(parsed.errors)} bad lines; nothing imported")
         return 2
-    cluster = args.redis_cluster or os.environ.get("DDA_REDIS_CLUSTER") == "on"
-    cache = VerdictCache(RedisStore(redis_url, cluster=cluster), namespace_for(manifest.version, manifest.threshold), args.ttl_s)
+    cache = cache_cli.workers_cache(args, redis_url, manifest)
     try:
         if parsed is None:
             print(json.dumps({"source": args.source, "removed": cache.remove_list(args.source)}))
@@ -153,8 +148,5 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p.add_argument("file", metavar="FILE", nargs="?", help="the list: hex[,quality] lines, or CSV with a header ('-': stdin)")
     p.add_argument("--source", required=True, help="the list's name, reported with each match (1-64 of A-Z a-z 0-9 . _ : -)")
     p.add_argument("--remove", action="store_true", help="delete the entries this source imported instead")
-    p.add_argument("--model", default=None, help="the workers' model (its version and threshold name the cache keys)")
-    p.add_argument("--redis-url", default=None, help="the workers' Redis (default: DDA_REDIS_URL)")
-    p.add_argument("--redis-cluster", action="store_true", help="the URL names a node of a Redis Cluster (default: DDA_REDIS_CLUSTER=on)")
-    p.add_argument("--ttl-s", type=int, default=604800, help="how long entries live: the workers' DDA_CACHE_TTL_S (re-import to refresh)")
+    cache_cli.add_arguments(p, "how long entries live: the workers' DDA_CACHE_TTL_S (re-import to refresh)")
     p.set_defaults(handler=import_command)

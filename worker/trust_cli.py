@@ -11,16 +11,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import sys
 
 from engine.console import say
-from engine.hub import resolve_model
-from engine.manifest import ModelDirError
-from engine.model_dir import load_model_dir
-from worker.cache import VerdictCache, namespace_for
-from worker.cache_store import RedisStore
+from worker import cache_cli
 
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -39,18 +34,17 @@ def read_hashes(source: str) -> list[str]:
 
 
 def trust_command(args: argparse.Namespace) -> int:
-    redis_url = args.redis_url or os.environ.get("DDA_REDIS_URL")
+    redis_url = cache_cli.redis_url(args)
     if not redis_url:
         say("error: trusting verdicts needs the workers' Redis: --redis-url or DDA_REDIS_URL")
         return 2
     try:
         hashes = read_hashes(args.hashes)
-        manifest = load_model_dir(resolve_model(args.model, progress=say)).manifest
-    except (OSError, ValueError, ModelDirError) as exc:
+        manifest = cache_cli.workers_manifest(args)
+    except (OSError, ValueError) as exc:  # a ModelDirError is a ValueError
         say(f"error: {exc}")
         return 2
-    cluster = args.redis_cluster or os.environ.get("DDA_REDIS_CLUSTER") == "on"
-    cache = VerdictCache(RedisStore(redis_url, cluster=cluster), namespace_for(manifest.version, manifest.threshold), args.ttl_s)
+    cache = cache_cli.workers_cache(args, redis_url, manifest)
     try:
         outcome = cache.trust(hashes)
     except Exception as exc:  # noqa: BLE001 - a store failure is reported, not a traceback
@@ -64,8 +58,5 @@ def trust_command(args: argparse.Namespace) -> int:
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = commands.add_parser("trust-verdicts", help="confirm cached ai_generated verdicts so that near-duplicates may use them")
     p.add_argument("hashes", metavar="FILE", help="SHA-256s of confirmed AI images, one per line ('-': stdin)")
-    p.add_argument("--model", default=None, help="the workers' model (its version and threshold name the cache keys)")
-    p.add_argument("--redis-url", default=None, help="the workers' Redis (default: DDA_REDIS_URL)")
-    p.add_argument("--redis-cluster", action="store_true", help="the URL names a node of a Redis Cluster (default: DDA_REDIS_CLUSTER=on)")
-    p.add_argument("--ttl-s", type=int, default=604800, help="how long confirmed entries live (default: %(default)s)")
+    cache_cli.add_arguments(p, "how long confirmed entries live (default: %(default)s)")
     p.set_defaults(handler=trust_command)
