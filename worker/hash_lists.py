@@ -49,8 +49,8 @@ class Parsed:
     errors: list[str] = field(default_factory=list)
 
 
-def _rows(text: str) -> tuple[Iterator[tuple[int, str, str | None, str | None]], str | None]:
-    """(line number, hash, quality, type) per data line, and the format's name."""
+def _rows(text: str) -> Iterator[tuple[int, str, str | None, str | None]]:
+    """(line number, hash, quality, type) per data line; type "?" for a plain line with too many fields."""
     lines = text.splitlines()
     first = next((line for line in lines if line.strip() and not line.lstrip().startswith("#")), "")
     header = [c.strip().lower() for c in next(csv.reader([first]), [])]
@@ -62,7 +62,7 @@ def _rows(text: str) -> tuple[Iterator[tuple[int, str, str | None, str | None]],
                 if value:
                     parts = [p.strip() for p in value.split(",")]
                     yield number, parts[0], parts[1] if len(parts) > 1 else None, "pdq" if len(parts) <= 2 else "?"
-        return plain(), None
+        return plain()
     reader = csv.DictReader(io.StringIO(text), skipinitialspace=True)
     reader.fieldnames = [c.strip().lower() for c in reader.fieldnames or []]
     kind = next((c for c in TYPE_COLUMNS if c in header), None)
@@ -72,14 +72,13 @@ def _rows(text: str) -> tuple[Iterator[tuple[int, str, str | None, str | None]],
         for row in reader:
             yield (reader.line_num, (row.get(column) or "").strip(), (row.get(quality) or "").strip() or None if quality else None,
                    (row.get(kind) or "").strip() if kind else "pdq")
-    return rows(), "csv"
+    return rows()
 
 
 def parse(text: str) -> Parsed:
     out = Parsed()
     seen: set[str] = set()
-    rows, _ = _rows(text)
-    for number, value, quality, kind in rows:
+    for number, value, quality, kind in _rows(text):
         if kind == "?":
             out.errors.append(f"line {number}: expected hex[,quality], got more fields")
             continue

@@ -56,8 +56,9 @@ class IndexLog:
         """What was appended since the last call, of every live epoch (`everything`: a replay) or of the
         latest two; and whether some key had more than one read takes (call again)."""
         now_epoch = int(self.clock() // self.span)
-        first = now_epoch - (self.ttl_s // self.span + 1 if everything else 1)
-        self._offsets = {at: offset for at, offset in self._offsets.items() if at[0] >= now_epoch - self.ttl_s // self.span - 1}
+        oldest_live = now_epoch - self.ttl_s // self.span - 1
+        first = oldest_live if everything else now_epoch - 1
+        self._offsets = {at: offset for at, offset in self._offsets.items() if at[0] >= oldest_live}
         places = [(epoch, shard) for epoch in range(first, now_epoch + 1) for shard in range(SHARDS)]
         lengths = self.store.lengths([self._key(*at) for at in places])
         wanted = []
