@@ -9,7 +9,6 @@ import pytest
 from tests.services import RedisClusterServers, RedisServer
 from worker.cache import CachedVerdict, Key, VerdictCache
 from worker.cache_store import MemoryStore, RedisStore, Store
-from worker.near_index import NearIndex
 
 A = "f8f8f0cee0f4a84f06370a22038f63f0b36e2ed596621e1d33e6b39c4e9c9b22"
 
@@ -196,4 +195,3 @@ def test_the_follower_reads_other_workers_hashes_within_a_follow_interval() -> N
         assert cache.lookup_near_many([Key("v", flip(A, [9]), 100)])[0].verdict.sha256 == "s-ai"
     finally:
         cache.index.close()
-    assert isinstance(cache.index, NearIndex)

@@ -6,10 +6,7 @@ import json
 import random
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from engine.manifest import read_manifest
 from tests.services import RedisServer
@@ -24,14 +21,6 @@ def flip(pdq: str, bits: list[int]) -> str:
     for b in bits:
         value ^= 1 << b
     return f"{value:064x}"
-
-
-@pytest.fixture()
-def redis_server() -> Iterator[RedisServer]:
-    server = RedisServer()
-    server.start()
-    yield server
-    server.stop()
 
 
 def run(model: Path, redis_url: str, *args: str) -> subprocess.CompletedProcess[str]:

@@ -31,14 +31,6 @@ from worker.prepare import prepare
 pytestmark = pytest.mark.timeout(300)
 
 
-@pytest.fixture()
-def redis_server() -> Iterator[RedisServer]:
-    r = RedisServer()
-    r.start()
-    yield r
-    r.stop()
-
-
 @pytest.fixture(scope="module")
 def images() -> list[bytes]:
     """24 pictures; the first carries a C2PA manifest declaring AI, the second XMP declaring a camera."""
