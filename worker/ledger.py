@@ -98,12 +98,7 @@ class Ledger:
         """Positions that moved past what this worker last committed, or whose offsets published
         past them changed (a commit names them, so the partition's next reader skips them)."""
         out = {}
-        for tp, lane in self._lanes.items():
-            if tps is not None and tp not in tps:
-                continue
-            position = self.position(tp)
-            if position is None:
-                continue
+        for tp, lane, position in self._positioned(tps):
             ahead = frozenset(_ahead(lane, position))
             if lane.committed is None or position > lane.committed or (position == lane.committed and ahead != lane.committed_ahead):
                 out[tp] = Position(position, ahead)
@@ -114,12 +109,7 @@ class Ledger:
         records are resolved (or given up), and the position just past the run; only partitions
         where that position moved past the last commit. A record behind an unfinished one waits."""
         out = {}
-        for tp, lane in self._lanes.items():
-            if tps is not None and tp not in tps:
-                continue
-            start = self.position(tp)
-            if start is None:
-                continue
+        for tp, lane, start in self._positioned(tps):
             run = []
             for entry in lane.entries:
                 if not entry.acked and entry.completion.record is None:
@@ -129,6 +119,14 @@ class Ledger:
             if lane.committed is None or end > lane.committed:
                 out[tp] = ([e for e in run if not e.acked], end)
         return out
+
+    def _positioned(self, tps: set[Partition] | None) -> Iterator[tuple[Partition, _Lane, int]]:
+        """Each lane (of `tps`, when given) that has a commit position, with it."""
+        for tp, lane in self._lanes.items():
+            if tps is None or tp in tps:
+                position = self.position(tp)
+                if position is not None:
+                    yield tp, lane, position
 
     def mark_committed(self, positions: dict[Partition, Position]) -> None:
         for tp, position in positions.items():
