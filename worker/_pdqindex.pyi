@@ -1,13 +1,16 @@
 """Types of the C extension worker/_pdqindex.c."""
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-def build(codes: np.ndarray[Any, Any], start: int, end: int, k: int, directory: np.ndarray[Any, Any], ids: np.ndarray[Any, Any],
-          lows: np.ndarray[Any, Any], /) -> None: ...
-def search(codes: np.ndarray[Any, Any], end: int, directory: np.ndarray[Any, Any], ids: np.ndarray[Any, Any], lows: np.ndarray[Any, Any],
-           k: int, live_from: int, queries: np.ndarray[Any, Any], max_distance: int, per_bucket: int, budget: int,
-           best_distance: np.ndarray[Any, Any], best_id: np.ndarray[Any, Any], capped: np.ndarray[Any, Any], /) -> None: ...
-def scan(codes: np.ndarray[Any, Any], start: int, end: int, queries: np.ndarray[Any, Any], max_distance: int,
-         best_distance: np.ndarray[Any, Any], best_id: np.ndarray[Any, Any], /) -> None: ...
+Array = np.ndarray[Any, Any]
+
+def live(ages: Array, n: int, dead: Array, /) -> int: ...
+def build(sources: Sequence[tuple[Array, Array, int]], dead: Array, k: int, codes: Array, ages: Array, dir0: Array, groups: Array,
+          offs: Array, entries: Array, /) -> None: ...
+def search(segment: tuple[Array, Array, int, Array, Array, Array, Array], dead: Array, tag: int, queries: Array, max_distance: int,
+           per_bucket: int, budget: int, best_distance: Array, best_id: Array, capped: Array, /) -> None: ...
+def scan(codes: Array, ages: Array, n: int, dead: Array, tag: int, queries: Array, max_distance: int, best_distance: Array,
+         best_id: Array, /) -> None: ...

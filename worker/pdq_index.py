@@ -1,16 +1,19 @@
 """The near-duplicate index a consumer process holds in memory: PDQ hashes and radius search.
 
-Hashes are appended to one array (32 bytes each, in arrival order: a hash's id is its place)
-and searched by multi-index hashing (`worker/_pdqindex.c`: 8 tables of 32-bit words; exact up
-to distance 23, and pairs up to 31 found whenever one word is within 2 bits). New hashes first
-land in a short tail searched by brute force; the tail is folded into a delta segment, and the
-delta into the base, as they grow, so adding is cheap and a rebuild is paid rarely and off the
-lookup path (`maintain`, called by the thread that feeds the index). Searches read an
-immutable view, so they never wait on a rebuild.
+Searched by multi-index hashing (`worker/_pdqindex.c`: 8 tables of 32-bit words; exact up to
+distance 23, and pairs up to 31 found whenever one word is within 2 bits), in about 62.5 bytes
+a hash, 32 of them the hash (the C file says where the rest goes). New hashes first land in a
+tail searched by brute force; the tail is folded into a delta segment, and the delta into the
+base, as they grow, so adding is cheap and a rebuild is paid rarely and off the lookup path
+(`maintain`, called by the thread that feeds the index). Searches read an immutable view, so
+they never wait on a rebuild.
 
-Entries expire in blocks of ids (their latest expiry): the block's ids are skipped at once and
-dropped at the next rebuild. Expiry here is about memory; whether a match still answers is
-decided by its verdict entry in the store, which has its own TTL.
+Expiry: each hash carries one byte, its expiry class; a class is one `expires_at` (the shared
+log gives one a log epoch, about 65 alive at once). Past its time a class is dead: its hashes
+are skipped at once and dropped at the next rebuild, which frees the class. With all 256 in
+use, new hashes join the class that expires soonest after them (or the latest, moved later):
+a hash may outlive its time, never leave early. Expiry here is about memory; whether a match
+still answers is decided by its verdict entry in the store, which has its own TTL.
 
 Bounds: at most `capacity` hashes (more are refused, counted); a search compares at most
 PER_BUCKET hashes in one bucket and scans BUDGET entries a query, so a flood of hashes into one
@@ -20,9 +23,8 @@ region of hash space costs its author uploads and a lookup a bounded amount of w
 from __future__ import annotations
 
 import math
-from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -32,49 +34,84 @@ CODE = 32
 WORDS = 8
 MATCH_DISTANCE = 31
 TAIL_MAX = 16_384  # hashes searched by brute force before they are folded into a segment
+TAIL_START = 4096  # the tail's first allocation, in hashes
 PER_BUCKET = 512
 BUDGET = 131_072
-EXPIRY_BLOCK = 4096
+CLASSES = 256  # expiry classes: one byte a hash
+GROUP = 64  # buckets sharing one 32-bit base in tables 1-7 (worker/_pdqindex.c)
 
 
 def directory_bits(n: int) -> int:
-    """Top bits a table's directory spans: ~8-16 hashes a bucket, so the directory costs <= 0.5 bytes a hash a table."""
-    return min(24, max(16, math.ceil(math.log2(max(n, 1))) - 3))
+    """Top bits a table's directory spans: 8-16 hashes a bucket, so directories cost ~1.5 bytes a hash in all."""
+    return min(24, max(16, math.ceil(math.log2(max(n, 1))) - 4))
+
+
+Source = tuple[np.ndarray, np.ndarray, int]  # hashes, their expiry classes, how many
 
 
 @dataclass(frozen=True)
 class _Segment:
-    """Tables over codes[start:end]."""
+    """Hashes sorted by word 0 (table 0's buckets) and the entries of tables 1-7."""
 
-    start: int
-    end: int
+    codes: np.ndarray
+    ages: np.ndarray
     k: int
-    directory: np.ndarray
-    ids: np.ndarray
-    lows: np.ndarray
+    dir0: np.ndarray
+    groups: np.ndarray
+    offs: np.ndarray
+    entries: np.ndarray
+    counts: np.ndarray  # hashes of each expiry class
 
     @classmethod
-    def build(cls, codes: np.ndarray, start: int, end: int) -> _Segment:
-        n, k = end - start, directory_bits(end - start)
-        segment = cls(start, end, k, np.empty(WORDS * ((1 << k) + 1), np.uint32), np.empty(WORDS * n, np.uint32),
-                      np.empty(WORDS * n, np.uint16))
-        _pdqindex.build(codes, start, end, k, segment.directory, segment.ids, segment.lows)
-        return segment
+    def build(cls, sources: Sequence[Source], dead: np.ndarray) -> _Segment | None:
+        """One segment of the live hashes of `sources`; None when there are none."""
+        n = sum(_pdqindex.live(ages, count, dead) for _, ages, count in sources)
+        if not n:
+            return None
+        k = directory_bits(n)
+        buckets = 1 << k
+        codes, ages = np.empty(n * CODE, np.uint8), np.empty(n, np.uint8)
+        dir0, groups = np.empty(buckets + 1, np.uint32), np.empty((WORDS - 1) * (buckets // GROUP + 1), np.uint32)
+        offs, entries = np.empty((WORDS - 1) * (buckets + 1), np.uint16), np.empty((WORDS - 1) * n, np.uint32)
+        _pdqindex.build(sources, dead, k, codes, ages, dir0, groups, offs, entries)
+        return cls(codes, ages, k, dir0, groups, offs, entries, np.bincount(ages, minlength=CLASSES))
+
+    @property
+    def n(self) -> int:
+        return len(self.ages)
+
+    @property
+    def source(self) -> Source:
+        return self.codes, self.ages, self.n
+
+    @property
+    def tables(self) -> tuple[np.ndarray, np.ndarray, int, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        return self.codes, self.ages, self.k, self.dir0, self.groups, self.offs, self.entries
 
     @property
     def nbytes(self) -> int:
-        return self.directory.nbytes + self.ids.nbytes + self.lows.nbytes
+        return sum(a.nbytes for a in (self.codes, self.ages, self.dir0, self.groups, self.offs, self.entries))
 
 
 @dataclass(frozen=True)
 class _View:
-    """What a search reads: hashes [live_from, n) of codes; segments cover up to indexed_to, brute force the rest."""
+    """What a search reads: the segments, then tail_n hashes of the tail by brute force; `dead` marks
+    the expired classes, `counts` holds the hashes of each class (dead ones included)."""
 
-    codes: np.ndarray
-    n: int
-    live_from: int
-    indexed_to: int
     segments: tuple[_Segment, ...]
+    tail_codes: np.ndarray
+    tail_ages: np.ndarray
+    tail_n: int
+    dead: np.ndarray
+    counts: np.ndarray
+
+    @property
+    def tail(self) -> Source:
+        return self.tail_codes, self.tail_ages, self.tail_n
+
+    @property
+    def live(self) -> int:
+        return int(self.counts[self.dead == 0].sum())
 
 
 @dataclass(frozen=True)
@@ -83,96 +120,100 @@ class Match:
     distance: int
 
 
+def _empty_tail() -> tuple[np.ndarray, np.ndarray]:
+    return np.zeros(TAIL_START * CODE, np.uint8), np.zeros(TAIL_START, np.uint8)
+
+
 class PdqIndex:
     """One writer (add, maintain: the caller serialises them), any number of concurrent searches."""
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
-        self._codes = np.zeros(0, np.uint8)
-        self._n = 0
-        self._blocks: deque[tuple[int, int, float]] = deque()  # (start id, end id, latest expiry), EXPIRY_BLOCK ids at most
-        self._view = _View(self._codes, 0, 0, 0, ())
+        self._expiry: dict[int, float] = {}  # live class -> its time
+        self._class_at: dict[float, int] = {}  # and back
+        self._dead: set[int] = set()  # classes past their time whose hashes are still held
+        self._free = list(range(CLASSES - 1, -1, -1))
+        codes, ages = _empty_tail()
+        self._view = _View((), codes, ages, 0, np.zeros(CLASSES, np.uint8), np.zeros(CLASSES, np.int64))
 
     def __len__(self) -> int:
-        view = self._view
-        return view.n - view.live_from
+        return self._view.live
 
     @property
     def nbytes(self) -> int:
         view = self._view
-        return view.codes.nbytes + sum(s.nbytes for s in view.segments)
+        return view.tail_codes.nbytes + view.tail_ages.nbytes + sum(s.nbytes for s in view.segments)
 
     @property
     def layout(self) -> tuple[int, int, int]:
         """(hashes held, expired ones included; segments; hashes in the brute-forced tail)."""
         view = self._view
-        return view.n, len(view.segments), view.n - max(view.indexed_to, view.live_from)
+        return view.tail_n + sum(s.n for s in view.segments), len(view.segments), view.tail_n
 
     def add(self, hashes: bytes | memoryview, expires_at: float) -> int:
         """Append hashes (32 bytes each); returns how many were refused for want of capacity."""
         count = len(hashes) // CODE
-        room = max(0, self.capacity - len(self))
-        taken = min(count, room)
+        view = self._view
+        taken = min(count, max(0, self.capacity - view.live))
         if taken:
-            end = self._n + taken
-            if end * CODE > self._codes.nbytes:
-                grown = np.zeros(max(end, int(self._codes.nbytes // CODE * 1.25), 65_536) * CODE, np.uint8)
-                grown[: self._n * CODE] = self._codes[: self._n * CODE]
-                self._codes = grown
-            self._codes[self._n * CODE : end * CODE] = np.frombuffer(hashes[: taken * CODE], np.uint8)
-            self._stamp(self._n, end, expires_at)
-            self._n = end
-            self._publish(n=end)
+            age = self._class_for(expires_at)
+            codes, ages, start = view.tail_codes, view.tail_ages, view.tail_n
+            end = start + taken
+            if end > len(ages):  # grown into fresh arrays: a search may be reading the old ones
+                size = max(end, len(ages) * 3 // 2)
+                codes, ages = np.zeros(size * CODE, np.uint8), np.zeros(size, np.uint8)
+                codes[: start * CODE], ages[:start] = view.tail_codes[: start * CODE], view.tail_ages[:start]
+            codes[start * CODE : end * CODE] = np.frombuffer(hashes[: taken * CODE], np.uint8)
+            ages[start:end] = age
+            counts = view.counts.copy()
+            counts[age] += taken
+            self._view = replace(view, tail_codes=codes, tail_ages=ages, tail_n=end, counts=counts)
         return count - taken
 
-    def _stamp(self, start: int, end: int, expires_at: float) -> None:
-        while start < end:
-            if self._blocks and self._blocks[-1][1] == start and start - self._blocks[-1][0] < EXPIRY_BLOCK:
-                block_start, _, at = self._blocks.pop()
-                expires_at_block = max(at, expires_at)
-            else:
-                block_start, expires_at_block = start, expires_at
-            block_end = min(end, block_start + EXPIRY_BLOCK)
-            self._blocks.append((block_start, block_end, expires_at_block))
-            start = block_end
-
-    def _publish(self, **changes: object) -> None:
-        view = self._view
-        fields = {"codes": self._codes, "n": view.n, "live_from": view.live_from, "indexed_to": view.indexed_to,
-                  "segments": view.segments, **changes}
-        self._view = _View(**fields)  # type: ignore[arg-type]  # one reference swap: searches see the old view or the new
+    def _class_for(self, expires_at: float) -> int:
+        age = self._class_at.get(expires_at)
+        if age is not None:
+            return age
+        if self._free:
+            age = self._free.pop()
+        else:  # all in use: the live class expiring soonest at or after this time, else the latest, moved later
+            later = [a for a, at in self._expiry.items() if at >= expires_at]
+            if later:
+                return min(later, key=self._expiry.__getitem__)
+            age = max(self._expiry, key=self._expiry.__getitem__)
+            del self._class_at[self._expiry[age]]
+        self._expiry[age] = expires_at
+        self._class_at[expires_at] = age
+        return age
 
     def maintain(self, now: float) -> None:
-        """Skip expired blocks; fold a long tail into a segment; rebuild the base when a quarter of it is dead
-        or the delta outgrows an eighth of it."""
+        """Mark classes past their time dead; fold a long tail into the delta; rebuild the base when a
+        quarter of the hashes are dead, half the classes wait to be freed, or the delta outgrows an
+        eighth of the base."""
+        died = [age for age, at in self._expiry.items() if at <= now]
         view = self._view
-        live_from = view.live_from
-        while self._blocks and self._blocks[0][2] <= now:
-            live_from = self._blocks.popleft()[1]
-        if live_from != view.live_from:
-            self._publish(live_from=live_from)
-        n, segments = self._n, view.segments
-        base_start = segments[0].start if segments else 0
-        dead = live_from - base_start
-        if n - view.indexed_to <= TAIL_MAX and dead * 4 <= n - base_start:
+        if died:
+            for age in died:
+                del self._class_at[self._expiry.pop(age)]
+            self._dead.update(died)
+            dead = view.dead.copy()
+            dead[died] = 1
+            view = self._view = replace(view, dead=dead)
+        total, held_dead = int(view.counts.sum()), int(view.counts[view.dead == 1].sum())
+        rebuild = held_dead * 4 > total or len(self._dead) > CLASSES // 2
+        if view.tail_n <= TAIL_MAX and not rebuild:
             return
-        if not segments or dead * 4 > n - base_start or n - segments[0].end > max(segments[0].end - base_start, 524_288) // 8:
-            self._rebuild(live_from)
+        segments = view.segments
+        if not segments or rebuild or sum(s.n for s in segments[1:]) + view.tail_n > max(segments[0].n, 524_288) // 8:
+            built = _Segment.build([s.source for s in segments] + [view.tail], view.dead)
+            self._free.extend(self._dead)
+            self._dead.clear()
+            segments, dead = (built,) if built else (), np.zeros(CLASSES, np.uint8)
         else:
-            self._publish(segments=(segments[0], _Segment.build(self._codes, segments[0].end, n)), indexed_to=n)
-
-    def _rebuild(self, live_from: int) -> None:
-        """One base segment over the live hashes, moved to the front of a fresh array when any are dead."""
-        n = self._n
-        if live_from:
-            live = n - live_from
-            fresh = np.zeros(max(int(live * 1.25), 65_536) * CODE, np.uint8)
-            fresh[: live * CODE] = self._codes[live_from * CODE : n * CODE]
-            self._codes, self._n = fresh, live
-            self._blocks = deque((start - live_from, end - live_from, at) for start, end, at in self._blocks)
-            n = live
-        base = _Segment.build(self._codes, 0, n) if n else None
-        self._publish(codes=self._codes, n=n, live_from=0, indexed_to=n, segments=(base,) if base else ())
+            delta = _Segment.build([s.source for s in segments[1:]] + [view.tail], view.dead)
+            segments, dead = (segments[0],) + ((delta,) if delta else ()), view.dead
+        codes, ages = _empty_tail()
+        self._view = _View(segments, codes, ages, 0, dead, sum((s.counts for s in segments), np.zeros(CLASSES, np.int64)))
 
     def search(self, queries: Sequence[bytes]) -> tuple[list[Match | None], list[int]]:
         """Each query's closest hash within MATCH_DISTANCE, and how many bounds cut its search short."""
@@ -183,10 +224,10 @@ class PdqIndex:
         best_distance = np.full(len(queries), MATCH_DISTANCE + 1, np.int32)
         best_id = np.full(len(queries), -1, np.int64)
         capped = np.zeros(len(queries), np.int32)
-        for s in view.segments:
-            _pdqindex.search(view.codes, s.end, s.directory, s.ids, s.lows, s.k, view.live_from, packed, MATCH_DISTANCE,
-                             PER_BUCKET, BUDGET, best_distance, best_id, capped)
-        _pdqindex.scan(view.codes, max(view.indexed_to, view.live_from), view.n, packed, MATCH_DISTANCE, best_distance, best_id)
-        found = [None if i < 0 else Match(view.codes[i * CODE : (i + 1) * CODE].tobytes(), int(d))
+        for tag, s in enumerate(view.segments):
+            _pdqindex.search(s.tables, view.dead, tag, packed, MATCH_DISTANCE, PER_BUCKET, BUDGET, best_distance, best_id, capped)
+        _pdqindex.scan(*view.tail, view.dead, len(view.segments), packed, MATCH_DISTANCE, best_distance, best_id)
+        holders = [s.codes for s in view.segments] + [view.tail_codes]
+        found = [None if i < 0 else Match(holders[i >> 32][(i & 0xFFFF_FFFF) * CODE : ((i & 0xFFFF_FFFF) + 1) * CODE].tobytes(), int(d))
                  for i, d in zip(best_id.tolist(), best_distance.tolist())]
         return found, capped.tolist()
