@@ -2,8 +2,9 @@
 
 An attacker uploads many images whose hashes crowd one region of hash space, so that every
 lookup landing there has many candidates to compare. Two floods of 20,000 AI hashes: sharing
-one 16-bit slot (the red-team case against the old slot-set index), and sharing a whole
-32-bit word (the worst case for the multi-index tables: every one passes the bucket's filter).
+one 16-bit slot (the red-team case against the old slot-set index), and sharing the whole
+first 32-bit word (the worst case for the multi-index tables: every one passes the bucket's
+filter, and the first word's table, the hashes themselves, keeps them all).
 Queries share the flooded region and have a true near-duplicate (distance 6) indexed outside
 it. In one run: the index without bounds (the baseline: PER_BUCKET and BUDGET unlimited) and
 with the shipped bounds. CPU seconds of this process for the batch (the worker's lookup stage,
