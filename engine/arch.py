@@ -1,4 +1,4 @@
-"""Architecture of the DINOv2 ViT used by DDA, derived from weight shapes.
+"""Architecture of the ViTs the engine runs (DDA's DINOv2, Community Forensics' timm ViT), derived from weight shapes.
 
 The checkpoint carries no config, so every size is read off a tensor: width from the
 class token, depth from the block indices, heads from the DINOv2 family's fixed head
@@ -34,6 +34,7 @@ class Architecture:
     patch_size: int
     pos_grid: int
     layernorm_eps: float = LAYERNORM_EPS
+    layerscale: bool = True  # DINOv2 (DDA) scales each branch; timm's ViTs (Community Forensics) do not
 
     def to_json(self) -> dict[str, Any]:
         return {"type": "dinov2_vit", **asdict(self)}
@@ -78,6 +79,7 @@ def infer_architecture(shapes: Mapping[str, Sequence[int]]) -> Architecture:
         mlp_hidden=int(fc1[0]),
         patch_size=int(patch_kernel[-1]),
         pos_grid=grid_side(int(shapes["pos_embed"][1]) - 1),
+        layerscale="blocks.0.ls1.gamma" in shapes,
     )
 
 
@@ -96,8 +98,9 @@ def expected_shapes(arch: Architecture) -> dict[str, tuple[int, ...]]:
         for norm in ("norm1", "norm2"):
             shapes[b + norm + ".weight"] = (d,)
             shapes[b + norm + ".bias"] = (d,)
-        shapes[b + "ls1.gamma"] = (d,)
-        shapes[b + "ls2.gamma"] = (d,)
+        if arch.layerscale:
+            shapes[b + "ls1.gamma"] = (d,)
+            shapes[b + "ls2.gamma"] = (d,)
         for name, (out_f, in_f) in linear.items():
             shapes[b + name + ".weight"] = (out_f, in_f)
             shapes[b + name + ".bias"] = (out_f,)

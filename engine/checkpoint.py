@@ -62,13 +62,17 @@ def safe_torch_load(path: Path, map_location: str = "cpu", mmap: bool = True) ->
         raise CheckpointError(f"{path}: not a readable torch checkpoint (truncated or corrupt?): {exc}") from exc
 
 
-def _load_state_dict(path: Path) -> Mapping[str, torch.Tensor]:
-    obj = safe_torch_load(path)
+def state_dict_with(obj: object, prefix: str, path: Path, expected: str) -> Mapping[str, torch.Tensor]:
+    """The state dict a loaded file holds (itself, or its "model" entry), if any of its keys start with `prefix`."""
     if isinstance(obj, Mapping) and isinstance(obj.get("model"), Mapping):
         obj = obj["model"]
-    if not isinstance(obj, Mapping) or not any(isinstance(k, str) and k.startswith(BACKBONE) for k in obj):
-        raise CheckpointError(f"{path}: no state dict with {BACKBONE!r} keys (expected a dict with a 'model' entry)")
+    if not isinstance(obj, Mapping) or not any(isinstance(k, str) and k.startswith(prefix) for k in obj):
+        raise CheckpointError(f"{path}: no state dict with {prefix!r} keys ({expected})")
     return obj
+
+
+def _load_state_dict(path: Path) -> Mapping[str, torch.Tensor]:
+    return state_dict_with(safe_torch_load(path), BACKBONE, path, "expected a dict with a 'model' entry")
 
 
 def _source_keys(name: str) -> list[str]:

@@ -1,4 +1,4 @@
-"""`dda import-checkpoint`."""
+"""`dda import-checkpoint` (DDA or Community Forensics), `dda make-test-model`."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 from engine.checkpoint import DEFAULT_LORA_ALPHA, DEFAULT_THRESHOLD, CheckpointError, import_checkpoint
+from engine.commfor import import_commfor
 from engine.console import say
 from engine.hub import resolve_checkpoint
 
@@ -15,17 +16,21 @@ def import_command(args: argparse.Namespace) -> int:
     started = time.monotonic()
     try:
         src = resolve_checkpoint(args.src)
-        manifest = import_checkpoint(
-            src, Path(args.dest), lora_alpha=args.lora_alpha, threshold=args.threshold,
-            source_uri=args.src, progress=say,
-        )
+        if args.layout == "commfor":
+            manifest = import_commfor(src, Path(args.dest), threshold=args.threshold, source_uri=args.src, progress=say)
+        else:
+            manifest = import_checkpoint(
+                src, Path(args.dest), lora_alpha=args.lora_alpha, threshold=args.threshold,
+                source_uri=args.src, progress=say,
+            )
     except (CheckpointError, FileNotFoundError, IsADirectoryError, ValueError) as exc:
         say(f"error: {exc}")
         return 2
     a = manifest.architecture
+    lora = manifest.source.get("lora")
     say(
-        f"wrote {args.dest}: model {manifest.version}, ViT width {a.width} depth {a.depth} heads {a.heads}, "
-        f"LoRA rank {manifest.source['lora']['rank']} merged, in {time.monotonic() - started:.1f} s"
+        f"wrote {args.dest}: model {manifest.version}, ViT width {a.width} depth {a.depth} heads {a.heads}"
+        + (f", LoRA rank {lora['rank']} merged" if lora else "") + f", in {time.monotonic() - started:.1f} s"
     )
     return 0
 
@@ -44,9 +49,11 @@ def make_test_model_command(args: argparse.Namespace) -> int:
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = commands.add_parser("import-checkpoint", help="convert an official DDA checkpoint into a model directory")
-    p.add_argument("src", help="DDA_ckpt.pth path, or hf://OWNER/REPO/FILE")
+    p = commands.add_parser("import-checkpoint", help="convert an official DDA (or Community Forensics) checkpoint into a model directory")
+    p.add_argument("src", help="DDA_ckpt.pth path, or hf://OWNER/REPO/FILE (hf://OwensLab/commfor-model-384/model.safetensors with --layout commfor)")
     p.add_argument("dest", help="model directory to write")
+    p.add_argument("--layout", choices=("dda", "commfor"), default="dda",
+                   help="dda: the DDA authors' LoRA checkpoint; commfor: the Community Forensics ViT-S/16 at 384 px")
     p.add_argument("--lora-alpha", type=float, default=DEFAULT_LORA_ALPHA, help="LoRA alpha of the training run (default 1)")
     p.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD, help="P(AI) decision threshold (default 0.5)")
     p.set_defaults(handler=import_command)

@@ -43,8 +43,8 @@ class Detector:
         self.crops = crops
 
     def predict(self, images: Sequence[np.ndarray]) -> list[Prediction]:
-        size = self.manifest.preprocessing.crop_size
-        return self.predict_views([views(img, self.crops, size) for img in images])
+        pre = self.manifest.preprocessing
+        return self.predict_views([views(pre.prepare(img), self.crops, pre.crop_size) for img in images])
 
     def predict_views(self, stacks: Sequence[np.ndarray]) -> list[Prediction]:
         """Predictions for images already cut into their [crops, S, S, 3] views (by decode processes)."""

@@ -51,6 +51,15 @@ class Manifest:
         }
         return {**data, "warning": self.warning} if self.warning else data
 
+    def served_by_crops(self) -> Manifest:
+        """This manifest, if the worker's decode processes can prepare its input: a crop of the decoded
+        image. A model that scales the image first (Community Forensics) is scored by `dda eval` and
+        `dda calibrate --second` only, for now."""
+        if self.preprocessing.resize is not None:
+            raise ModelDirError(f"model {self.version} scales images before cropping (its shorter side to {self.preprocessing.resize} px); "
+                                "the worker, dda scan and dda compare-models cut crops without scaling and serve DDA-layout models only")
+        return self
+
     def describe(self) -> dict[str, str]:
         """The model as a verdict names it: name, version, and the warning of a model that is not a detector."""
         info = {"name": self.name, "version": self.version}

@@ -1,9 +1,12 @@
-"""Pixels to model input, exactly as the DDA reference prepares them.
+"""Pixels to model input, exactly as each detector's reference prepares them.
 
-The reference pads short sides with zeros to the crop size (left/top get the floor half),
+DDA's reference pads short sides with zeros to the crop size (left/top get the floor half),
 then takes a centre crop with offsets rounded by Python's `round` (ties to even), with no
-resize, and normalises with CLIP's statistics. Cropping here works on uint8 arrays so the
-bytes moved to the accelerator are a quarter of float32; normalisation runs in the batch.
+resize, and normalises with CLIP's statistics. Community Forensics' first scales the shorter
+side to 440 px (torchvision's `Resize(440)` on a Pillow image: Pillow's bilinear filter, the
+longer side truncated), then centre-crops 384 the same way and normalises with ImageNet's
+statistics. Cropping here works on uint8 arrays so the bytes moved to the accelerator are a
+quarter of float32; normalisation runs in the batch.
 """
 
 from __future__ import annotations
@@ -19,7 +22,11 @@ if TYPE_CHECKING:  # torch is imported where tensors are made: decode processes 
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 CROP_SIZE = 336
+DDA_STEPS = ("convert_rgb", "zero_pad", "center_crop", "scale_1_255", "normalize")
+RESIZED_STEPS = ("convert_rgb", "resize_shorter_bilinear", "center_crop", "scale_1_255", "normalize")
 
 
 def _three_floats(values: Any, name: str) -> tuple[float, float, float]:
@@ -33,11 +40,11 @@ class Preprocessing:
     crop_size: int = CROP_SIZE
     mean: tuple[float, float, float] = CLIP_MEAN
     std: tuple[float, float, float] = CLIP_STD
-    # Recorded so consumers can see what the reference does not do.
-    resize: None = None
+    resize: int | None = None  # the shorter side scaled to this first (Pillow bilinear), or no resize (DDA)
+    # Recorded so consumers can see what the references do not do.
     exif_transpose: bool = False
     pad_value: int = 0
-    steps: tuple[str, ...] = field(default=("convert_rgb", "zero_pad", "center_crop", "scale_1_255", "normalize"))
+    steps: tuple[str, ...] = field(default=DDA_STEPS)
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -46,14 +53,21 @@ class Preprocessing:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Preprocessing:
+        resize = data.get("resize")
         pre = cls(
             crop_size=int(data["crop_size"]),
             mean=_three_floats(data["mean"], "mean"),
             std=_three_floats(data["std"], "std"),
+            resize=None if resize is None else int(resize),
+            steps=DDA_STEPS if resize is None else RESIZED_STEPS,
         )
-        if data.get("resize") is not None or data.get("exif_transpose") or data.get("pad_value", 0) != 0:
-            raise ValueError("only the reference preprocessing (no resize, no EXIF transpose, zero pad) is supported")
+        if data.get("exif_transpose") or data.get("pad_value", 0) != 0 or (pre.resize is not None and pre.resize < pre.crop_size):
+            raise ValueError("only the references' preprocessing (no EXIF transpose, zero pad, a resize no smaller than the crop) is supported")
         return pre
+
+    def prepare(self, rgb: np.ndarray) -> np.ndarray:
+        """The image the crops are cut from: scaled first where the reference scales."""
+        return rgb if self.resize is None else resize_shorter(rgb, self.resize)
 
 
 @dataclass(frozen=True)
@@ -93,6 +107,24 @@ def _window(rgb: np.ndarray, plan: CropPlan, top: int, left: int, size: int) -> 
     if y1 > y0 and x1 > x0:
         out[y0 - src_top : y1 - src_top, x0 - src_left : x1 - src_left] = rgb[y0:y1, x0:x1]
     return out
+
+
+def resized_shape(height: int, width: int, side: int) -> tuple[int, int]:
+    """(height, width) with the shorter side `side` and the longer truncated, as torchvision sizes it."""
+    if width <= height:
+        return int(side * height / width), side
+    return side, int(side * width / height)
+
+
+def resize_shorter(rgb: np.ndarray, side: int) -> np.ndarray:
+    """Scale so the shorter side is `side`, with Pillow's bilinear filter (antialiased when shrinking)."""
+    from PIL import Image
+
+    _check_rgb(rgb)
+    height, width = resized_shape(rgb.shape[0], rgb.shape[1], side)
+    if (height, width) == rgb.shape[:2]:
+        return rgb
+    return np.asarray(Image.fromarray(rgb).resize((width, height), Image.Resampling.BILINEAR))
 
 
 def _check_rgb(rgb: np.ndarray) -> None:

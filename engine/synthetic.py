@@ -1,4 +1,4 @@
-"""Random checkpoints in the official DDA layout, for tests, benchmarks and drills.
+"""Random checkpoints in the official DDA (and Community Forensics) layouts, for tests, benchmarks and drills.
 
 The released checkpoint cannot be fetched on CI, and its layout is what the importer
 must get right, so tests build files with the same keys, shapes and nesting, at any size.
@@ -10,6 +10,7 @@ import tempfile
 from pathlib import Path
 
 import torch
+from safetensors.torch import save_file
 
 from engine.arch import HEAD_DIM, LORA_TARGETS, Architecture, expected_shapes
 from engine.checkpoint import BACKBONE, HEAD, import_checkpoint
@@ -68,6 +69,31 @@ def random_dinov2_state(arch: Architecture, seed: int = 0) -> dict[str, torch.Te
     state = {name: _init(name, shape, gen) for name, shape in expected_shapes(arch).items() if not name.startswith("head.")}
     state["mask_token"] = torch.zeros(1, arch.width)
     return state
+
+
+COMMFOR_VIT_S = Architecture(width=384, depth=12, heads=6, mlp_hidden=1536, patch_size=16, pos_grid=24, layerscale=False)
+
+
+def tiny_commfor_architecture(depth: int = 2, heads: int = 2) -> Architecture:
+    """Community Forensics' layout at a test size (the 384 px input still needs a 24x24 table)."""
+    width = heads * HEAD_DIM
+    return Architecture(width=width, depth=depth, heads=heads, mlp_hidden=4 * width, patch_size=16, pos_grid=24, layerscale=False)
+
+
+def random_commfor_state(arch: Architecture, seed: int = 0) -> dict[str, torch.Tensor]:
+    """A state dict keyed like the authors' ViTClassifier: timm's ViT under `vit.`, a one-logit head."""
+    gen = torch.Generator().manual_seed(seed)
+    return {"vit." + name: _init(name, shape, gen) for name, shape in expected_shapes(arch).items()}
+
+
+def write_commfor_checkpoint(path: Path, arch: Architecture, seed: int = 0) -> Path:
+    """As the hub publishes it (`.safetensors`) or as a torch file (any other suffix)."""
+    state = random_commfor_state(arch, seed)
+    if path.suffix == ".safetensors":
+        save_file(state, str(path))
+    else:
+        torch.save(state, path)
+    return path
 
 
 TEST_MODEL_WARNING = "random weights: a test model, not a detector; its labels and scores mean nothing"

@@ -1,8 +1,10 @@
-"""The DINOv2 ViT + linear head that DDA runs, written for inference.
+"""The ViT + linear head the detectors run, written for inference.
 
-Pre-norm blocks with LayerScale, exact GELU, PyTorch SDPA attention, one class token and
-no register tokens. The positional table is stored at its training grid (37x37 for
-DINOv2) and resampled once, at construction, for the fixed input size.
+Pre-norm blocks (with LayerScale in DINOv2, DDA's backbone; without in timm's ViT, the
+Community Forensics detector's), exact GELU, PyTorch SDPA attention, one class token and no
+register tokens; the logit comes from the class token after the final LayerNorm. The
+positional table is stored at its training grid (37x37 for DINOv2) and resampled once, at
+construction, for the fixed input size (timm's 384 px table is already at its grid).
 """
 
 from __future__ import annotations
@@ -74,10 +76,10 @@ class Block(nn.Module):
         super().__init__()
         self.norm1 = nn.LayerNorm(arch.width, eps=arch.layernorm_eps)
         self.attn = Attention(arch.width, arch.heads)
-        self.ls1 = LayerScale(arch.width)
+        self.ls1: nn.Module = LayerScale(arch.width) if arch.layerscale else nn.Identity()
         self.norm2 = nn.LayerNorm(arch.width, eps=arch.layernorm_eps)
         self.mlp = Mlp(arch.width, arch.mlp_hidden)
-        self.ls2 = LayerScale(arch.width)
+        self.ls2: nn.Module = LayerScale(arch.width) if arch.layerscale else nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:
         x = x + self.ls1(self.attn(self.norm1(x)))

@@ -89,6 +89,7 @@ def compare_command(args: argparse.Namespace) -> int:
         for spec in args.model:
             model_dir = resolve_model(spec, progress=say)
             loaded = load_model_dir(model_dir)
+            loaded.manifest.served_by_crops()
             runner = make_runner(loaded, model_dir, backend="torch", device=args.device, precision=args.precision,
                                  max_batch=args.batch_size, log=say)
             detectors.append(Detector(loaded.manifest, runner))

@@ -163,6 +163,7 @@ def scan_command(args: argparse.Namespace) -> int:
                              total_timeout_s=args.fetch_timeout)
         model_dir = resolve_model(args.model, progress=say)
         loaded = load_model_dir(model_dir)
+        loaded.manifest.served_by_crops()
         runner = make_runner(loaded, model_dir, backend=args.backend, device=args.device,
                              precision=args.precision, max_batch=args.batch_size, compile=args.compile, log=say)
     except (ModelDirError, ValueError, RuntimeError, OSError, ImportError) as exc:

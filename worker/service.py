@@ -112,7 +112,7 @@ def _serve_pod(config: worker_config.WorkerConfig, checks: dict[str, Callable[[]
 
     try:
         model_dir = resolve_model(config.model, progress=_progress)
-        read_manifest(model_dir)
+        read_manifest(model_dir).served_by_crops()
     except (ModelDirError, ValueError, RuntimeError, OSError) as exc:
         log.error(f"cannot load the model: {exc}", exit_status=EXIT_CONFIG)
         return EXIT_CONFIG
@@ -139,7 +139,7 @@ def _model(config: worker_config.WorkerConfig, metrics: Metrics) -> tuple[Manife
         if not config.model:
             raise ModelDirError("DDA_ENGINE_SOCKET needs DDA_MODEL: the model directory the engine process loaded")
         lifetime.die_with_parent(os.getppid())
-        manifest = read_manifest(Path(config.model))
+        manifest = read_manifest(Path(config.model)).served_by_crops()
         remote = RemoteRunner(config.engine_socket, manifest.preprocessing, config.max_batch,
                               on_batch=metrics.engine_batch.observe, on_reconnect=metrics.engine_reconnects.inc)
         shadow = None
@@ -157,6 +157,7 @@ def _model(config: worker_config.WorkerConfig, metrics: Metrics) -> tuple[Manife
 
     model_dir = resolve_model(config.model, progress=_progress)
     loaded = load_model_dir(model_dir)
+    loaded.manifest.served_by_crops()
     runner = make_runner(loaded, model_dir, backend=config.backend, device=config.device,
                          engine_dir=Path(config.engine_dir) if config.engine_dir else None, precision=config.precision,
                          max_batch=config.max_batch, compile=config.compile, log=lambda message: log.info(message))
