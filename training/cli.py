@@ -56,11 +56,37 @@ def eval_command(args: argparse.Namespace) -> int:
 
 
 def calibrate_command(args: argparse.Namespace) -> int:
+    if args.second:
+        return calibrate_ensemble_command(args)
+    if not args.reals:
+        say("error: --reals (a threshold for one model) or --second with --data (a combiner for two) is needed")
+        return 2
     from training.evaluate import calibrate
 
     model_dir = Path(args.model)
     threshold = calibrate(load_model_dir(model_dir), model_dir, Path(args.reals), args.target_fpr, args.write)
     print(json.dumps({"threshold": threshold, "target_fpr": args.target_fpr, "written": args.write}))
+    return 0
+
+
+def calibrate_ensemble_command(args: argparse.Namespace) -> int:
+    from engine.combiner import CombinerError
+    from training.calibration import calibrate_ensemble, score_images
+
+    if not args.data:
+        say("error: --second needs --data, labelled images in <subset>/0_real and <subset>/1_fake")
+        return 2
+    out = Path(args.out) if args.out else Path(args.model).resolve().parent / "combiner.json"
+    try:
+        models = [load_model_dir(Path(args.model)), load_model_dir(Path(args.second))]
+        scored = score_images(models, Path(args.data), progress=say)
+        combiner, report = calibrate_ensemble(models, scored, fpr=args.target_fpr, fnr=args.target_fnr, held_back=args.held_back,
+                                              seed=args.seed)
+    except (ValueError, CombinerError) as exc:
+        say(f"error: {exc}")
+        return 2
+    combiner.save(out)
+    print(json.dumps({"combiner": str(out), **report}))
     return 0
 
 
@@ -100,9 +126,16 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p.add_argument("--output", help="folder for eval.json, eval.md, roc.png")
     p.set_defaults(handler=eval_command)
 
-    p = commands.add_parser("calibrate", help="threshold for a target false-positive rate on real images")
+    p = commands.add_parser("calibrate", help="threshold for a target false-positive rate on real images; with --second, "
+                                              "a calibrated combiner of two models")
     p.add_argument("--model", required=True)
-    p.add_argument("--reals", required=True)
-    p.add_argument("--target-fpr", type=float, default=0.01)
+    p.add_argument("--reals", help="real images: the one-model threshold")
+    p.add_argument("--target-fpr", type=float, default=0.01, help="false positives allowed on real images (above the band, with --second)")
     p.add_argument("--write", action="store_true", help="write the threshold into the model's manifest")
+    p.add_argument("--second", help="a second model directory (e.g. Community Forensics): fit a combiner of both models' logits")
+    p.add_argument("--data", help="with --second: labelled images, <subset>/0_real and <subset>/1_fake")
+    p.add_argument("--target-fnr", type=float, default=0.05, help="with --second: AI images allowed to be labelled real (below the band)")
+    p.add_argument("--held-back", type=float, default=0.3, help="with --second: share of each class held back for the report")
+    p.add_argument("--seed", type=int, default=0, help="with --second: the held-back split's seed")
+    p.add_argument("--out", help="with --second: the combiner file (default: combiner.json beside the model directory)")
     p.set_defaults(handler=calibrate_command)

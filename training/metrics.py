@@ -2,7 +2,8 @@
 
 Average precision is the step-wise area under precision-recall (as scikit-learn computes
 it); ROC AUC by the trapezoid over the ROC; TPR at a false-positive rate is read off the
-ROC curve at the largest threshold whose FPR does not exceed it.
+ROC curve at the largest threshold whose FPR does not exceed it; expected calibration error
+over 10 equal-width bins.
 """
 
 from __future__ import annotations
@@ -49,6 +50,15 @@ def threshold_for_fpr(real_scores: np.ndarray, target_fpr: float) -> float:
     ordered = np.sort(np.asarray(real_scores, float))[::-1]
     allowed = int(np.floor(target_fpr * len(ordered)))
     return float(ordered[allowed]) if allowed < len(ordered) else float(ordered[-1])
+
+
+def expected_calibration_error(probabilities: np.ndarray, labels: np.ndarray, bins: int = 10) -> float:
+    """Mean gap between predicted P(AI) and the share of AI images, over equal-width bins weighted by
+    their images (bins as scikit-learn's calibration_curve cuts them)."""
+    probabilities, labels = np.asarray(probabilities, float), np.asarray(labels, float)
+    which = np.searchsorted(np.linspace(0.0, 1.0, bins + 1)[1:-1], probabilities)
+    gap = np.bincount(which, weights=probabilities - labels, minlength=bins)
+    return float(np.abs(gap).sum() / max(len(labels), 1))
 
 
 def summary(scores: np.ndarray, labels: np.ndarray, threshold: float) -> dict[str, float]:
