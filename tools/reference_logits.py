@@ -13,8 +13,9 @@ checkpoint's "model" entry strictly, and applies the authors' transform
 from __future__ import annotations
 
 import argparse
-import json
 import sys
+
+from reference_common import print_logits
 
 
 def main() -> None:
@@ -26,7 +27,6 @@ def main() -> None:
     args = parser.parse_args()
 
     import torch
-    from PIL import Image
     from torchvision import transforms
 
     hub_load = torch.hub.load
@@ -47,11 +47,7 @@ def main() -> None:
         transforms.ToTensor(),
         transforms.Normalize(mean=[0.48145466, 0.4578275, 0.40821073], std=[0.26862954, 0.26130258, 0.27577711]),
     ])
-    for path in args.images:
-        image = Image.open(path).convert("RGB")
-        with torch.no_grad():
-            logit = model(transform(image).unsqueeze(0)).flatten()[0].item()
-        print(json.dumps({"input": path, "size": image.size, "logit": logit}), flush=True)
+    print_logits(model, transform, args.images)
 
 
 if __name__ == "__main__":
