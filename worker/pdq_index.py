@@ -42,7 +42,7 @@ GROUP = 64  # buckets sharing one 32-bit base in tables 1-7 (worker/_pdqindex.c)
 
 
 def directory_bits(n: int) -> int:
-    """Top bits a table's directory spans: 8-16 hashes a bucket, so directories cost ~1.5 bytes a hash in all."""
+    """Top bits a table's directory spans: 8-16 hashes a bucket, so the 8 directories cost 1-2 bytes a hash in all."""
     return min(24, max(16, math.ceil(math.log2(max(n, 1))) - 4))
 
 
