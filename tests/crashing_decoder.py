@@ -23,7 +23,8 @@ _lie: list[bytes] = [b""]
 LIES = (b"LIE-SLOT", b"LIE-SHAPE", b"VANISH")
 
 
-def prepare(data: bytes, crop_size: int, crops: int, max_pixels: int, hash_pdq: bool = True) -> worker.prepare.Prepared:
+def prepare(data: bytes, crop_size: int, crops: int, max_pixels: int, hash_pdq: bool = True,
+            second: tuple[int, int] | None = None) -> worker.prepare.Prepared:
     if data.startswith(b"CRASH"):
         os._exit(139)
     if data.startswith(b"SLOW"):
@@ -32,7 +33,7 @@ def prepare(data: bytes, crop_size: int, crops: int, max_pixels: int, hash_pdq: 
         while True:
             pass
     _lie[0] = next((lie for lie in LIES if data.startswith(lie)), b"")
-    return _real(data[len(_lie[0]) :], crop_size, crops, max_pixels, hash_pdq)
+    return _real(data[len(_lie[0]) :], crop_size, crops, max_pixels, hash_pdq, second)
 
 
 def write_frame(stream: object, header: dict[str, object], payload: bytes = b"") -> None:

@@ -109,16 +109,20 @@ def serve(jobs: IO[bytes], answers: IO[bytes], cpu_s: int, memory_mb: int, trust
             return
         header, data = frame
         limit_cpu_for_next_job(cpu_s)
+        second = header.get("second")
         prepared = prepare(data, int(header["crop_size"]), int(header["crops"]), int(header["max_pixels"]),
-                           bool(header.get("pdq", True)))
+                           bool(header.get("pdq", True)), (int(second[0]), int(second[1])) if second else None)
         pixels = prepared.crops
+        if pixels is not None and prepared.second is not None:  # the second model's crop travels after the first's
+            pixels = np.concatenate([pixels.reshape(-1), prepared.second.reshape(-1)])
         provenance = bool(header.get("provenance")) and prepared.error is None
         in_slot = slot is not None and pixels is not None and pixels.nbytes <= len(slot)
         if in_slot:
             assert slot is not None and pixels is not None
             np.copyto(np.frombuffer(slot, np.uint8, pixels.size).reshape(pixels.shape), pixels)
         write_frame(answers, {
-            "shape": list(pixels.shape) if pixels is not None else None, "in_slot": in_slot,
+            "shape": list(prepared.crops.shape) if prepared.crops is not None else None, "in_slot": in_slot,
+            "second_shape": list(prepared.second.shape) if prepared.second is not None else None,
             "pdq": prepared.pdq, "pdq_quality": prepared.pdq_quality, "pdq_error": prepared.pdq_error,
             "error": list(prepared.error) if prepared.error else None, "decode_ms": prepared.decode_ms,
             "restart": bool(prepared.error and prepared.error[0] == DECODE_LIMIT), "provenance_follows": provenance,

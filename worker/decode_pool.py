@@ -62,6 +62,7 @@ class DecodeJob:
     cancelled: Callable[[], bool] = lambda: False
     hash_pdq: bool = True
     provenance: bool = False
+    second: tuple[int, int] | None = None  # a second model's (shorter side scaled to, crop size)
 
 
 class _ChildDied(Exception):
@@ -129,7 +130,8 @@ class _Child:
     def send(self, job: DecodeJob) -> None:
         try:
             write_frame(self.jobs, {"crop_size": job.crop_size, "crops": job.crops, "max_pixels": job.max_pixels,
-                                    "pdq": job.hash_pdq, "provenance": job.provenance}, job.data)
+                                    "pdq": job.hash_pdq, "provenance": job.provenance,
+                                    "second": list(job.second) if job.second else None}, job.data)
         except (BrokenPipeError, OSError, ValueError) as exc:
             raise _ChildDied from exc
 
@@ -156,12 +158,12 @@ class _Child:
         self.proc.wait()
         self.stop(0)
 
-    def pixels(self, shape: tuple[int, ...]) -> np.ndarray:
-        """A copy of the slot's first pixels of `shape` (the next job overwrites the slot)."""
+    def pixels(self, shape: tuple[int, ...], offset: int = 0) -> np.ndarray:
+        """A copy of the slot's pixels of `shape` from `offset` (the next job overwrites the slot)."""
         size = int(np.prod(shape))
-        if size > len(self.slot):
-            raise ValueError(f"decode process claims {size} bytes in a slot of {len(self.slot)}")
-        return np.frombuffer(self.slot, np.uint8, size).reshape(shape).copy()
+        if offset + size > len(self.slot):
+            raise ValueError(f"decode process claims {offset + size} bytes in a slot of {len(self.slot)}")
+        return np.frombuffer(self.slot, np.uint8, size, offset).reshape(shape).copy()
 
 
 class DecodePool:
@@ -302,14 +304,20 @@ def _prepared(header: dict[str, Any], payload: bytes, job: DecodeJob, child: _Ch
         return Prepared(None, None, None, (str(error[0]), str(error[1])), float(header["decode_ms"]))
     pdq_error = header.get("pdq_error")
     shape = tuple(int(n) for n in header["shape"])
-    if shape != (job.crops, job.crop_size, job.crop_size, 3):
-        raise ValueError(f"decode process sent a malformed answer: shape {shape}")
+    second_shape = tuple(int(n) for n in header["second_shape"]) if header.get("second_shape") is not None else None
+    if shape != (job.crops, job.crop_size, job.crop_size, 3) or second_shape != ((job.second[1], job.second[1], 3) if job.second else None):
+        raise ValueError(f"decode process sent a malformed answer: shapes {shape}, {second_shape}")
+    size = int(np.prod(shape))
+    total = size + (int(np.prod(second_shape)) if second_shape else 0)
     if header.get("in_slot") is True:
         pixels = child.pixels(shape)
-    elif len(payload) == int(np.prod(shape)):
-        pixels = np.frombuffer(payload, dtype=np.uint8).reshape(shape)
+        second = child.pixels(second_shape, size) if second_shape else None
+    elif len(payload) == total:
+        flat = np.frombuffer(payload, dtype=np.uint8)
+        pixels = flat[:size].reshape(shape)
+        second = flat[size:].reshape(second_shape) if second_shape else None
     else:
-        raise ValueError(f"decode process sent a malformed answer: shape {shape}, {len(payload)} bytes")
+        raise ValueError(f"decode process sent a malformed answer: shapes {shape}, {second_shape}, {len(payload)} bytes")
     pdq, quality = header.get("pdq"), header.get("pdq_quality")
     return Prepared(pixels, str(pdq) if pdq is not None else None, int(quality) if quality is not None else None,
-                    None, float(header["decode_ms"]), str(pdq_error) if pdq_error is not None else None)
+                    None, float(header["decode_ms"]), str(pdq_error) if pdq_error is not None else None, second=second)
