@@ -51,11 +51,15 @@ class Combiner:
         if not 0.0 <= self.real_at_or_below <= self.ai_above <= 1.0:
             raise CombinerError(f"need 0 <= real_at_or_below ({self.real_at_or_below}) <= ai_above ({self.ai_above}) <= 1")
 
-    def score(self, logits: Sequence[float]) -> float:
-        """Calibrated P(AI-generated) from the models' logits, in `models` order."""
+    def logit(self, logits: Sequence[float]) -> float:
+        """The fused log-odds from the models' logits, in `models` order."""
         if len(logits) != len(self.weights):
             raise CombinerError(f"{len(logits)} logits for {len(self.weights)} models")
-        return _sigmoid(self.bias + sum(w * x for w, x in zip(self.weights, logits)))
+        return self.bias + sum(w * x for w, x in zip(self.weights, logits))
+
+    def score(self, logits: Sequence[float]) -> float:
+        """Calibrated P(AI-generated) from the models' logits, in `models` order."""
+        return _sigmoid(self.logit(logits))
 
     def label(self, score: float) -> str:
         if score > self.ai_above:

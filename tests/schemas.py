@@ -1,6 +1,6 @@
 """The published JSON Schemas (worker/schemas/), applied to every record the tests see.
 
-Every verdict is checked against versions 3, 2 and 1 (a version-1 consumer must
+Every verdict is checked against versions 4, 3, 2 and 1 (a version-1 consumer must
 keep working: versions only add fields); dead letters against their own schema. The test
 session checks each record a pipeline resolves in-process (tests/conftest.py), each record
 read from a topic (tests/services.TopicReader) and each line a worker writes to stdout.
@@ -43,6 +43,7 @@ def check(name: str, record: Any) -> Any:
 
 
 def check_verdict(record: dict[str, Any]) -> dict[str, Any]:
+    check("verdict.v4.schema.json", record)
     check("verdict.v3.schema.json", record)
     check("verdict.v2.schema.json", record)
     return check("verdict.v1.schema.json", record)

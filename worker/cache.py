@@ -53,6 +53,8 @@ class CachedVerdict:
     pdq_quality: int | None
     trusted: bool = False  # confirmed by an operator; only such entries may answer near-duplicates unscored
     provenance: dict[str, Any] | None = None  # of these exact bytes: exact hits carry it, near-duplicate entries never do
+    models: list[dict[str, Any]] | None = None  # with an ensemble: each model's answer (worker.ensemble)
+    assessment: str | None = None  # with an ensemble: real, suspicious or ai_generated
 
 
 @dataclass(frozen=True)

@@ -94,6 +94,10 @@ def _optional(text: str) -> str | None:
     return text or None
 
 
+def _off_or_path(text: str) -> str | None:
+    return None if text in ("", "off") else text
+
+
 def _slot(text: str) -> str | None:
     """A member slot: Kafka's legal name characters (as for topics), short enough for the ids built from it."""
     if len(text) > 240 or text.strip("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-"):
@@ -164,6 +168,10 @@ class WorkerConfig:
     shadow_model: str | None = setting("DDA_SHADOW_MODEL", "", _optional,
                                        "a candidate model directory scored beside the served one on sampled misses (verdict field shadow); never changes a label")
     shadow_fraction: float = setting("DDA_SHADOW_FRACTION", "1.0", _fraction, "share of misses the shadow model scores (by SHA-256), 0 < f <= 1")
+    second_model: str | None = setting("DDA_SECOND_MODEL", "", _optional,
+                                       "a second detector's model directory (Community Forensics), scored on its own crop of every miss; needs DDA_ENSEMBLE")
+    ensemble: str | None = setting("DDA_ENSEMBLE", "off", _off_or_path,
+                                   "off: DDA alone; or a combiner file (dda calibrate --second): both models' logits make the verdict")
     device: str = setting("DDA_DEVICE", "cpu", _choice("cpu", "cuda"), "inference device")
     precision: Precision | Literal["auto"] = setting("DDA_PRECISION", "auto", _choice("auto", "fp32", "bf16", "fp16"),
                                                       "torch precision; auto: bf16 on cuda, fp32 (the reference's numerics) on cpu")
@@ -234,7 +242,7 @@ GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
                "kafka_ssl_keyfile", "kafka_connect_timeout_s", "session_timeout_ms", "revoke_timeout_s", "kafka_max_request_bytes",
                "max_message_bytes", "publish_stall_s", "lag_every_s", "delivery", "instance_id", "static_membership",
                "transaction_interval_ms")),
-    ("model and engine", ("model", "shadow_model", "shadow_fraction", "device", "backend", "precision", "compile", "engine_dir",
+    ("model and engine", ("model", "shadow_model", "shadow_fraction", "second_model", "ensemble", "device", "backend", "precision", "compile", "engine_dir",
                           "consumers", "engine_socket", "max_batch", "max_wait_ms")),
     ("fetching", ("fetch_workers", "fetch_timeout_s", "fetch_retries", "fetch_max_bytes", "fetch_allow_networks", "max_in_flight",
                   "max_in_flight_bytes")),
@@ -299,4 +307,8 @@ def load(env: Mapping[str, str], flags: Mapping[str, Any] | None = None) -> Work
         raise ConfigError("DDA_CONSUMERS > 1 starts its own engine process; unset DDA_ENGINE_SOCKET")
     if config.input_topic in (config.output_topic, config.dlq_topic):
         raise ConfigError("the input topic must differ from the output and dead-letter topics")
+    if bool(config.ensemble) != bool(config.second_model):
+        raise ConfigError("DDA_ENSEMBLE (a combiner file) and DDA_SECOND_MODEL go together: the combiner needs the second model's logit")
+    if config.ensemble and (config.consumers > 1 or config.engine_socket or config.shadow_model):
+        raise ConfigError("DDA_ENSEMBLE runs in one process (DDA_CONSUMERS=1, no engine socket) and without a shadow model, for now")
     return config

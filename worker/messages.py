@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-SCHEMA_VERSION = 3  # 2 added `provenance` and `label_reason` to verdicts, 3 `shadow`; a version only ever adds fields
+SCHEMA_VERSION = 4  # 2 added `provenance` and `label_reason` to verdicts, 3 `shadow`, 4 `models` and `assessment`; a version only ever adds fields
 MAX_DEPTH = 64  # nesting levels accepted in a request (the verdict adds two around metadata)
 MAX_DETAIL = 1000  # characters of a parse error kept in a dead letter
 URL_KEPT_WHEN_COMPACT = 2048
@@ -154,8 +154,11 @@ def verdict(
     near_duplicate_search: str | None = None,
     shadow: dict[str, Any] | None = None,
     hash_list_match: dict[str, Any] | None = None,
+    models: list[dict[str, Any]] | None = None,
+    assessment: str | None = None,
 ) -> dict[str, Any]:
-    """A verdict record (schema/verdict.v3.schema.json). `label_reason` is set only when a
+    """A verdict record (schema/verdict.v4.schema.json). `models` and `assessment` only when an
+    ensemble scored the image (worker.ensemble). `label_reason` is set only when a
     provenance policy, not the model, decided the label; `near_duplicate_search` only when the
     image was not compared with cached AI hashes ("not_searched": the index was loading);
     `shadow` only on misses the shadow model scored; `hash_list_match` only for a near-duplicate of
@@ -187,6 +190,8 @@ def verdict(
         out["shadow"] = shadow
     if hash_list_match is not None:
         out["hash_list_match"] = hash_list_match
+    if models is not None:
+        out["models"], out["assessment"] = models, assessment
     return out
 
 

@@ -34,6 +34,7 @@ from engine.manifest import Manifest
 from worker.cache import CachedVerdict, Key, Lookup, VerdictCache
 from worker.completion import Completion, Record
 from worker.decode_pool import DecodeJob, DecodeLimits, DecodePool
+from worker.ensemble import Ensemble
 from worker.errors import INFERENCE_FAILED, INTERNAL_ERROR, URL_INVALID, InputError
 from worker.fair_queue import FairQueue
 from worker.fetch import Fetcher
@@ -110,10 +111,13 @@ class Pipeline:
         provenance_policy: str = "report",
         c2pa_trust_anchors: str | None = None,
         shadow: Shadow | None = None,
+        ensemble: Ensemble | None = None,
     ) -> None:
         self.manifest = manifest
         self.runner = runner
         self.shadow = shadow
+        self.ensemble = ensemble
+        self.threshold = ensemble.combiner.ai_above if ensemble else manifest.threshold  # what `label` is decided at
         self.cache = cache
         self.fetcher = fetcher
         self.metrics = metrics
@@ -211,7 +215,7 @@ class Pipeline:
                       total_ms=record["timings_ms"]["total"])
 
     def _error(self, work: _Work, code: str, message: str) -> None:
-        self._finish(work, verdict(work.request, model=self.model_info, threshold=self.manifest.threshold, status="error",
+        self._finish(work, verdict(work.request, model=self.model_info, threshold=self.threshold, status="error",
                                    hashes=work.hashes if work.sha256 else None, error={"code": code, "message": message}))
 
     # --- fetch ------------------------------------------------------------------------------
@@ -321,7 +325,8 @@ class Pipeline:
             self.decoder.submit(DecodeJob(work.data, self.manifest.preprocessing.crop_size, self.crops, self.max_pixels,
                                           done=functools.partial(self._decoded, work),
                                           cancelled=functools.partial(_is_done, work),
-                                          provenance=self.provenance_policy != "off"))
+                                          provenance=self.provenance_policy != "off",
+                                          second=self.ensemble.crop_spec if self.ensemble else None))
             return
         self.metrics.cache_hits.labels("exact").inc()
         hit = found.verdict
@@ -373,10 +378,10 @@ class Pipeline:
         if listed is not None and self.trust_near_duplicates and label != AI_GENERATED:  # a trusted list's word, the score the model's
             label, reason = AI_GENERATED, f"near-duplicate (distance {listed['pdq_distance']}) of a hash listed by {listed['source']}"
         self._finish(work, verdict(
-            work.request, model=self.model_info, threshold=self.manifest.threshold, status="ok", logit=v.logit,
+            work.request, model=self.model_info, threshold=self.threshold, status="ok", logit=v.logit,
             score=v.score, label=label, label_reason=reason, hashes=hashes, cache=kind, cache_match=match,
             provenance=provenance, near_duplicate_search="not_searched" if work.near_unsearched else None, shadow=work.shadow,
-            hash_list_match=listed))
+            hash_list_match=listed, models=v.models, assessment=v.assessment))
 
     def _count_signals(self, provenance: dict[str, Any]) -> None:
         for signal in report.signals(provenance):
@@ -398,23 +403,29 @@ class Pipeline:
                     for work in items:
                         self._error(work, INFERENCE_FAILED, f"{type(exc).__name__}: {exc}")
 
+    def _verdicts(self, items: list[_Work], logits: np.ndarray) -> list[CachedVerdict]:
+        """DDA's verdict on each image, or with an ensemble the combiner's over both models (the second on its own crops)."""
+        if self.ensemble is None:
+            return [CachedVerdict(v, sigmoid(v), label_for(v, self.manifest), w.sha256, w.key.pdq, w.key.pdq_quality, provenance=w.provenance)
+                    for w, v in zip(items, logits.tolist())]
+        answers = self.ensemble.score(logits, np.stack([_second_crop(w) for w in items]))
+        return [CachedVerdict(a.logit, a.score, a.label, w.sha256, w.key.pdq, w.key.pdq_quality, provenance=w.provenance, models=a.models,
+                              assessment=a.assessment) for w, a in zip(items, answers)]
+
     def _score(self, items: list[_Work]) -> None:
         started = time.monotonic()
         for work in items:
             work.request.timings_ms["queue"] = (started - work.queued_at) * 1000
         batch = np.concatenate([w.prepared.crops for w in items if w.prepared is not None])
         logits = self.runner.logits(batch).astype(np.float64).reshape(len(items), self.crops).mean(axis=1)
+        scored = list(zip(items, self._verdicts(items, logits)))
         spent = (time.monotonic() - started) * 1000
         self.metrics.batch_size.observe(len(batch))
         self.metrics.engine_images.inc(len(items))
         log.info("batch scored", batch=len(items), images=len(batch), inference_ms=round(spent, 1),
                  request_ids=[w.request.id for w in items])
-        scored = []
-        for work, value in zip(items, logits):
-            logit = float(value)
+        for work in items:
             work.request.timings_ms["inference"] = spent
-            scored.append((work, CachedVerdict(logit, sigmoid(logit), label_for(logit, self.manifest), work.sha256,
-                                               work.key.pdq, work.key.pdq_quality, provenance=work.provenance)))
         self.cache.store_many([(work.key, v) for work, v in scored])  # before resolving: a repeat right behind hits it
         if self.shadow is not None:  # on the very crops just scored
             sampled = [i for i, (w, _) in enumerate(scored) if self.shadow.sampled(w.sha256)]
@@ -424,6 +435,11 @@ class Pipeline:
                 scored[i][0].shadow = answer
         for work, v in scored:
             self._scored(work, v, work.hashes, "miss", work.match, work.provenance)
+
+
+def _second_crop(work: _Work) -> np.ndarray:
+    assert work.prepared is not None and work.prepared.second is not None  # with an ensemble every decode job asks for it
+    return work.prepared.second
 
 
 def _is_done(work: _Work) -> bool:

@@ -35,6 +35,7 @@ from worker.cache_store import MemoryStore, RedisStore, Store
 from worker.decode_pool import DecodeLimits
 from worker.delivery import EXIT_ABANDONED, EXIT_CONFIG, EXIT_FATAL, Delivery, Limits
 from worker.endpoints import Endpoints
+from worker.ensemble import Ensemble, load_ensemble
 from worker.fetch import Fetcher, FetchPolicy
 from worker.local_io import StdinTransport
 from worker.metrics import Metrics
@@ -174,16 +175,36 @@ def _model(config: worker_config.WorkerConfig, metrics: Metrics) -> tuple[Manife
     return loaded.manifest, runner, shadow
 
 
+def _ensemble(config: worker_config.WorkerConfig, served: Manifest) -> Ensemble | None:
+    """The second model and its combiner (DDA_SECOND_MODEL, DDA_ENSEMBLE), loaded in this process, or None."""
+    if not config.ensemble or not config.second_model:
+        return None
+    from engine.backend import make_runner
+    from engine.hub import resolve_model
+    from engine.model_dir import load_model_dir
+
+    model_dir = resolve_model(config.second_model, progress=_progress)
+    loaded = load_model_dir(model_dir)
+    runner = make_runner(loaded, model_dir, backend="torch", device=config.device, precision=config.precision,
+                         max_batch=config.max_batch, log=lambda message: log.info(message))
+    ensemble = load_ensemble(Path(config.ensemble), served, loaded.manifest, runner)
+    log.info("second model and combiner loaded", second=loaded.manifest.version, combiner=config.ensemble,
+             band=[ensemble.combiner.real_at_or_below, ensemble.combiner.ai_above])
+    return ensemble
+
+
 def _serve(config: worker_config.WorkerConfig, metrics: Metrics, checks: dict[str, Callable[[], bool]],
            endpoints: Endpoints | None) -> int:
     try:
         manifest, runner, shadow = _model(config, metrics)
-    except (ModelDirError, ValueError, RuntimeError, OSError, ImportError) as exc:  # EngineLost is a RuntimeError
+        ensemble = _ensemble(config, manifest)
+    except (ModelDirError, ValueError, RuntimeError, OSError, ImportError) as exc:  # EngineLost is a RuntimeError; CombinerError a ValueError
         log.error(f"cannot load the model: {exc}", exit_status=EXIT_CONFIG)
         return EXIT_CONFIG
 
     store: Store = RedisStore(config.redis_url, cluster=config.redis_cluster) if config.redis_url else MemoryStore()
-    cache = VerdictCache(store, namespace_for(manifest.version, manifest.threshold), config.cache_ttl_s,
+    namespace = namespace_for(manifest.version, manifest.threshold)
+    cache = VerdictCache(store, ensemble.namespace(namespace) if ensemble else namespace, config.cache_ttl_s,
                          on_error=lambda _e: metrics.redis_errors.inc(),
                          on_capped=lambda where, n: metrics.cache_index_capped.labels(where).inc(n),
                          index_capacity=config.near_index_max_hashes)
@@ -211,7 +232,7 @@ def _serve(config: worker_config.WorkerConfig, metrics: Metrics, checks: dict[st
         decode_workers=config.decode_workers, max_pixels=config.max_pixels, max_in_flight_bytes=config.max_in_flight_bytes,
         decode_limits=DecodeLimits(config.decode_timeout_s, config.decode_cpu_s, config.decode_memory_mb), allow_paths=transport.allows_paths,
         trust_near_duplicates=config.near_duplicates == "trusted", provenance_policy=config.provenance_policy,
-        c2pa_trust_anchors=config.c2pa_trust_anchors, shadow=shadow,
+        c2pa_trust_anchors=config.c2pa_trust_anchors, shadow=shadow, ensemble=ensemble,
     )
     delivery = Delivery(transport, pipeline, metrics, Limits(
         max_in_flight=config.max_in_flight, max_message_bytes=config.max_message_bytes,

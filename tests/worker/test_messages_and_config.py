@@ -74,8 +74,8 @@ def test_local_paths_only_in_stdin_mode() -> None:
 def test_verdict_and_dead_letter_shapes() -> None:
     r = parse_request(b'{"id": "q", "url": "http://a/b"}', SRC, 1000)
     v = verdict(r, model={"name": "dda", "version": "dda-1"}, threshold=0.5, status="error", error={"code": "url_blocked", "message": "m"})
-    check_verdict(v)  # versions 3, 2 and 1
-    assert v["schema_version"] == 3 and v["provenance"] is None and v["label_reason"] is None and "shadow" not in v
+    check_verdict(v)  # versions 4, 3, 2 and 1
+    assert v["schema_version"] == 4 and v["provenance"] is None and v["label_reason"] is None and "shadow" not in v and "models" not in v
     d = check_record(dead_letter(b"raw", SRC, Malformed("not_json", "x"), 1 << 20))
     assert d["source"] == {"topic": "in", "partition": 3, "offset": 42} and d["raw_base64"] == "cmF3"
     with pytest.raises(AssertionError, match="provenance"):
@@ -85,11 +85,12 @@ def test_verdict_and_dead_letter_shapes() -> None:
 
 
 def test_schemas_describe_requests_and_stay_additive() -> None:
-    """Version 2 requires all of version 1 and adds two fields, version 3 builds on 2 and adds an optional
-    one; a request is what parse_request accepts."""
-    v1, v2, v3 = (json.loads((SCHEMAS / f"verdict.v{n}.schema.json").read_text()) for n in (1, 2, 3))
+    """Version 2 requires all of version 1 and adds two fields, versions 3 and 4 build on the one before
+    and add optional ones; a request is what parse_request accepts."""
+    v1, v2, v3, v4 = (json.loads((SCHEMAS / f"verdict.v{n}.schema.json").read_text()) for n in (1, 2, 3, 4))
     assert set(v2["required"]) == {"provenance", "label_reason"} and v2["allOf"] == [{"$ref": "verdict.v1.schema.json"}]
     assert v3["allOf"] == [{"$ref": "verdict.v2.schema.json"}] and "required" not in v3 and set(v3["properties"]) == {"schema_version", "shadow", "hash_list_match"}
+    assert v4["allOf"] == [{"$ref": "verdict.v3.schema.json"}] and "required" not in v4 and set(v4["properties"]) == {"schema_version", "models", "assessment"}
     assert set(v1["required"]) >= {"schema_version", "id", "url", "status", "label", "score", "logit", "hashes", "error"}
     for value in (b'{"url": "http://a/b"}', b'{"id": "x", "url": "https://a/b", "metadata": [1, {"k": null}]}'):
         check("request.schema.json", json.loads(value))

@@ -116,7 +116,7 @@ def test_500_mixed_requests_get_exactly_one_verdict_each(
     for rid, want in expected.items():
         v = got[rid][0]
         assert (v["status"] if want == "ok" else v["error"]["code"]) == want, v
-        assert v["schema_version"] == 3 and v["model"]["version"].startswith("dda-") and "shadow" not in v
+        assert v["schema_version"] == 4 and v["model"]["version"].startswith("dda-") and "shadow" not in v and "models" not in v
         if want == "ok":
             assert v["label"] in ("ai_generated", "real") and len(v["hashes"]["sha256"]) == 64 and v["error"] is None
     assert got["r0"][0]["metadata"] == {"n": 0}

@@ -1,0 +1,122 @@
+"""A second detector beside DDA in the worker (DDA_SECOND_MODEL, DDA_ENSEMBLE): its own crop cut by
+the decode processes, both models scored per miss, the combiner's verdict on misses and hits."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from engine.combiner import Combiner
+from engine.commfor import import_commfor
+from engine.decode import decode_rgb
+from engine.detector import Detector
+from engine.model_dir import load_model_dir
+from engine.preprocess import center_crop, resize_shorter
+from engine.runner import TorchRunner
+from engine.synthetic import tiny_commfor_architecture, write_commfor_checkpoint
+from tests.images import encode, scene
+from tests.schemas import verdict_lines
+from worker.decode_pool import DecodeJob, DecodeLimits, DecodePool
+from worker.prepare import Prepared
+from worker.supervision import Supervisor
+
+
+@pytest.fixture(scope="module")
+def commfor_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    tmp = tmp_path_factory.mktemp("commfor")
+    import_commfor(write_commfor_checkpoint(tmp / "model.safetensors", tiny_commfor_architecture(), seed=9), tmp / "commfor")
+    return tmp / "commfor"
+
+
+def test_a_decode_process_cuts_the_second_models_scaled_crop_beside_ddas(tmp_path: Path) -> None:
+    supervisor = Supervisor()
+    pool = DecodePool(1, supervisor, DecodeLimits())
+    pool.start()
+    try:
+        for i, (width, height, fmt) in enumerate([(640, 480, "JPEG"), (300, 500, "PNG"), (1200, 900, "JPEG")]):
+            data = encode(scene(width, height, seed=i), fmt)
+            done = threading.Event()
+            answers: list[Prepared] = []
+            pool.submit(DecodeJob(data, 336, 1, 50_000_000, done=lambda p: (answers.append(p), done.set()), second=(440, 384)))  # noqa: B023
+            assert done.wait(60)
+            [prepared] = answers
+            whole = decode_rgb(data)
+            assert prepared.error is None and prepared.crops is not None and prepared.second is not None
+            assert np.array_equal(prepared.crops[0], center_crop(whole, 336))
+            assert np.array_equal(prepared.second, center_crop(resize_shorter(whole, 440), 384))
+    finally:
+        supervisor.stop(5.0)
+        pool.close()
+
+
+def test_the_worker_answers_with_both_models_and_the_combiners_band(tiny_model_dir: Path, commfor_dir: Path, tmp_path: Path) -> None:
+    served, second = load_model_dir(tiny_model_dir), load_model_dir(commfor_dir)
+    images = []
+    for i in range(8):
+        path = tmp_path / f"{i}.png"
+        path.write_bytes(encode(scene(420 + 40 * i, 400 + 10 * i, seed=50 + i), "PNG"))
+        images.append(path)
+    rgb = [decode_rgb(p.read_bytes()) for p in images]
+    dda = [p.logit for p in Detector(served.manifest, TorchRunner(served.network, served.manifest.preprocessing)).predict(rgb)]
+    commfor = [p.logit for p in Detector(second.manifest, TorchRunner(second.network, second.manifest.preprocessing)).predict(rgb)]
+    weights = (1.0, 2.0)
+    fused = sorted(weights[0] * a + weights[1] * b for a, b in zip(dda, commfor))
+    # a band around the middle images, so the eight answers hold all three assessments
+    low, high = 1 / (1 + np.exp(-fused[2])), 1 / (1 + np.exp(-fused[5]))
+    combiner = Combiner((served.manifest.version, second.manifest.version), weights, 0.0, float(low), float(high))
+    combiner.save(tmp_path / "combiner.json")
+    env = {**os.environ, "DDA_MODEL": str(tiny_model_dir), "DDA_SECOND_MODEL": str(commfor_dir), "DDA_ENSEMBLE": str(tmp_path / "combiner.json"),
+           "DDA_METRICS_PORT": "0", "DDA_DECODE_WORKERS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "dda", "worker"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+    assert proc.stdin is not None and proc.stdout is not None
+    try:
+        proc.stdin.write("\n".join(str(p) for p in images) + "\n")
+        proc.stdin.flush()
+        answered = [proc.stdout.readline() for _ in images]  # all cached before the same files come again: hits
+        proc.stdin.write("\n".join(str(p) for p in images) + "\n")
+        proc.stdin.close()
+        answered += proc.stdout.readlines()
+        assert proc.wait(120) == 0, proc.stderr.read()[-3000:] if proc.stderr else ""
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for stream in (proc.stdout, proc.stderr):
+            if stream is not None:
+                stream.close()
+    records = verdict_lines("".join(answered))
+    assert len(records) == 16 and all(r["status"] == "ok" and r["schema_version"] == 4 for r in records)
+    by_path: dict[str, list[dict]] = {}  # type: ignore[type-arg]
+    for r in records:
+        by_path.setdefault(r["url"], []).append(r)
+    for path, a, b in zip(images, dda, commfor):
+        first, again = sorted(by_path[str(path)], key=lambda r: r["cache"] != "miss")
+        assert (first["cache"], again["cache"]) == ("miss", "exact")
+        models = first["models"]
+        assert [m["version"] for m in models] == [served.manifest.version, second.manifest.version]
+        assert models[0]["logit"] == pytest.approx(a, abs=1e-4) and models[1]["logit"] == pytest.approx(b, abs=1e-4)
+        assert first["score"] == pytest.approx(combiner.score([a, b]), abs=1e-4) and first["threshold"] == high
+        assert first["assessment"] == combiner.label(first["score"])
+        assert first["label"] == ("ai_generated" if first["assessment"] == "ai_generated" else "real")
+        assert (again["models"], again["assessment"], again["score"]) == (models, first["assessment"], first["score"])
+    assert {r["assessment"] for r in records} == {"real", "suspicious", "ai_generated"}
+
+
+def test_a_combiner_for_other_models_or_without_its_second_model_is_refused(tiny_model_dir: Path, commfor_dir: Path,
+                                                                            tmp_path: Path) -> None:
+    Combiner(("dda-other", "commfor-other"), (1.0, 1.0), 0.0, 0.4, 0.6).save(tmp_path / "c.json")
+    base = {**os.environ, "DDA_MODEL": str(tiny_model_dir), "DDA_METRICS_PORT": "0", "DDA_DECODE_WORKERS": "1"}
+    for extra, said in (({"DDA_SECOND_MODEL": str(commfor_dir), "DDA_ENSEMBLE": str(tmp_path / "c.json")}, "refit it with dda calibrate --second"),
+                        ({"DDA_ENSEMBLE": str(tmp_path / "c.json")}, "go together")):
+        proc = subprocess.run([sys.executable, "-m", "dda", "worker"], input="", text=True, capture_output=True, env={**base, **extra},
+                              timeout=120)
+        assert proc.returncode != 0 and said in proc.stderr and proc.stdout == "", proc.stderr[-2000:]
+        assert all(json.loads(line) for line in proc.stderr.splitlines())

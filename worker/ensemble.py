@@ -1,0 +1,72 @@
+"""A second detector beside DDA, and the combiner that turns both logits into one calibrated verdict.
+
+`DDA_SECOND_MODEL` names the second model (Community Forensics), `DDA_ENSEMBLE` the combiner
+`dda calibrate --second` fitted for exactly these two model versions (engine/combiner.py).
+Every miss is then scored twice in the same batch, each model on its own crop (the decode
+processes cut the second one: its shorter side scaled first), and the verdict carries both
+models' answers, the fused score and the three-way `assessment` (real, suspicious,
+ai_generated). `label` stays two-way for readers of older schemas: `ai_generated` only above
+the band, so a suspicious image reads as `real` there, and the band's false-positive rate holds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from engine.combiner import Combiner, CombinerError
+from engine.contract import Runner
+from engine.detector import sigmoid
+from engine.labels import AI_GENERATED, REAL
+from engine.manifest import Manifest, ModelDirError
+
+
+@dataclass(frozen=True)
+class Scored:
+    logit: float  # the fused log-odds
+    score: float  # the fused, calibrated P(AI-generated)
+    label: str  # two-way, for every schema version
+    assessment: str  # three-way
+    models: list[dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class Ensemble:
+    served: Manifest
+    second: Manifest
+    runner: Runner  # the second model's
+    combiner: Combiner
+    fingerprint: str  # of the combiner file: cached verdicts are namespaced by it
+    crop_spec: tuple[int, int]  # what a decode process cuts for the second model: (shorter side scaled to, crop)
+
+    def namespace(self, served_namespace: str) -> str:
+        return f"{served_namespace}+{self.second.version}+c{self.fingerprint}"
+
+    def score(self, served_logits: np.ndarray, second_crops: np.ndarray) -> list[Scored]:
+        """One answer per image: `served_logits` [n] from DDA, `second_crops` [n, S2, S2, 3] for the second model."""
+        second_logits = self.runner.logits(second_crops).astype(np.float64)
+        out = []
+        for first, second in zip(served_logits.tolist(), second_logits.tolist()):
+            fused = self.combiner.logit([first, second])
+            score = sigmoid(fused)
+            models = [{**m.describe(), "logit": v, "score": sigmoid(v)} for m, v in ((self.served, first), (self.second, second))]
+            out.append(Scored(fused, score, AI_GENERATED if score > self.combiner.ai_above else REAL, self.combiner.label(score), models))
+        return out
+
+
+def load_ensemble(combiner_path: Path, served: Manifest, second: Manifest, runner: Runner) -> Ensemble:
+    """The combiner must have been fitted for these two model versions, in this order, and the second
+    model must scale before cropping (what the decode processes know how to cut for it)."""
+    combiner = Combiner.load(combiner_path)
+    if combiner.models != (served.version, second.version):
+        raise CombinerError(f"{combiner_path} combines {list(combiner.models)}, not the served {served.version} and the "
+                            f"second {second.version}: refit it with dda calibrate --second")
+    pre = second.preprocessing
+    if pre.resize is None:
+        raise ModelDirError(f"second model {second.version} does not scale before cropping; only such a second model is supported")
+    return Ensemble(served, second, runner, combiner, hashlib.sha256(combiner_path.read_bytes()).hexdigest()[:12],
+                    (pre.resize, pre.crop_size))
