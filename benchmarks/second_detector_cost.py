@@ -6,7 +6,9 @@ pass (batches of --batch, best of --repeats; CPU seconds of this process on the 
 seconds after synchronising on CUDA), and the multiply-accumulates each network does per
 image (counted from its shapes). Preprocessing per image on the real images under
 ../shared/data, CPU seconds: DDA's centre crop against Community Forensics' scale of the
-shorter side to 440 px and crop (the part the second model adds to a decode process).
+shorter side to 440 px and crop; and what a decode process spends per file (`prepare`: decode,
+crops, PDQ) for DDA alone (its region decode) against DDA plus the second model's crop (a
+whole decode, then both crops).
 
     python benchmarks/second_detector_cost.py [--device cpu|cuda] [--batch 4] [--repeats 3]
 """
@@ -35,6 +37,7 @@ from engine.model_dir import LoadedModel, load_model_dir
 from engine.preprocess import center_crop
 from engine.runner import TorchRunner
 from engine.synthetic import COMMFOR_VIT_S, VIT_L, write_commfor_checkpoint, write_official_checkpoint
+from worker.prepare import prepare
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -76,6 +79,16 @@ def prepare_seconds(loaded: LoadedModel, images: list[np.ndarray]) -> float:
     return (time.process_time() - cpu) / len(images)
 
 
+def decode_process_seconds(files: list[bytes], second: tuple[int, int] | None, repeats: int) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        cpu = time.process_time()
+        for data in files:
+            prepare(data, 336, 1, 50_000_000, second=second)
+        best = min(best, time.process_time() - cpu)
+    return best / len(files)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -85,6 +98,7 @@ def main() -> None:
     args = parser.parse_args()
     print(f"machine: {json.dumps(describe())}")
     images = [rgb for _, rgb in zip(range(args.images), (p for _, p in decode_folder(SHARED)))]
+    files = [p.read_bytes() for p in sorted(SHARED.rglob("*")) if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".webp")][: args.images]
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         import_checkpoint(write_official_checkpoint(root / "dda.pth", VIT_L), root / "dda")
@@ -99,8 +113,11 @@ def main() -> None:
     print(f"| model | GMACs an image | {unit} ms an image (forward, batch {args.batch}, fp32) | vs DDA | preprocessing CPU ms an image "
           f"({len(images)} real images, mean {np.mean([i.shape[0] * i.shape[1] for i in images]) / 1e6:.1f} MP) |")
     print("|---|---|---|---|---|")
-    for name, mac, forward, prepare in rows:
-        print(f"| {name} | {mac / 1e9:.1f} | {forward * 1000:.1f} | {forward / rows[0][2]:.3f}x | {prepare * 1000:.2f} |")
+    for name, mac, forward, prepared in rows:
+        print(f"| {name} | {mac / 1e9:.1f} | {forward * 1000:.1f} | {forward / rows[0][2]:.3f}x | {prepared * 1000:.2f} |")
+    alone, both = decode_process_seconds(files, None, args.repeats), decode_process_seconds(files, (440, 384), args.repeats)
+    print(f"\ndecode process per file ({len(files)} files), CPU ms: DDA alone {alone * 1000:.2f}, DDA + second crop {both * 1000:.2f} "
+          f"({both / alone:.2f}x)")
 
 
 if __name__ == "__main__":

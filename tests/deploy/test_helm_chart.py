@@ -136,6 +136,16 @@ def test_a_shadow_model_is_mounted_read_only_from_the_model_claim() -> None:
     assert sum(m["name"] == "models" for m in worker_container(render())["volumeMounts"]) == 1  # no shadow: one mount
 
 
+def test_a_second_model_and_its_combiner_come_from_the_model_claim() -> None:
+    values = {"worker": {"secondModel": "/models/commfor", "ensemble": "/models/commfor/combiner.json", "consumers": 1},
+              "model": {"secondSubPath": "commfor-384"}}
+    container = worker_container(render(values))
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["DDA_SECOND_MODEL"] == "/models/commfor" and env["DDA_ENSEMBLE"] == "/models/commfor/combiner.json"
+    assert {"name": "models", "mountPath": "/models/commfor", "subPath": "commfor-384", "readOnly": True} in container["volumeMounts"]
+    assert {e["name"]: e.get("value") for e in worker_container(render())["env"]}["DDA_ENSEMBLE"] == "off"
+
+
 def test_secrets_are_referenced_never_inlined() -> None:
     docs = render(EVERYTHING_ON)
     env = {e["name"]: e for e in worker_container(docs)["env"]}

@@ -51,6 +51,12 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
   subPath: {{ required "model.shadowSubPath is needed when worker.shadowModel is set" .Values.model.shadowSubPath }}
   readOnly: true
 {{- end }}
+{{- if .Values.worker.secondModel }}
+- name: models
+  mountPath: {{ .Values.worker.secondModel }}
+  subPath: {{ required "model.secondSubPath is needed when worker.secondModel is set" .Values.model.secondSubPath }}
+  readOnly: true
+{{- end }}
 {{- end }}
 {{- if include "dda.engineVolume" . }}
 - name: engines
