@@ -62,6 +62,8 @@ class Metrics:
                                             buckets=(-0.5, -0.25, -0.1, -0.05, -0.01, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0), registry=r)
         self.shadow_seconds = Histogram("dda_shadow_seconds", "Time the shadow model took per batch", registry=r,
                                         buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
+        self.assessments = Counter("dda_assessments", "Verdicts published with a second detector (DDA_ENSEMBLE), by the combiner's assessment "
+                                   "(suspicious: inside its band, published with label real)", ["assessment"], registry=r)
         self.shadow_failures = Counter("dda_shadow_failures", "Shadow model failures (load, inference); served verdicts are unaffected", ["reason"], registry=r)
         for reason in ("load", "inference"):
             self.shadow_failures.labels(reason)

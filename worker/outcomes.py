@@ -28,6 +28,8 @@ def published(entry: Entry, metrics: Metrics) -> None:
     record = entry.completion.record
     if entry.kind == "verdict" and record is not None:
         metrics.verdicts.labels(record["status"], record["label"] or "none").inc()
+        if record.get("assessment"):
+            metrics.assessments.labels(record["assessment"]).inc()
         if record["error"]:
             metrics.errors.labels(record["error"]["code"]).inc()
 

@@ -120,3 +120,19 @@ def test_a_combiner_for_other_models_or_without_its_second_model_is_refused(tiny
                               timeout=120)
         assert proc.returncode != 0 and said in proc.stderr and proc.stdout == "", proc.stderr[-2000:]
         assert all(json.loads(line) for line in proc.stderr.splitlines())
+
+
+def test_published_verdicts_are_counted_by_assessment() -> None:
+    from worker.completion import Completion
+    from worker.ledger import Entry
+    from worker.metrics import Metrics
+    from worker.outcomes import published
+
+    metrics = Metrics()
+    for i, assessment in enumerate(["suspicious", "suspicious", "ai_generated", None]):
+        completion = Completion(f"r{i}")
+        completion.resolve({"status": "ok", "label": "real", "error": None, **({"assessment": assessment} if assessment else {})})
+        published(Entry(("in", 0), i, "verdict", completion), metrics)  # type: ignore[arg-type]
+    counts = {s.labels["assessment"]: s.value for m in metrics.registry.collect() if m.name == "dda_assessments" for s in m.samples
+              if s.name == "dda_assessments_total"}
+    assert counts == {"suspicious": 2.0, "ai_generated": 1.0}
