@@ -19,7 +19,6 @@
  *   through its other words only).
  * - One byte a hash names its expiry class; a 256-byte mask says which classes are dead.
  *
- *   live(ages, n, dead) -> int                               hashes whose class is alive
  *   build(sources, dead, k, codes, ages, dir0, groups, offs, entries)
  *                                                            one segment from the live hashes of
  *                                                            sources ((codes, ages, n), ...)
@@ -115,6 +114,14 @@ static void *take(struct views *v, PyObject *obj, int writable, Py_ssize_t need,
     return buf->buf;
 }
 
+/* A call's end: its buffers released, then None, or NULL if it raised. */
+static PyObject *finish(struct views *v) {
+    release(v);
+    if (PyErr_Occurred())
+        return NULL;
+    Py_RETURN_NONE;
+}
+
 static int check_k(int k) {
     if (k < MIN_K || k > MAX_K) {
         PyErr_Format(PyExc_ValueError, "need %d <= k <= %d", MIN_K, MAX_K);
@@ -132,24 +139,6 @@ static int place_bits(Py_ssize_t n) {
 }
 
 static Py_ssize_t groups_of(int k) { return ((Py_ssize_t)1 << (k - GROUP_BITS)) + 1; }
-
-static PyObject *live(PyObject *self, PyObject *args) {
-    PyObject *ages_obj, *dead_obj;
-    Py_ssize_t n, count = 0;
-    if (!PyArg_ParseTuple(args, "OnO", &ages_obj, &n, &dead_obj))
-        return NULL;
-    struct views v = {.n = 0};
-    const uint8_t *ages = take(&v, ages_obj, 0, n < 0 ? 0 : n, "ages");
-    const uint8_t *dead = ages ? take(&v, dead_obj, 0, 256, "dead") : NULL;
-    if (dead) {
-        Py_BEGIN_ALLOW_THREADS
-        for (Py_ssize_t i = 0; i < n; i++)
-            count += !dead[ages[i]];
-        Py_END_ALLOW_THREADS
-    }
-    release(&v);
-    return dead ? PyLong_FromSsize_t(count) : NULL;
-}
 
 struct source {
     const uint8_t *codes, *ages;
@@ -227,6 +216,10 @@ static PyObject *build(PyObject *self, PyObject *args) {
     }
     uint8_t *codes = take(&v, codes_obj, 1, n * CODE, "codes out");
     uint8_t *ages = codes ? take(&v, ages_obj, 1, n, "ages out") : NULL;
+    if (ages && v.b[v.n - 1].len != n) {  /* the caller sized the segment from its counts: they must agree */
+        PyErr_Format(PyExc_ValueError, "ages out holds %zd hashes, the sources %zd live ones", v.b[v.n - 1].len, n);
+        goto done;
+    }
     uint32_t *dir0 = ages ? take(&v, dir0_obj, 1, (buckets + 1) * 4, "dir0") : NULL;
     uint32_t *groups = dir0 ? take(&v, groups_obj, 1, (WORDS - 1) * groups_of(k) * 4, "groups") : NULL;
     uint16_t *offs = groups ? take(&v, offs_obj, 1, (WORDS - 1) * (buckets + 1) * 2, "offs") : NULL;
@@ -263,11 +256,8 @@ static PyObject *build(PyObject *self, PyObject *args) {
     Py_END_ALLOW_THREADS
 done:
     free(scratch);
-    release(&v);
     Py_DECREF(seq);
-    if (PyErr_Occurred())
-        return NULL;
-    Py_RETURN_NONE;
+    return finish(&v);
 }
 
 struct best {
@@ -482,10 +472,7 @@ static PyObject *search(PyObject *self, PyObject *args) {
     }
     Py_END_ALLOW_THREADS
 done:
-    release(&v);
-    if (PyErr_Occurred())
-        return NULL;
-    Py_RETURN_NONE;
+    return finish(&v);
 }
 
 static PyObject *scan(PyObject *self, PyObject *args) {
@@ -517,14 +504,10 @@ static PyObject *scan(PyObject *self, PyObject *args) {
         }
     Py_END_ALLOW_THREADS
 done:
-    release(&v);
-    if (PyErr_Occurred())
-        return NULL;
-    Py_RETURN_NONE;
+    return finish(&v);
 }
 
 static PyMethodDef methods[] = {
-    {"live", live, METH_VARARGS, "How many of n hashes have a live expiry class."},
     {"build", build, METH_VARARGS, "One segment (sorted hashes and 8 tables) from the live hashes of its sources."},
     {"search", search, METH_VARARGS, "Improve each query's best match from one segment."},
     {"scan", scan, METH_VARARGS, "Improve each query's best match from n hashes, brute force."},

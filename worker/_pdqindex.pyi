@@ -7,7 +7,6 @@ import numpy as np
 
 Array = np.ndarray[Any, Any]
 
-def live(ages: Array, n: int, dead: Array, /) -> int: ...
 def build(sources: Sequence[tuple[Array, Array, int]], dead: Array, k: int, codes: Array, ages: Array, dir0: Array, groups: Array,
           offs: Array, entries: Array, /) -> None: ...
 def search(segment: tuple[Array, Array, int, Array, Array, Array, Array], dead: Array, tag: int, queries: Array, max_distance: int,

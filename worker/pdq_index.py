@@ -63,9 +63,8 @@ class _Segment:
     counts: np.ndarray  # hashes of each expiry class
 
     @classmethod
-    def build(cls, sources: Sequence[Source], dead: np.ndarray) -> _Segment | None:
-        """One segment of the live hashes of `sources`; None when there are none."""
-        n = sum(_pdqindex.live(ages, count, dead) for _, ages, count in sources)
+    def build(cls, sources: Sequence[Source], dead: np.ndarray, n: int) -> _Segment | None:
+        """One segment of the `n` live hashes of `sources` (the caller knows n from its class counts); None when n is 0."""
         if not n:
             return None
         k = directory_bits(n)
@@ -131,8 +130,7 @@ class PdqIndex:
         self.capacity = capacity
         self._expiry: dict[int, float] = {}  # live class -> its time
         self._class_at: dict[float, int] = {}  # and back
-        self._dead: set[int] = set()  # classes past their time whose hashes are still held
-        self._free = list(range(CLASSES - 1, -1, -1))
+        self._free = list(range(CLASSES - 1, -1, -1))  # classes neither live nor dead (the view's mask) hold no hash
         codes, ages = _empty_tail()
         self._view = _View((), codes, ages, 0, np.zeros(CLASSES, np.uint8), np.zeros(CLASSES, np.int64))
 
@@ -195,22 +193,21 @@ class PdqIndex:
         if died:
             for age in died:
                 del self._class_at[self._expiry.pop(age)]
-            self._dead.update(died)
             dead = view.dead.copy()
             dead[died] = 1
             view = self._view = replace(view, dead=dead)
-        total, held_dead = int(view.counts.sum()), int(view.counts[view.dead == 1].sum())
-        rebuild = held_dead * 4 > total or len(self._dead) > CLASSES // 2
+        held_dead = np.flatnonzero(view.dead)
+        rebuild = int(view.counts[held_dead].sum()) * 4 > int(view.counts.sum()) or len(held_dead) > CLASSES // 2
         if view.tail_n <= TAIL_MAX and not rebuild:
             return
         segments = view.segments
         if not segments or rebuild or sum(s.n for s in segments[1:]) + view.tail_n > max(segments[0].n, 524_288) // 8:
-            built = _Segment.build([s.source for s in segments] + [view.tail], view.dead)
-            self._free.extend(self._dead)
-            self._dead.clear()
+            built = _Segment.build([s.source for s in segments] + [view.tail], view.dead, view.live)
+            self._free.extend(held_dead.tolist())
             segments, dead = (built,) if built else (), np.zeros(CLASSES, np.uint8)
         else:
-            delta = _Segment.build([s.source for s in segments[1:]] + [view.tail], view.dead)
+            rest = view.counts - segments[0].counts  # the delta's and the tail's
+            delta = _Segment.build([s.source for s in segments[1:]] + [view.tail], view.dead, int(rest[view.dead == 0].sum()))
             segments, dead = (segments[0],) + ((delta,) if delta else ()), view.dead
         codes, ages = _empty_tail()
         self._view = _View(segments, codes, ages, 0, dead, sum((s.counts for s in segments), np.zeros(CLASSES, np.int64)))
@@ -228,6 +225,8 @@ class PdqIndex:
             _pdqindex.search(s.tables, view.dead, tag, packed, MATCH_DISTANCE, PER_BUCKET, BUDGET, best_distance, best_id, capped)
         _pdqindex.scan(*view.tail, view.dead, len(view.segments), packed, MATCH_DISTANCE, best_distance, best_id)
         holders = [s.codes for s in view.segments] + [view.tail_codes]
-        found = [None if i < 0 else Match(holders[i >> 32][(i & 0xFFFF_FFFF) * CODE : ((i & 0xFFFF_FFFF) + 1) * CODE].tobytes(), int(d))
-                 for i, d in zip(best_id.tolist(), best_distance.tolist())]
+        found: list[Match | None] = []
+        for i, d in zip(best_id.tolist(), best_distance.tolist()):
+            at = (i & 0xFFFF_FFFF) * CODE  # best_id is the holder's tag << 32 | the hash's place in it
+            found.append(None if i < 0 else Match(holders[i >> 32][at : at + CODE].tobytes(), int(d)))
         return found, capped.tolist()
