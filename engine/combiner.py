@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from engine.detector import sigmoid
 from engine.labels import AI_GENERATED, REAL
 
 SUSPICIOUS = "suspicious"
@@ -26,13 +27,6 @@ FORMAT = "dda-combiner/1"
 
 class CombinerError(ValueError):
     """A combiner file that cannot be used."""
-
-
-def _sigmoid(x: float) -> float:
-    if x >= 0:
-        return 1.0 / (1.0 + math.exp(-x))
-    e = math.exp(x)
-    return e / (1.0 + e)
 
 
 @dataclass(frozen=True)
@@ -59,12 +53,17 @@ class Combiner:
 
     def score(self, logits: Sequence[float]) -> float:
         """Calibrated P(AI-generated) from the models' logits, in `models` order."""
-        return _sigmoid(self.logit(logits))
+        return sigmoid(self.logit(logits))
 
     def label(self, score: float) -> str:
+        """Three-way: the band's answer."""
         if score > self.ai_above:
             return AI_GENERATED
         return REAL if score <= self.real_at_or_below else SUSPICIOUS
+
+    def two_way_label(self, score: float) -> str:
+        """For readers that know two labels: `ai_generated` only above the band (its false-positive rate holds)."""
+        return AI_GENERATED if score > self.ai_above else REAL
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)

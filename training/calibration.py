@@ -56,13 +56,17 @@ def score_images(models: Sequence[LoadedModel], data: Path, batch: int = 16, pro
     return Scored(np.array(rows, np.float64), np.array(labels, np.int64))
 
 
+def _probability(logits: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-logits))
+
+
 def fit_logistic(x: np.ndarray, y: np.ndarray, c: float = 1.0, iterations: int = 100) -> tuple[np.ndarray, float]:
     """Weights and intercept minimising sum(log loss) + |w|^2 / (2c), by Newton's method."""
     design = np.c_[x, np.ones(len(x))]
     penalty = np.r_[np.full(x.shape[1], 1.0 / c), 0.0]
     theta = np.zeros(design.shape[1])
     for _ in range(iterations):
-        p = 1.0 / (1.0 + np.exp(-(design @ theta)))
+        p = _probability(design @ theta)
         gradient = design.T @ (p - y) + penalty * theta
         hessian = (design * (p * (1 - p))[:, None]).T @ design + np.diag(penalty)
         step = np.linalg.solve(hessian + 1e-12 * np.eye(len(theta)), gradient)
@@ -106,14 +110,14 @@ def calibrate_ensemble(models: Sequence[LoadedModel], scored: Scored, *, fpr: fl
     if len(set(scored.labels[fit].tolist())) < 2 or len(set(scored.labels[test].tolist())) < 2:
         raise ValueError("need at least two real and two AI-generated images (one of each to fit, one to hold back)")
     weights, bias = fit_logistic(scored.logits[fit], scored.labels[fit], c)
-    fused = 1.0 / (1.0 + np.exp(-(scored.logits @ weights + bias)))
+    fused = _probability(scored.logits @ weights + bias)
     real_at_or_below, ai_above = band(fused[fit], scored.labels[fit], fpr, fnr)
     combiner = Combiner(tuple(m.manifest.version for m in models), tuple(float(w) for w in weights), bias, real_at_or_below, ai_above)
     y = scored.labels[test]
     labels = np.array([combiner.label(float(s)) for s in fused[test]])
     report: dict[str, Any] = {
         "images": len(scored.labels), "fit": len(fit), "held_back": len(test),
-        "models": {m.manifest.version: _quality(1.0 / (1.0 + np.exp(-scored.logits[test, i])), y) for i, m in enumerate(models)},
+        "models": {m.manifest.version: _quality(_probability(scored.logits[test, i]), y) for i, m in enumerate(models)},
         "fused": _quality(fused[test], y),
         "band": {"real_at_or_below": real_at_or_below, "ai_above": ai_above, "suspicious_share": float(np.mean(labels == SUSPICIOUS)),
                  "false_positive_rate": float(np.mean(labels[y == 0] == AI_GENERATED)),

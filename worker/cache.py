@@ -38,7 +38,7 @@ from worker.near_index import NearIndex
 
 MIN_QUALITY = 50
 RETRY_AFTER_S = 2.0
-INDEX_CAPACITY = 20_000_000  # hashes a process indexes (~84 bytes each) unless told otherwise
+INDEX_CAPACITY = 20_000_000  # hashes a process indexes (~63 bytes each) unless told otherwise
 
 log = structlog.get_logger("dda.cache")
 

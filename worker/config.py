@@ -163,7 +163,7 @@ class WorkerConfig:
     redis_cluster: bool = setting("DDA_REDIS_CLUSTER", "off", _switch, "on: DDA_REDIS_URL names a node of a Redis Cluster (the client finds the rest)")
     cache_ttl_s: int = setting("DDA_CACHE_TTL_S", "604800", positive_int, "verdict cache TTL, seconds")
     near_index_max_hashes: int = setting("DDA_NEAR_INDEX_MAX_HASHES", "20000000", positive_int,
-                                         "PDQ hashes each consumer process indexes in memory (~84 bytes each); more are not indexed (counted)")
+                                         "PDQ hashes each consumer process indexes in memory (~63 bytes each, twice that during a rebuild); more are not indexed (counted)")
     model: str | None = setting("DDA_MODEL", "", _optional, "model directory or hf:// checkpoint; unset: the official DDA checkpoint")
     shadow_model: str | None = setting("DDA_SHADOW_MODEL", "", _optional,
                                        "a candidate model directory scored beside the served one on sampled misses (verdict field shadow); never changes a label")

@@ -21,7 +21,6 @@ import numpy as np
 from engine.combiner import Combiner, CombinerError
 from engine.contract import Runner
 from engine.detector import sigmoid
-from engine.labels import AI_GENERATED, REAL
 from engine.manifest import Manifest, ModelDirError
 
 
@@ -54,7 +53,7 @@ class Ensemble:
             fused = self.combiner.logit([first, second])
             score = sigmoid(fused)
             models = [{**m.describe(), "logit": v, "score": sigmoid(v)} for m, v in ((self.served, first), (self.second, second))]
-            out.append(Scored(fused, score, AI_GENERATED if score > self.combiner.ai_above else REAL, self.combiner.label(score), models))
+            out.append(Scored(fused, score, self.combiner.two_way_label(score), self.combiner.label(score), models))
         return out
 
 
