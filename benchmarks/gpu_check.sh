@@ -4,7 +4,8 @@
 # installs the carried wheels offline beside the machine's own torch, builds the C extensions,
 # then measures the engine (benchmarks/engine_throughput.py: fp32 batch 1, bf16 eager and
 # compiled, drift against fp32 on distinct real and generated crops, where the kernel time goes)
-# and a whole pod (benchmarks/pipeline_rate.py: stub, ViT-L, ViT-L compiled; GPU utilisation).
+# and a whole pod (benchmarks/pipeline_rate.py: stub, ViT-L, ViT-L compiled; GPU utilisation), and
+# what the second detector costs beside DDA (benchmarks/second_detector_cost.py, bf16, batch 64).
 # Everything lands in OUTDIR: a log per step, engine.json, pipeline.json, results.json and
 # results.md. A failed step is recorded and the next one still runs; the exit status says
 # whether all passed.
@@ -106,12 +107,14 @@ if [ "$MODE" = gpu ]; then
             --configs fp32:1,bf16:32,bf16:64,bf16:128,bf16:256,bf16:64:graphs,bf16:128:graphs,bf16:256:graphs)
     pod=(--device cuda --consumers 4 --decode-workers 11 --max-batch 64 --configs pod:stub,pod:vitl,pod:vitl+graphs
          --requests 3000 --paced-s 6 --paced-images 3000 --hit-rounds 1)
-    limits=(120 300 330)
+    second=(--device cuda --precision bf16 --batch 64 --repeats 5 --images 0)
+    limits=(120 300 330 90)
 else
     engine=(--tiny --images 0 --real 6 --generated 10 --repeats 1 --profile bf16:8 --profile-batches 2 --configs fp32:1,bf16:8,bf16:8:graphs)
     pod=(--device cpu --consumers 2 --decode-workers 2 --configs pod:tiny --warmup 5 --requests 20 --paced-s 1
          --paced-images 10 --hit-rounds 1)
-    limits=(120 120 120)
+    second=(--tiny --device cpu --batch 2 --repeats 1 --images 0)
+    limits=(120 120 120 60)
 fi
 
 step machine 30 bash -c machine
@@ -120,5 +123,6 @@ step build "${limits[0]}" bash -c build
 step wheels "${limits[0]}" bash -c wheels
 step engine "${limits[1]}" "$PYTHON" benchmarks/engine_throughput.py "${crops[@]}" "${engine[@]}" --json "$OUTDIR/engine.json"
 step pipeline "${limits[2]}" "$PYTHON" benchmarks/pipeline_rate.py "${pod[@]}" --no-floor --json "$OUTDIR/pipeline.json"
+step second "${limits[3]}" "$PYTHON" benchmarks/second_detector_cost.py "${second[@]}"
 "$PYTHON" benchmarks/gpu_report.py "$OUTDIR" --mode "$MODE" || FAILED=1
 exit "$FAILED"

@@ -1,7 +1,7 @@
 """The results folder of benchmarks/gpu_check.sh as one JSON and one Markdown page.
 
 Reads OUTDIR/steps.tsv (each step's status and seconds), engine.json and pipeline.json (absent
-when their step failed), and OUTDIR/machine.log; writes results.json and results.md and prints
+when their step failed), the second detector's table from second.log, and OUTDIR/machine.log; writes results.json and results.md and prints
 the page. Exits 1 when a step failed or a result is missing, so the check's status says so.
 
     python benchmarks/gpu_report.py OUTDIR [--mode gpu|rehearse]
@@ -37,6 +37,9 @@ def main() -> None:
     lines += [f"| {s['step']} | {'ok' if s['status'] == '0' else 'FAILED ' + s['status']} | {s['seconds']} |" for s in steps]
     for name, table in (("engine", engine_table), ("pipeline", pipeline_table)):
         lines += [""] + (table(results[name]) if results[name] else [f"No {name} results (see {name}.log)."])
+    second = (out / "second.log").read_text().splitlines() if (out / "second.log").exists() else []
+    results["second"] = [line for line in second if line.startswith("|")]
+    lines += ["", "Second detector beside DDA (benchmarks/second_detector_cost.py):", ""] + (results["second"] or ["No results (see second.log)."])
     page = "\n".join(lines) + "\n"
     (out / "results.json").write_text(json.dumps(results, indent=2))
     (out / "results.md").write_text(page)

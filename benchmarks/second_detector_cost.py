@@ -10,7 +10,10 @@ shorter side to 440 px and crop; and what a decode process spends per file (`pre
 crops, PDQ) for DDA alone (its region decode) against DDA plus the second model's crop (a
 whole decode, then both crops).
 
-    python benchmarks/second_detector_cost.py [--device cpu|cuda] [--batch 4] [--repeats 3]
+    python benchmarks/second_detector_cost.py [--device cpu|cuda] [--precision fp32|bf16] [--batch 4] [--repeats 3] [--images 40]
+
+--images 0 leaves out the preprocessing and decode-process timings (a GPU machine without the data);
+--tiny measures the tests' tiny networks instead (a rehearsal of the GPU check: no figure to quote).
 """
 
 from __future__ import annotations
@@ -32,11 +35,19 @@ from machine import describe
 from engine.arch import Architecture
 from engine.checkpoint import import_checkpoint
 from engine.commfor import import_commfor
+from engine.contract import Precision
 from engine.decode import decode_folder
 from engine.model_dir import LoadedModel, load_model_dir
 from engine.preprocess import center_crop
 from engine.runner import TorchRunner
-from engine.synthetic import COMMFOR_VIT_S, VIT_L, write_commfor_checkpoint, write_official_checkpoint
+from engine.synthetic import (
+    COMMFOR_VIT_S,
+    VIT_L,
+    tiny_architecture,
+    tiny_commfor_architecture,
+    write_commfor_checkpoint,
+    write_official_checkpoint,
+)
 from worker.prepare import prepare
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -51,8 +62,8 @@ def macs(arch: Architecture, image: int) -> float:
     return float(embed + arch.depth * block + d)
 
 
-def forward_seconds(loaded: LoadedModel, device: str, batch: int, repeats: int) -> float:
-    runner = TorchRunner(loaded.network, loaded.manifest.preprocessing, device=device, precision="fp32", max_batch=batch)
+def forward_seconds(loaded: LoadedModel, device: str, precision: Precision, batch: int, repeats: int) -> float:
+    runner = TorchRunner(loaded.network, loaded.manifest.preprocessing, device=device, precision=precision, max_batch=batch)
     size = loaded.manifest.preprocessing.crop_size
     crops = np.random.default_rng(0).integers(0, 256, (batch, size, size, 3), dtype=np.uint8)
     runner.logits(crops)  # warm-up
@@ -72,6 +83,8 @@ def forward_seconds(loaded: LoadedModel, device: str, batch: int, repeats: int) 
 
 
 def prepare_seconds(loaded: LoadedModel, images: list[np.ndarray]) -> float:
+    if not images:
+        return float("nan")
     pre = loaded.manifest.preprocessing
     cpu = time.process_time()
     for rgb in images:
@@ -92,29 +105,36 @@ def decode_process_seconds(files: list[bytes], second: tuple[int, int] | None, r
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--images", type=int, default=40, help="real images for the preprocessing timing")
+    parser.add_argument("--tiny", action="store_true", help="the tests' tiny networks (rehearsal)")
     args = parser.parse_args()
     print(f"machine: {json.dumps(describe())}")
-    images = [rgb for _, rgb in zip(range(args.images), (p for _, p in decode_folder(SHARED)))]
+    images = [rgb for _, rgb in zip(range(args.images), (p for _, p in decode_folder(SHARED)))] if args.images else []
     files = [p.read_bytes() for p in sorted(SHARED.rglob("*")) if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".webp")][: args.images]
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        import_checkpoint(write_official_checkpoint(root / "dda.pth", VIT_L), root / "dda")
-        import_commfor(write_commfor_checkpoint(root / "commfor.safetensors", COMMFOR_VIT_S), root / "commfor")
-        models = {"DDA ViT-L/14 at 336": load_model_dir(root / "dda"), "Community Forensics ViT-S/16 at 384": load_model_dir(root / "commfor")}
+        dda, commfor = (tiny_architecture(), tiny_commfor_architecture()) if args.tiny else (VIT_L, COMMFOR_VIT_S)
+        import_checkpoint(write_official_checkpoint(root / "dda.pth", dda), root / "dda")
+        import_commfor(write_commfor_checkpoint(root / "commfor.safetensors", commfor), root / "commfor")
+        models = {"DDA " + ("tiny" if args.tiny else "ViT-L/14 at 336"): load_model_dir(root / "dda"),
+                  "Community Forensics " + ("tiny" if args.tiny else "ViT-S/16 at 384"): load_model_dir(root / "commfor")}
         rows = []
         for name, loaded in models.items():
             pre = loaded.manifest.preprocessing
-            rows.append((name, macs(loaded.manifest.architecture, pre.crop_size), forward_seconds(loaded, args.device, args.batch, args.repeats),
+            rows.append((name, macs(loaded.manifest.architecture, pre.crop_size), forward_seconds(loaded, args.device, args.precision, args.batch, args.repeats),
                          prepare_seconds(loaded, images)))
     unit = "CPU" if args.device == "cpu" else "GPU wall"
-    print(f"| model | GMACs an image | {unit} ms an image (forward, batch {args.batch}, fp32) | vs DDA | preprocessing CPU ms an image "
-          f"({len(images)} real images, mean {np.mean([i.shape[0] * i.shape[1] for i in images]) / 1e6:.1f} MP) |")
+    megapixels = np.mean([i.shape[0] * i.shape[1] for i in images]) / 1e6 if images else 0.0
+    print(f"| model | GMACs an image | {unit} ms an image (forward, batch {args.batch}, {args.precision}) | vs DDA | preprocessing CPU ms an image "
+          f"({len(images)} real images, mean {megapixels:.1f} MP) |")
     print("|---|---|---|---|---|")
     for name, mac, forward, prepared in rows:
         print(f"| {name} | {mac / 1e9:.1f} | {forward * 1000:.1f} | {forward / rows[0][2]:.3f}x | {prepared * 1000:.2f} |")
+    if not files:
+        return
     alone, both = decode_process_seconds(files, None, args.repeats), decode_process_seconds(files, (440, 384), args.repeats)
     print(f"\ndecode process per file ({len(files)} files), CPU ms: DDA alone {alone * 1000:.2f}, DDA + second crop {both * 1000:.2f} "
           f"({both / alone:.2f}x)")

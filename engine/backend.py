@@ -72,3 +72,12 @@ def load_shadow(model: Path, served: Runner, *, device: str, precision: Precisio
     except (ValueError, RuntimeError, OSError, ImportError) as exc:  # a ModelDirError is a ValueError
         log(f"shadow model {model} not loaded, serving without it: {exc}")
         return None
+
+
+def load_second(model: Path, *, device: str, precision: Precision | Literal["auto"], max_batch: int,
+                log: Callable[[str], None]) -> tuple[Manifest, Runner]:
+    """An ensemble's second detector, on torch. Raises what the loader raises: unlike a shadow's,
+    its answer is part of every verdict, so a worker must not serve without it."""
+    loaded = load_model_dir(model)
+    return loaded.manifest, make_runner(loaded, model, backend="torch", device=device, precision=precision,
+                                        max_batch=max_batch, log=log)

@@ -7,9 +7,12 @@ process, whose work per request is a crop copy and two short messages (`engine.b
 
 Batching: each turn takes every request waiting for the model the oldest one names, whole,
 up to `max_batch` crops, and scores them as one batch; requests that arrive meanwhile make
-the next batch. A shadow model (`--shadow-model`: a candidate scored beside the served one,
-never answering for it) is optional; a batch of it runs synchronously, and a shadow that
-fails to load or to score fails only its own requests. There is no wait
+the next batch. Two more models are optional, each batched on its own and run synchronously:
+a shadow (`--shadow-model`: a candidate scored beside the served one on the same crops, never
+answering for it; one that fails to load or to score fails only its own requests) and a second
+detector (`--second-model`: an ensemble's other model, on crops of its own size, which a
+worker sends over a connection of that size; one that fails to load stops the engine, since
+the ensemble's verdict needs it). There is no wait
 timer here: the workers' own micro-batch window (DDA_MAX_WAIT_MS) already gathered them.
 Two host buffers are reused in turn; with a runner that can `start` a batch and answer
 later (torch on CUDA), the next batch is copied into one buffer while the other is on the
@@ -64,6 +67,10 @@ class _Client:
     slots: np.ndarray  # [capacity, S, S, 3] uint8 over the worker's memfd
     mapping: mmap.mmap
 
+    @property
+    def size(self) -> int:
+        return int(self.slots.shape[1])
+
 
 @dataclass
 class _Request:
@@ -77,10 +84,14 @@ class EngineServer:
     """Serves workers on `address` until `stop()`; one thread, no locks."""
 
     def __init__(self, runner: Runner, address: str, log: Callable[[str], None] = lambda _m: None,
-                 shadow: Runner | None = None) -> None:
+                 shadow: Runner | None = None, second: Runner | None = None) -> None:
         self.runner = runner
-        self.runners = [runner] if shadow is None else [runner, shadow]
-        self.size = runner.preprocessing.crop_size
+        self.runners = {wire.SERVED: runner}
+        if shadow is not None:
+            self.runners[wire.SHADOW] = shadow
+        if second is not None:
+            self.runners[wire.SECOND] = second
+        self.sizes = {r.preprocessing.crop_size for r in self.runners.values()}
         self.max_batch = runner.max_batch
         self.log = log
         if os.path.exists(address) and stat.S_ISSOCK(os.stat(address).st_mode):
@@ -96,17 +107,18 @@ class EngineServer:
         # launching the next batch first would hold the previous batch's answer for a whole batch.
         starting = getattr(runner, "asynchronous", False)
         self._starting: StartingRunner | None = runner if starting else None  # type: ignore[assignment]
-        self.buffers = [self._buffer(), self._buffer()]
+        # Two host buffers a crop size, used in turn: the batch on the GPU keeps the other turn's.
+        self.buffers = {size: [self._buffer(size), self._buffer(size)] for size in self.sizes}
         self._wake_r, self._wake_w = os.pipe()
         self.selector.register(self._wake_r, selectors.EVENT_READ)
         self._stopping = False
         self.batches = 0
         self.images = 0
 
-    def _buffer(self) -> np.ndarray:
-        if self._starting is not None:
+    def _buffer(self, size: int) -> np.ndarray:
+        if self._starting is not None and size == self.runner.preprocessing.crop_size:
             return self._starting.host_buffer(self.max_batch)
-        return np.empty((self.max_batch, self.size, self.size, 3), np.uint8)
+        return np.empty((self.max_batch, size, size, 3), np.uint8)
 
     def stop(self) -> None:
         """Safe from a signal handler or another thread: `serve` returns after the batch it is on."""
@@ -117,15 +129,17 @@ class EngineServer:
         running: tuple[list[_Request], Waiter] | None = None
         while not self._stopping:
             self._read_messages(block=running is None and not self.queue)
-            started = self._launch(self.buffers[turn]) if self.queue else None
+            started = self._launch(turn) if self.queue else None
             if running is not None:
                 self._answer(*running)
-            running = started
+                running = None
             if started is not None:
                 turn ^= 1
-                if self._starting is None:  # already computed: answer now, not after the next batch
-                    self._answer(*started)
-                    running = None
+                taken, wait, computing = started
+                if computing:
+                    running = taken, wait
+                else:  # already computed: answer now, not after the next batch
+                    self._answer(taken, wait)
         if running is not None:
             self._answer(*running)
         for client in list(self.clients.values()):
@@ -176,8 +190,8 @@ class EngineServer:
             raise ValueError("malformed hello")
         magic, capacity, size = wire.HELLO.unpack(message)
         try:
-            if magic != wire.MAGIC or size != self.size or not 1 <= capacity <= self.max_batch:
-                raise ValueError(f"hello for crop size {size} x {capacity} slots; this engine takes {self.size}, "
+            if magic != wire.MAGIC or size not in self.sizes or not 1 <= capacity <= self.max_batch:
+                raise ValueError(f"hello for crop size {size} x {capacity} slots; this engine takes {sorted(self.sizes)}, "
                                  f"at most {self.max_batch} per request")
             length = capacity * wire.crop_bytes(size)
             if os.fstat(fds[0]).st_size < length:
@@ -185,7 +199,7 @@ class EngineServer:
             mapping = mmap.mmap(fds[0], length)
         finally:
             os.close(fds[0])
-        sock.send(wire.WELCOME.pack(wire.MAGIC, self.max_batch, len(self.runners)))
+        sock.send(wire.WELCOME.pack(wire.MAGIC, self.max_batch, sum(1 << m for m in self.runners)))
         return _Client(sock, np.ndarray((capacity, size, size, 3), np.uint8, buffer=mapping), mapping)
 
     def _receive(self, client: _Client) -> None:
@@ -197,11 +211,21 @@ class EngineServer:
             self._drop(client)
             return
         sequence, count, model = wire.REQUEST.unpack(message)
-        if not 1 <= count <= len(client.slots) or model >= len(self.runners):
-            reason = f"count {count} outside 1..{len(client.slots)}" if model < len(self.runners) else f"no model {model} here"
+        reason = self._refusal(client, count, model)
+        if reason:
             self._send(client, wire.ANSWER.pack(sequence, wire.FAILED, 0) + reason.encode())
             return
         self.queue.append(_Request(client, sequence, count, model))
+
+    def _refusal(self, client: _Client, count: int, model: int) -> str:
+        if model not in self.runners:
+            return f"no model {model} here"
+        size = self.runners[model].preprocessing.crop_size
+        if size != client.size:
+            return f"model {model} scores {size} px crops; this connection's slots hold {client.size} px"
+        if not 1 <= count <= len(client.slots):
+            return f"count {count} outside 1..{len(client.slots)}"
+        return ""
 
     def _drop(self, client: _Client) -> None:
         if self.clients.pop(client.sock.fileno(), None) is None:
@@ -218,8 +242,10 @@ class EngineServer:
 
     # --- batches ------------------------------------------------------------------------------
 
-    def _launch(self, buffer: np.ndarray) -> tuple[list[_Request], Waiter]:
+    def _launch(self, turn: int) -> tuple[list[_Request], Waiter, bool]:
+        """The batch of the model the oldest request names; True while it is still computing."""
         model = self.queue[0].model
+        buffer = self.buffers[self.runners[model].preprocessing.crop_size][turn]
         taken: list[_Request] = []
         filled = 0
         for request in list(self.queue):
@@ -234,11 +260,11 @@ class EngineServer:
         batch = buffer[:filled]
         try:
             if self._starting is not None and model == wire.SERVED:
-                return taken, self._starting.start(batch)
+                return taken, self._starting.start(batch), True
             logits = self.runners[model].logits(batch)
         except Exception as exc:  # noqa: BLE001 - the batch's requests are told why; the engine goes on
-            return taken, _raiser(exc)
-        return taken, lambda: logits
+            return taken, _raiser(exc), False
+        return taken, lambda: logits, False
 
     def _answer(self, taken: list[_Request], wait: Waiter) -> None:
         total = sum(r.count for r in taken)
@@ -278,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     import structlog
 
     from engine import lifetime
-    from engine.backend import load_shadow, make_runner
+    from engine.backend import load_second, load_shadow, make_runner
     from engine.logs import configure_logging
     from engine.model_dir import load_model_dir
 
@@ -293,6 +319,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--engine-dir", type=Path)
     parser.add_argument("--compile", action="store_true", help="torch.compile per batch bucket, each compiled before ready")
     parser.add_argument("--shadow-model", type=Path, help="a second model scored on request beside the served one (torch)")
+    parser.add_argument("--second-model", type=Path, help="an ensemble's second detector, scored on its own crops (torch)")
     parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     args = parser.parse_args(argv)
     lifetime.die_with_parent(args.parent_pid)
@@ -313,7 +340,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.shadow_model is not None:
             shadow = load_shadow(args.shadow_model, runner, device=args.device, precision=args.precision, max_batch=args.max_batch,
                                  log=log)
-        server = EngineServer(runner, args.socket, log, shadow=shadow[1] if shadow else None)
+        second = None
+        if args.second_model is not None:
+            second = load_second(args.second_model, device=args.device, precision=args.precision, max_batch=args.max_batch, log=log)[1]
+        server = EngineServer(runner, args.socket, log, shadow=shadow[1] if shadow else None, second=second)
     except (ValueError, RuntimeError, OSError, ImportError) as exc:
         logger.error(f"cannot start the engine: {exc}", exit_status=2)
         return 2

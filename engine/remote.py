@@ -30,7 +30,8 @@ class _Disconnected(Exception):
 
 
 class RemoteRunner:
-    """`Runner` over the engine process's socket at `address`; one batch at a time.
+    """`Runner` over the engine process's socket at `address` for one of its models (`model`:
+    the served one unless told; `engine.batch_wire`), one batch at a time.
 
     When the connection ends (the engine process died; the pod restarts it) the batch is
     sent again on a new connection for up to `reconnect_s`, so an engine restart costs
@@ -39,8 +40,10 @@ class RemoteRunner:
 
     def __init__(self, address: str, preprocessing: Preprocessing, capacity: int,
                  on_batch: Callable[[int], None] = lambda _n: None, timeout_s: float = ANSWER_TIMEOUT_S,
-                 reconnect_s: float = RECONNECT_S, on_reconnect: Callable[[], None] = lambda: None) -> None:
+                 reconnect_s: float = RECONNECT_S, on_reconnect: Callable[[], None] = lambda: None,
+                 model: int = wire.SERVED) -> None:
         self.preprocessing = preprocessing
+        self.model = model
         self.on_batch = on_batch
         self.on_reconnect = on_reconnect
         self.address = address
@@ -54,7 +57,7 @@ class RemoteRunner:
         self._slots = np.ndarray((capacity, size, size, 3), np.uint8, buffer=self._mapping)
         self._answer_size = wire.answer_size(capacity)
         self._sequence = 0
-        self.models = 1  # the engine's welcome says whether it also holds a shadow model
+        self.held = {wire.SERVED}  # the engine's welcome says which models it holds
         self._lock = threading.Lock()
         try:
             self._sock = self._connect()
@@ -75,17 +78,20 @@ class RemoteRunner:
         if len(welcome) != wire.WELCOME.size or welcome[:4] != wire.MAGIC:
             sock.close()
             raise _Disconnected(f"the engine process refused {self.max_batch} slots of {self.preprocessing.crop_size} px crops")
-        self.models = wire.WELCOME.unpack(welcome)[2]
+        self.held = wire.held(wire.WELCOME.unpack(welcome)[2])
+        if self.model not in self.held:
+            sock.close()
+            raise _Disconnected(f"the engine process holds no {wire.MODEL_NAMES[self.model]} model (its log says why)")
         return sock
 
     def logits(self, crops: np.ndarray) -> np.ndarray:
         """float32 [N] logits; raises EngineLost when the engine process is gone or silent,
         RuntimeError when it failed this batch alone."""
-        return self.score(crops, wire.SERVED)
+        return self.score(crops, self.model)
 
     def shadow(self) -> RemoteShadow | None:
         """The engine's shadow model as a Runner, when it holds one."""
-        return RemoteShadow(self) if self.models > 1 else None
+        return RemoteShadow(self) if wire.SHADOW in self.held else None
 
     def score(self, crops: np.ndarray, model: int) -> np.ndarray:
         check_crops(crops, self.preprocessing.crop_size)

@@ -1,4 +1,5 @@
-"""Shared fixtures: a tiny checkpoint in the official layout and its model directory (images: tests/images.py)."""
+"""Shared fixtures: a tiny checkpoint in the official layout and its model directory, and a tiny
+Community Forensics model directory (a second detector) (images: tests/images.py)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from engine.checkpoint import import_checkpoint
+from engine.commfor import import_commfor
 from engine.model_dir import LoadedModel, load_model_dir
-from engine.synthetic import tiny_architecture, write_official_checkpoint
+from engine.synthetic import tiny_architecture, tiny_commfor_architecture, write_commfor_checkpoint, write_official_checkpoint
 from tests.schemas import check_record
 from worker.completion import Completion
 
@@ -36,6 +38,13 @@ def tiny_model_dir(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFacto
     dest = tmp_path_factory.mktemp("model") / "tiny"
     import_checkpoint(tiny_checkpoint, dest)
     return dest
+
+
+@pytest.fixture(scope="session")
+def tiny_commfor_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    tmp = tmp_path_factory.mktemp("commfor")
+    import_commfor(write_commfor_checkpoint(tmp / "model.safetensors", tiny_commfor_architecture(), seed=9), tmp / "commfor")
+    return tmp / "commfor"
 
 
 @pytest.fixture()

@@ -1,6 +1,6 @@
 """benchmarks/gpu_check.sh cannot rot: its CPU rehearsal runs every step the GPU run does (servers,
 extension build, package check, engine rows with drift and a kernel profile, a whole pod through
-a real broker, Redis and HTTP origin) and must leave a complete results folder; a failed step
+a real broker, Redis and HTTP origin, the second detector's cost beside DDA's) and must leave a complete results folder; a failed step
 must show as failed."""
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ def test_the_rehearsal_runs_every_step_and_reports_each_figure(tmp_path: Path) -
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     steps = [line.split("\t") for line in (out / "steps.tsv").read_text().splitlines()]
     assert [(name, status) for name, status, _ in steps] == [
-        (name, "0") for name in ("machine", "servers", "build", "wheels", "engine", "pipeline")]
+        (name, "0") for name in ("machine", "servers", "build", "wheels", "engine", "pipeline", "second")]
 
     results = json.loads((out / "results.json").read_text())
     engine = results["engine"]
@@ -41,6 +41,8 @@ def test_the_rehearsal_runs_every_step_and_reports_each_figure(tmp_path: Path) -
     assert pod["hits"]["verdicts"] == 20
     assert {"consumer", "decode", "engine"} <= set(pod["cpu_ms_per_miss"])
     assert pod["gpu_flood"] is None  # no GPU here: no samples, said as "-"
+    second = results["second"]  # the second detector's table: a header, a rule, a row for each model
+    assert len(second) == 4 and "bf16" not in second[0] and second[2].startswith("| DDA") and second[3].startswith("| Community Forensics")
     page = (out / "results.md").read_text()
     assert "| engine | ok |" in page and "| pod-tiny |" in page and "| fp32 | 1 | eager |" in page
 

@@ -309,6 +309,7 @@ def load(env: Mapping[str, str], flags: Mapping[str, Any] | None = None) -> Work
         raise ConfigError("the input topic must differ from the output and dead-letter topics")
     if bool(config.ensemble) != bool(config.second_model):
         raise ConfigError("DDA_ENSEMBLE (a combiner file) and DDA_SECOND_MODEL go together: the combiner needs the second model's logit")
-    if config.ensemble and (config.consumers > 1 or config.engine_socket or config.shadow_model):
-        raise ConfigError("DDA_ENSEMBLE runs in one process (DDA_CONSUMERS=1, no engine socket) and without a shadow model, for now")
+    if config.ensemble and config.shadow_model:
+        raise ConfigError("DDA_ENSEMBLE and DDA_SHADOW_MODEL cannot be combined yet: a shadow is compared with DDA's own "
+                          "verdict, and the ensemble's verdict is the combiner's")
     return config

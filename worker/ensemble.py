@@ -57,15 +57,22 @@ class Ensemble:
         return out
 
 
-def load_ensemble(combiner_path: Path, served: Manifest, second: Manifest, runner: Runner) -> Ensemble:
-    """The combiner must have been fitted for these two model versions, in this order, and the second
-    model must scale before cropping (what the decode processes know how to cut for it)."""
+def combiner_for(combiner_path: Path, served: Manifest, second: Manifest) -> Combiner:
+    """The combiner, refused unless fitted for these two model versions, in this order, and unless
+    the second model scales before cropping (what the decode processes know how to cut for it)."""
     combiner = Combiner.load(combiner_path)
     if combiner.models != (served.version, second.version):
         raise CombinerError(f"{combiner_path} combines {list(combiner.models)}, not the served {served.version} and the "
                             f"second {second.version}: refit it with dda calibrate --second")
-    pre = second.preprocessing
-    if pre.resize is None:
+    if second.preprocessing.resize is None:
         raise ModelDirError(f"second model {second.version} does not scale before cropping; only such a second model is supported")
+    return combiner
+
+
+def load_ensemble(combiner_path: Path, served: Manifest, second: Manifest, runner: Runner) -> Ensemble:
+    """`runner` scores the second model: in this process, or the engine process's (a pod)."""
+    combiner = combiner_for(combiner_path, served, second)
+    pre = second.preprocessing
+    assert pre.resize is not None  # combiner_for refused a second model that does not scale
     return Ensemble(served, second, runner, combiner, hashlib.sha256(combiner_path.read_bytes()).hexdigest()[:12],
                     (pre.resize, pre.crop_size))

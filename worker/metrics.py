@@ -29,6 +29,7 @@ class Metrics:
         self.redis_errors = Counter("dda_cache_errors", "Cache store failures (the worker continues uncached)", registry=r)
         self.engine_batch = Histogram("dda_engine_batch_images", "Images in the engine process's batch that carried each of this worker's batches (pods only)",
                                       buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256), registry=r)
+        self.engine_non_finite = Counter("dda_engine_non_finite", "Images answered inference_failed because a model gave a NaN or infinite logit", registry=r)
         self.engine_reconnects = Counter("dda_engine_reconnects", "Batches resent because the engine process's connection ended (pods only: the engine was restarted)", registry=r)
         self.batch_size = Histogram("dda_batch_size", "Images per inference batch", buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256), registry=r)
         self.stage_seconds = Histogram("dda_stage_seconds", "Time per request in each stage", ["stage"],

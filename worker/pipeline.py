@@ -17,6 +17,7 @@ the fetched bodies held reach DDA_MAX_IN_FLIGHT_BYTES.
 from __future__ import annotations
 
 import functools
+import math
 import queue
 import threading
 import time
@@ -418,7 +419,14 @@ class Pipeline:
             work.request.timings_ms["queue"] = (started - work.queued_at) * 1000
         batch = np.concatenate([w.prepared.crops for w in items if w.prepared is not None])
         logits = self.runner.logits(batch).astype(np.float64).reshape(len(items), self.crops).mean(axis=1)
-        scored = list(zip(items, self._verdicts(items, logits)))
+        scored = []
+        for work, v in zip(items, self._verdicts(items, logits)):
+            broken = _non_finite(v, self.manifest.name)
+            if broken:  # broken weights or an overflow: no NaN in a verdict's JSON, nothing cached
+                self.metrics.engine_non_finite.inc()
+                self._error(work, INFERENCE_FAILED, f"{broken} gave a non-finite logit for this image")
+            else:
+                scored.append((work, v))
         spent = (time.monotonic() - started) * 1000
         self.metrics.batch_size.observe(len(batch))
         self.metrics.engine_images.inc(len(items))
@@ -435,6 +443,15 @@ class Pipeline:
                 scored[i][0].shadow = answer
         for work, v in scored:
             self._scored(work, v, work.hashes, "miss", work.match, work.provenance)
+
+
+def _non_finite(v: CachedVerdict, served: str) -> str:
+    """Who answered NaN or infinity (the model by name, or the combiner); empty when all is finite."""
+    answers = [(str(m["name"]), float(m["logit"])) for m in v.models] if v.models is not None else [(served, v.logit)]
+    names = [name for name, logit in answers if not math.isfinite(logit)]
+    if not names and not math.isfinite(v.logit):
+        names = ["the combiner"]
+    return ", ".join(names)
 
 
 def _second_crop(work: _Work) -> np.ndarray:

@@ -84,6 +84,8 @@ class Pod:
             command.append("--compile")
         if c.shadow_model:
             command += ["--shadow-model", c.shadow_model]
+        if c.ensemble and c.second_model:
+            command += ["--second-model", c.second_model]
         self.engine = subprocess.Popen(command, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
         assert self.engine.stdout is not None
         line = self.engine.stdout.readline()  # the model loads first: minutes for ViT-L from a slow volume
@@ -99,6 +101,8 @@ class Pod:
             env = {**os.environ, "DDA_CONSUMERS": "1", "DDA_ENGINE_SOCKET": self.socket, "DDA_MODEL": str(self.model_dir),
                    "DDA_METRICS_HOST": "127.0.0.1", "DDA_METRICS_PORT": str(port), "DDA_DECODE_WORKERS": str(share),
                    "DDA_INSTANCE_ID": f"{self.config.member_slot()}-c{n}"}  # each consumer its own slot, the same after a restart
+            if self.config.second_model:  # the directory the engine process loaded, not a hub name to resolve again
+                env["DDA_SECOND_MODEL"] = self.config.second_model
             self.consumers.append(subprocess.Popen([sys.executable, "-m", "worker.service"], env=env, stdin=subprocess.DEVNULL))
             self.ports.append(port)
         log.info("consumer processes started", consumers=len(self.consumers), decode_workers_each=shares,

@@ -12,6 +12,7 @@ the worker started (nothing consumed).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import signal
 import sys
@@ -23,6 +24,7 @@ from typing import NoReturn
 
 import structlog
 
+from engine import batch_wire as wire
 from engine import lifetime
 from engine.batcher import warm_up
 from engine.contract import Runner
@@ -35,7 +37,7 @@ from worker.cache_store import MemoryStore, RedisStore, Store
 from worker.decode_pool import DecodeLimits
 from worker.delivery import EXIT_ABANDONED, EXIT_CONFIG, EXIT_FATAL, Delivery, Limits
 from worker.endpoints import Endpoints
-from worker.ensemble import Ensemble, load_ensemble
+from worker.ensemble import Ensemble, combiner_for, load_ensemble
 from worker.fetch import Fetcher, FetchPolicy
 from worker.local_io import StdinTransport
 from worker.metrics import Metrics
@@ -113,8 +115,12 @@ def _serve_pod(config: worker_config.WorkerConfig, checks: dict[str, Callable[[]
 
     try:
         model_dir = resolve_model(config.model, progress=_progress)
-        read_manifest(model_dir).served_by_crops()
-    except (ModelDirError, ValueError, RuntimeError, OSError) as exc:
+        served = read_manifest(model_dir).served_by_crops()
+        if config.ensemble and config.second_model:  # refused now, not after the engine process loaded both models
+            second_dir = resolve_model(config.second_model, progress=_progress)
+            combiner_for(Path(config.ensemble), served, read_manifest(second_dir))
+            config = dataclasses.replace(config, second_model=str(second_dir))
+    except (ModelDirError, ValueError, RuntimeError, OSError) as exc:  # CombinerError is a ValueError
         log.error(f"cannot load the model: {exc}", exit_status=EXIT_CONFIG)
         return EXIT_CONFIG
     stop = threading.Event()
@@ -175,20 +181,24 @@ def _model(config: worker_config.WorkerConfig, metrics: Metrics) -> tuple[Manife
     return loaded.manifest, runner, shadow
 
 
-def _ensemble(config: worker_config.WorkerConfig, served: Manifest) -> Ensemble | None:
-    """The second model and its combiner (DDA_SECOND_MODEL, DDA_ENSEMBLE), loaded in this process, or None."""
+def _ensemble(config: worker_config.WorkerConfig, served: Manifest, metrics: Metrics) -> Ensemble | None:
+    """The second model and its combiner (DDA_SECOND_MODEL, DDA_ENSEMBLE), or None: scored by the
+    engine process in a pod's consumer (over a connection of its crop size), else loaded here."""
     if not config.ensemble or not config.second_model:
         return None
-    from engine.backend import make_runner
-    from engine.hub import resolve_model
-    from engine.model_dir import load_model_dir
+    runner: Runner
+    if config.engine_socket:
+        second = read_manifest(Path(config.second_model))
+        runner = RemoteRunner(config.engine_socket, second.preprocessing, config.max_batch, on_reconnect=metrics.engine_reconnects.inc,
+                              model=wire.SECOND)
+    else:
+        from engine.backend import load_second
+        from engine.hub import resolve_model
 
-    model_dir = resolve_model(config.second_model, progress=_progress)
-    loaded = load_model_dir(model_dir)
-    runner = make_runner(loaded, model_dir, backend="torch", device=config.device, precision=config.precision,
-                         max_batch=config.max_batch, log=lambda message: log.info(message))
-    ensemble = load_ensemble(Path(config.ensemble), served, loaded.manifest, runner)
-    log.info("second model and combiner loaded", second=loaded.manifest.version, combiner=config.ensemble,
+        second, runner = load_second(resolve_model(config.second_model, progress=_progress), device=config.device,
+                                     precision=config.precision, max_batch=config.max_batch, log=lambda message: log.info(message))
+    ensemble = load_ensemble(Path(config.ensemble), served, second, runner)
+    log.info("second model and combiner loaded", second=second.version, combiner=config.ensemble,
              band=[ensemble.combiner.real_at_or_below, ensemble.combiner.ai_above])
     return ensemble
 
@@ -197,7 +207,7 @@ def _serve(config: worker_config.WorkerConfig, metrics: Metrics, checks: dict[st
            endpoints: Endpoints | None) -> int:
     try:
         manifest, runner, shadow = _model(config, metrics)
-        ensemble = _ensemble(config, manifest)
+        ensemble = _ensemble(config, manifest, metrics)
     except (ModelDirError, ValueError, RuntimeError, OSError, ImportError) as exc:  # EngineLost is a RuntimeError; CombinerError a ValueError
         log.error(f"cannot load the model: {exc}", exit_status=EXIT_CONFIG)
         return EXIT_CONFIG

@@ -137,7 +137,7 @@ def test_a_shadow_model_is_mounted_read_only_from_the_model_claim() -> None:
 
 
 def test_a_second_model_and_its_combiner_come_from_the_model_claim() -> None:
-    values = {"worker": {"secondModel": "/models/commfor", "ensemble": "/models/commfor/combiner.json", "consumers": 1},
+    values = {"worker": {"secondModel": "/models/commfor", "ensemble": "/models/commfor/combiner.json"},
               "model": {"secondSubPath": "commfor-384"}}
     container = worker_container(render(values))
     env = {e["name"]: e.get("value") for e in container["env"]}

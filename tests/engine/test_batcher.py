@@ -182,7 +182,7 @@ def test_an_asynchronous_runner_gets_the_next_batch_before_the_previous_is_await
         launcher.second_sent.set()
         assert a.answer()[3] == np.float32([10]).tobytes() and b.answer()[3] == np.float32([20, 21]).tobytes()
         assert launcher.events == ["start 1", "start 2", "wait 1", "wait 2"]  # copy and compute overlap
-        assert server.buffers[0] is not server.buffers[1]
+        assert server.buffers[14][0] is not server.buffers[14][1]
 
 
 def test_hostile_or_dying_peers_cost_only_their_own_connection(tiny_model_dir: Path, engine: tuple[subprocess.Popen[bytes], str]) -> None:
@@ -326,3 +326,50 @@ def test_a_shadow_model_scores_the_same_crops_on_request_and_a_broken_one_is_lef
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_a_second_model_scores_crops_of_its_own_size_over_a_connection_of_that_size(
+    tiny_model_dir: Path, tiny_commfor_dir: Path, tmp_path: Path,
+) -> None:
+    """An ensemble's engine holds DDA and the second detector (their crop sizes differ): a worker
+    scores each through its own connection, and gets what each model gives in process. A request
+    for a model of another crop size than its connection's slots is refused, not scored on the
+    wrong pixels; a worker that asks for a second model the engine does not hold is told so, and
+    a second model that cannot load stops the engine (the verdicts need it)."""
+    served, second = load_model_dir(tiny_model_dir), load_model_dir(tiny_commfor_dir)
+    pre, pre2 = served.manifest.preprocessing, second.manifest.preprocessing
+    assert pre.crop_size != pre2.crop_size
+    address = str(tmp_path / "a.sock")
+    proc = start_engine(tiny_model_dir, address, "--second-model", str(tiny_commfor_dir))
+    try:
+        dda, other = RemoteRunner(address, pre, 4), RemoteRunner(address, pre2, 3, model=wire.SECOND)
+        batch, batch2 = crops(6, 1, pre.crop_size), crops(7, 2, pre2.crop_size)
+        results: dict[str, np.ndarray] = {}
+        threads = [threading.Thread(target=lambda: results.__setitem__("dda", dda.logits(batch))),
+                   threading.Thread(target=lambda: results.__setitem__("second", other.logits(batch2)))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert np.abs(results["dda"] - TorchRunner(served.network, pre).logits(batch)).max() < 1e-5
+        assert np.abs(results["second"] - TorchRunner(second.network, pre2).logits(batch2)).max() < 1e-5
+        assert dda.shadow() is None
+        client = _WireClient(address, 2, pre.crop_size)
+        client.sock.send(wire.REQUEST.pack(1, 1, wire.SECOND))
+        sequence, status, _, reason = client.answer()
+        assert (sequence, status) == (1, wire.FAILED) and f"scores {pre2.crop_size} px crops".encode() in reason
+        dda.close()
+        other.close()
+    finally:
+        proc.kill()
+        proc.wait()
+    proc = start_engine(tiny_model_dir, str(tmp_path / "b.sock"))
+    try:
+        with pytest.raises(EngineLost, match="holds no second model"):
+            RemoteRunner(str(tmp_path / "b.sock"), pre, 2, model=wire.SECOND)
+    finally:
+        proc.kill()
+        proc.wait()
+    result = subprocess.run([sys.executable, "-m", "engine.batcher", str(tiny_model_dir), str(tmp_path / "c.sock"), str(os.getpid()),
+                             "--second-model", str(tmp_path / "missing")], capture_output=True, timeout=60)
+    assert result.returncode == 2 and b"cannot start the engine" in result.stderr and result.stdout == b""

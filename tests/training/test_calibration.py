@@ -16,9 +16,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score, roc_curve
 
 from engine.combiner import SUSPICIOUS, Combiner, CombinerError
-from engine.commfor import import_commfor
 from engine.model_dir import load_model_dir
-from engine.synthetic import tiny_commfor_architecture, write_commfor_checkpoint
 from tests.images import scene
 from training import metrics
 from training.calibration import band, calibrate_ensemble, fit_logistic, score_images, split
@@ -84,16 +82,9 @@ def labelled(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-@pytest.fixture(scope="module")
-def commfor_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    tmp = tmp_path_factory.mktemp("commfor")
-    import_commfor(write_commfor_checkpoint(tmp / "model.safetensors", tiny_commfor_architecture(), seed=5), tmp / "commfor")
-    return tmp / "commfor"
-
-
-def test_calibration_end_to_end_reports_what_scikit_learn_computes(tiny_model_dir: Path, commfor_dir: Path, labelled: Path,
+def test_calibration_end_to_end_reports_what_scikit_learn_computes(tiny_model_dir: Path, tiny_commfor_dir: Path, labelled: Path,
                                                                    tmp_path: Path) -> None:
-    models = [load_model_dir(tiny_model_dir), load_model_dir(commfor_dir)]
+    models = [load_model_dir(tiny_model_dir), load_model_dir(tiny_commfor_dir)]
     scored = score_images(models, labelled)
     assert scored.logits.shape == (48, 2) and scored.labels.sum() == 24
     combiner, report = calibrate_ensemble(models, scored, held_back=0.25, seed=3)
@@ -115,15 +106,15 @@ def test_calibration_end_to_end_reports_what_scikit_learn_computes(tiny_model_di
     assert report["band"]["suspicious_share"] == pytest.approx(labels.count(SUSPICIOUS) / len(labels))
 
 
-def test_dda_calibrate_second_writes_a_combiner_beside_the_models(tiny_model_dir: Path, commfor_dir: Path, labelled: Path,
+def test_dda_calibrate_second_writes_a_combiner_beside_the_models(tiny_model_dir: Path, tiny_commfor_dir: Path, labelled: Path,
                                                                   tmp_path: Path) -> None:
     out = tmp_path / "combiner.json"
-    proc = subprocess.run([sys.executable, "-m", "dda", "calibrate", "--model", str(tiny_model_dir), "--second", str(commfor_dir),
+    proc = subprocess.run([sys.executable, "-m", "dda", "calibrate", "--model", str(tiny_model_dir), "--second", str(tiny_commfor_dir),
                            "--data", str(labelled), "--out", str(out)], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     assert report["combiner"] == str(out) and Combiner.load(out).models[1].startswith("commfor-")
     assert set(report["fused"]) == {"roc_auc", "tpr_at_1pct_fpr", "ece"} and report["images"] == 48
-    proc = subprocess.run([sys.executable, "-m", "dda", "calibrate", "--model", str(tiny_model_dir), "--second", str(commfor_dir)],
+    proc = subprocess.run([sys.executable, "-m", "dda", "calibrate", "--model", str(tiny_model_dir), "--second", str(tiny_commfor_dir)],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "--second needs --data" in proc.stderr

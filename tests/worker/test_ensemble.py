@@ -12,27 +12,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from engine.combiner import Combiner
-from engine.commfor import import_commfor
 from engine.decode import decode_rgb
 from engine.detector import Detector
 from engine.model_dir import load_model_dir
 from engine.preprocess import center_crop, resize_shorter
 from engine.runner import TorchRunner
-from engine.synthetic import tiny_commfor_architecture, write_commfor_checkpoint
 from tests.images import encode, scene
 from tests.schemas import verdict_lines
+from tests.services import wait_for
 from worker.decode_pool import DecodeJob, DecodeLimits, DecodePool
 from worker.prepare import Prepared
 from worker.supervision import Supervisor
-
-
-@pytest.fixture(scope="module")
-def commfor_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    tmp = tmp_path_factory.mktemp("commfor")
-    import_commfor(write_commfor_checkpoint(tmp / "model.safetensors", tiny_commfor_architecture(), seed=9), tmp / "commfor")
-    return tmp / "commfor"
 
 
 def test_a_decode_process_cuts_the_second_models_scaled_crop_beside_ddas(tmp_path: Path) -> None:
@@ -56,8 +49,8 @@ def test_a_decode_process_cuts_the_second_models_scaled_crop_beside_ddas(tmp_pat
         pool.close()
 
 
-def test_the_worker_answers_with_both_models_and_the_combiners_band(tiny_model_dir: Path, commfor_dir: Path, tmp_path: Path) -> None:
-    served, second = load_model_dir(tiny_model_dir), load_model_dir(commfor_dir)
+def test_the_worker_answers_with_both_models_and_the_combiners_band(tiny_model_dir: Path, tiny_commfor_dir: Path, tmp_path: Path) -> None:
+    served, second = load_model_dir(tiny_model_dir), load_model_dir(tiny_commfor_dir)
     images = []
     for i in range(8):
         path = tmp_path / f"{i}.png"
@@ -72,7 +65,7 @@ def test_the_worker_answers_with_both_models_and_the_combiners_band(tiny_model_d
     low, high = 1 / (1 + np.exp(-fused[2])), 1 / (1 + np.exp(-fused[5]))
     combiner = Combiner((served.manifest.version, second.manifest.version), weights, 0.0, float(low), float(high))
     combiner.save(tmp_path / "combiner.json")
-    env = {**os.environ, "DDA_MODEL": str(tiny_model_dir), "DDA_SECOND_MODEL": str(commfor_dir), "DDA_ENSEMBLE": str(tmp_path / "combiner.json"),
+    env = {**os.environ, "DDA_MODEL": str(tiny_model_dir), "DDA_SECOND_MODEL": str(tiny_commfor_dir), "DDA_ENSEMBLE": str(tmp_path / "combiner.json"),
            "DDA_METRICS_PORT": "0", "DDA_DECODE_WORKERS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "dda", "worker"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=env)
@@ -110,11 +103,11 @@ def test_the_worker_answers_with_both_models_and_the_combiners_band(tiny_model_d
     assert {r["assessment"] for r in records} == {"real", "suspicious", "ai_generated"}
 
 
-def test_a_combiner_for_other_models_or_without_its_second_model_is_refused(tiny_model_dir: Path, commfor_dir: Path,
+def test_a_combiner_for_other_models_or_without_its_second_model_is_refused(tiny_model_dir: Path, tiny_commfor_dir: Path,
                                                                             tmp_path: Path) -> None:
     Combiner(("dda-other", "commfor-other"), (1.0, 1.0), 0.0, 0.4, 0.6).save(tmp_path / "c.json")
     base = {**os.environ, "DDA_MODEL": str(tiny_model_dir), "DDA_METRICS_PORT": "0", "DDA_DECODE_WORKERS": "1"}
-    for extra, said in (({"DDA_SECOND_MODEL": str(commfor_dir), "DDA_ENSEMBLE": str(tmp_path / "c.json")}, "refit it with dda calibrate --second"),
+    for extra, said in (({"DDA_SECOND_MODEL": str(tiny_commfor_dir), "DDA_ENSEMBLE": str(tmp_path / "c.json")}, "refit it with dda calibrate --second"),
                         ({"DDA_ENSEMBLE": str(tmp_path / "c.json")}, "go together")):
         proc = subprocess.run([sys.executable, "-m", "dda", "worker"], input="", text=True, capture_output=True, env={**base, **extra},
                               timeout=120)
@@ -136,3 +129,58 @@ def test_published_verdicts_are_counted_by_assessment() -> None:
     counts = {s.labels["assessment"]: s.value for m in metrics.registry.collect() if m.name == "dda_assessments" for s in m.samples
               if s.name == "dda_assessments_total"}
     assert counts == {"suspicious": 2.0, "ai_generated": 1.0}
+
+
+class _Breaking:
+    """A model's runner that answers `value` for every crop of one flat colour (`pixel`)."""
+
+    def __init__(self, runner: TorchRunner, pixel: int, value: float) -> None:
+        self.runner, self.pixel, self.value = runner, pixel, value
+        self.preprocessing, self.max_batch = runner.preprocessing, runner.max_batch
+
+    def logits(self, crops: np.ndarray) -> np.ndarray:
+        out = self.runner.logits(crops)
+        out[(crops == self.pixel).all(axis=(1, 2, 3))] = self.value
+        return out
+
+
+@pytest.mark.parametrize("ensemble", [False, True])
+def test_a_non_finite_logit_fails_its_image_alone_and_is_not_cached(tiny_model_dir: Path, tiny_commfor_dir: Path, tmp_path: Path,
+                                                                    ensemble: bool) -> None:
+    """NaN from DDA on a white image, +inf from the second model on a black one: each of those gets
+    inference_failed naming the model, twice (nothing was cached), the images around them their verdicts."""
+    from tests.worker.test_pipeline import make_pipeline, submit
+    from worker.ensemble import load_ensemble
+
+    served, second = load_model_dir(tiny_model_dir), load_model_dir(tiny_commfor_dir)
+    options = {}
+    if ensemble:
+        Combiner((served.manifest.version, second.manifest.version), (1.0, 1.0), 0.0, 0.4, 0.6).save(tmp_path / "c.json")
+        second_runner = _Breaking(TorchRunner(second.network, second.manifest.preprocessing), 0, float("inf"))
+        options["ensemble"] = load_ensemble(tmp_path / "c.json", served.manifest, second.manifest, second_runner)  # type: ignore[arg-type]
+    pipeline, fetcher = make_pipeline(tiny_model_dir, _Breaking(TorchRunner(served.network, served.manifest.preprocessing), 255, float("nan")),
+                                      **options)
+    paths = {name: tmp_path / f"{name}.png" for name in ("white", "black", "a", "b", "c")}
+    for n, (name, path) in enumerate(paths.items()):
+        flat = {"white": (255,) * 3, "black": (0,) * 3}.get(name)
+        path.write_bytes(encode(Image.new("RGB", (600, 500), flat) if flat else scene(600, 500, seed=n), "PNG"))
+    pipeline.start()
+    try:
+        for attempt in range(2):
+            done = {name: submit(pipeline, str(path), f"{name}{attempt}") for name, path in paths.items()}
+            wait_for(lambda: all(c.done for c in done.values()), 60, "every verdict")  # noqa: B023
+            records = {name: c.record for name, c in done.items()}
+            assert records["white"]["error"] == {"code": "inference_failed", "message": f"{served.manifest.name} gave a non-finite logit for this image"}
+            black = records["black"]
+            if ensemble:
+                assert black["error"]["message"] == f"{second.manifest.name} gave a non-finite logit for this image"
+            else:
+                assert black["status"] == "ok"
+            for name in ("a", "b", "c"):
+                assert records[name]["status"] == "ok" and records[name]["cache"] == ("miss" if attempt == 0 else "exact")
+                assert ("models" in records[name]) == ensemble
+        broken = 2 if ensemble else 1
+        assert pipeline.metrics.engine_non_finite._value.get() == 2 * broken  # noqa: SLF001
+    finally:
+        pipeline.close()
+        fetcher.close()

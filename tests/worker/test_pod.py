@@ -15,8 +15,10 @@ from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from engine.combiner import Combiner
 from engine.decode import decode_rgb
 from engine.detector import Detector
 from engine.model_dir import load_model_dir
@@ -142,6 +144,53 @@ def test_a_pod_answers_every_request_once_and_outlives_its_engine_process(
     assert "the engine process exited; restarting it" in (tmp_path / "pod.log").read_text()
     assert pod.terminate(40) == 0
     wait_for(lambda: not descendants(pod.proc.pid), 10, "every pod process gone")  # type: ignore[union-attr]
+
+
+def test_a_pods_engine_process_scores_both_models_of_an_ensemble(
+    tiny_model_dir: Path, tiny_commfor_dir: Path, broker: Broker, topics: dict[str, str], server: LocalServer, images: list[bytes],
+    workers: list[Worker], tmp_path: Path,
+) -> None:
+    """DDA_ENSEMBLE in a pod: the engine process holds DDA and the second detector (crops of
+    different sizes), each consumer scores the second over a connection of its own; every verdict
+    carries both models' logits as the models give them run directly, and the combiner's verdict.
+    A combiner fitted for other models stops the pod before it loads anything."""
+    served, second = load_model_dir(tiny_model_dir), load_model_dir(tiny_commfor_dir)
+    rgb = [decode_rgb(data) for data in images[:12]]
+    expected = [[p.logit for p in Detector(m.manifest, TorchRunner(m.network, m.manifest.preprocessing)).predict(rgb)]
+                for m in (served, second)]
+    combiner = Combiner((served.manifest.version, second.manifest.version), (1.0, 2.0), 0.1, 0.45, 0.55)
+    combiner.save(tmp_path / "combiner.json")
+    group = unique("group")
+    pod = start_pod(workers, tiny_model_dir, broker, topics, group, tmp_path / "pod.log",
+                    DDA_SECOND_MODEL=str(tiny_commfor_dir), DDA_ENSEMBLE=str(tmp_path / "combiner.json"))
+    family = members(pod)
+    assert len(family["engine"]) == 1 and not any(maps_torch(pid) for pid in family["consumer"])  # both models in the engine alone
+
+    placed = send(broker, topics["input"], [f"e{n}" for n in range(36)], server.base + "/img/{n}", distinct=12)
+    reader = broker.reader(topics["output"])
+    reader.read_until(lambda r: {json.loads(x.value)["id"] for x in r} >= set(placed), 120)
+    wait_for(lambda: committed_all(broker, group, topics["input"], placed), 30, "every offset committed")
+    verdicts = reader.values()
+    row = account("pod-ensemble", placed, verdicts, broker.committed(group, topics["input"], INPUT_PARTITIONS),
+                  [pod.proc.poll()])  # type: ignore[union-attr]
+    assert row == {"sent": 36, "answered": 36, "lost": 0, "duplicates": 0}
+    for v in verdicts:
+        n = int(v["id"][1:]) % 12
+        assert v["status"] == "ok" and [m["name"] for m in v["models"]] == [served.manifest.name, second.manifest.name], v
+        logits = [m["logit"] for m in v["models"]]
+        assert np.abs(np.subtract(logits, [expected[0][n], expected[1][n]])).max() < 1e-4, v
+        assert abs(v["logit"] - combiner.logit(logits)) < 1e-9 and v["assessment"] == combiner.label(v["score"])
+    assert pod.terminate(40) == 0
+
+    other = Combiner(("dda-other", second.manifest.version), (1.0, 1.0), 0.0, 0.4, 0.6)
+    other.save(tmp_path / "other.json")
+    refused = Worker(tiny_model_dir, broker, topics, unique("group"), tmp_path / "refused.log", **POD,
+                     DDA_SECOND_MODEL=str(tiny_commfor_dir), DDA_ENSEMBLE=str(tmp_path / "other.json"))
+    workers.append(refused)
+    refused.start()
+    assert refused.proc is not None and refused.proc.wait(60) == 2
+    assert "refit it with dda calibrate --second" in (tmp_path / "refused.log").read_text()
+    assert "engine process" not in (tmp_path / "refused.log").read_text()
 
 
 def test_a_dead_consumer_stops_the_pod_and_nothing_unanswered_is_committed(
