@@ -152,8 +152,9 @@ def test_a_pods_engine_process_scores_both_models_of_an_ensemble(
 ) -> None:
     """DDA_ENSEMBLE in a pod: the engine process holds DDA and the second detector (crops of
     different sizes), each consumer scores the second over a connection of its own; every verdict
-    carries both models' logits as the models give them run directly, and the combiner's verdict.
-    A combiner fitted for other models stops the pod before it loads anything."""
+    carries both models' logits as the models give them run directly, and the combiner's verdict,
+    also across the engine process's death. A combiner fitted for other models stops the pod
+    before it loads anything."""
     served, second = load_model_dir(tiny_model_dir), load_model_dir(tiny_commfor_dir)
     rgb = [decode_rgb(data) for data in images[:12]]
     expected = [[p.logit for p in Detector(m.manifest, TorchRunner(m.network, m.manifest.preprocessing)).predict(rgb)]
@@ -180,6 +181,23 @@ def test_a_pods_engine_process_scores_both_models_of_an_ensemble(
         logits = [m["logit"] for m in v["models"]]
         assert np.abs(np.subtract(logits, [expected[0][n], expected[1][n]])).max() < 1e-4, v
         assert abs(v["logit"] - combiner.logit(logits)) < 1e-9 and v["assessment"] == combiner.label(v["score"])
+
+    # The engine process SIGKILLed with both models' batches in flight: both connections of each
+    # consumer find the new one, and every request still gets one verdict from both models.
+    slow = send(broker, topics["input"], [f"k{n}" for n in range(80)], server.base + "/slow/{n}")
+    reader.read_until(lambda r: len(r) >= 36 + 10, 90)
+    old = members(pod)["engine"][0]
+    os.kill(old, signal.SIGKILL)
+    wait_for(lambda: members(pod)["engine"] and members(pod)["engine"][0] != old, 60, "a new engine process")
+    assert len({v["id"] for v in reader.values()} & set(slow)) < len(slow)  # the kill landed with work left
+    reader.read_until(lambda r: {json.loads(x.value)["id"] for x in r} >= set(slow), 120)
+    wait_for(lambda: committed_all(broker, group, topics["input"], slow), 30, "every offset committed")
+    verdicts = [v for v in reader.values() if v["id"] in slow]
+    row = account("pod-ensemble-engine-killed", slow, verdicts, broker.committed(group, topics["input"], INPUT_PARTITIONS),
+                  [pod.proc.poll()])  # type: ignore[union-attr]
+    assert row == {"sent": 80, "answered": 80, "lost": 0, "duplicates": 0}
+    assert all(v["status"] == "ok" and len(v["models"]) == 2 and v["assessment"] for v in verdicts)
+    assert pod.metric("dda_engine_reconnects_total") >= 1
     assert pod.terminate(40) == 0
 
     other = Combiner(("dda-other", second.manifest.version), (1.0, 1.0), 0.0, 0.4, 0.6)
