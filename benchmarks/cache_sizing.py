@@ -26,8 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from machine import describe
 
 from tests.services import RedisServer
-from worker.cache import CachedVerdict, Key, VerdictCache
-from worker.cache_store import RedisStore
+from worker.cache.stores import RedisStore
+from worker.cache.verdicts import CachedVerdict, Key, VerdictCache
 
 
 def used(store: RedisStore) -> int:

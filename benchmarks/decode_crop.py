@@ -26,8 +26,8 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import describe
 
-from engine.decode import decode_center_crop, decode_rgb
-from engine.preprocess import center_crop
+from engine.imaging.decode import decode_center_crop, decode_rgb
+from engine.imaging.preprocess import center_crop
 
 CAMERA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "pdq" / "reg-test-input" / "exif-rotn"
 

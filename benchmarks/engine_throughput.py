@@ -36,12 +36,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import describe
 from tables import engine_table
 
-from engine.arch import Architecture
-from engine.checkpoint import import_checkpoint
-from engine.model_dir import load_model_dir
-from engine.preprocess import views
-from engine.runner import TorchRunner
-from engine.synthetic import VIT_L, tiny_architecture, write_official_checkpoint
+from engine.imaging.preprocess import views
+from engine.model.arch import Architecture
+from engine.model.checkpoint import import_checkpoint
+from engine.model.model_dir import load_model_dir
+from engine.model.synthetic import VIT_L, tiny_architecture, write_official_checkpoint
+from engine.runners.torch_runner import TorchRunner
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 GFLOP_PER_IMAGE_VITL = 382.0  # ../shared/DESIGN.md, 336 input, LoRA merged
@@ -55,7 +55,7 @@ def load_crops(count: int, size: int, saved: Path | None = None, generated: int 
     if saved is not None:
         crops = [crop for crop in np.load(saved) if crop.shape[0] == size][:real]
     else:
-        from engine.decode import decode_folder  # the C extension, only where crops are decoded here
+        from engine.imaging.decode import decode_folder  # the C extension, only where crops are decoded here
 
         every = (view for _, pixels in decode_folder(SHARED_DATA) for view in views(pixels, 5, size))  # non-images skipped
         crops = list(itertools.islice(every, real))

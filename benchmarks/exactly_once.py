@@ -29,8 +29,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from machine import describe  # noqa: E402
 from pipeline_rate import STUB, cpu_phase, process_classes, run_phase  # noqa: E402
 
-from engine.checkpoint import import_checkpoint  # noqa: E402
-from engine.synthetic import tiny_architecture, write_official_checkpoint  # noqa: E402
+from engine.model.checkpoint import import_checkpoint  # noqa: E402
+from engine.model.synthetic import tiny_architecture, write_official_checkpoint  # noqa: E402
 from tests.http_server import LocalServer, Route  # noqa: E402
 from tests.images import encode, scene  # noqa: E402
 from tests.services import NoidaBroker, Worker, unique  # noqa: E402

@@ -27,7 +27,7 @@ if kind == "httpx":
     client = httpx.Client()
     get = lambda url: client.get(url).read()
 else:
-    from worker.fetch import Fetcher, FetchPolicy, parse_networks
+    from worker.fetch.client import Fetcher, FetchPolicy, parse_networks
     fetcher = Fetcher(FetchPolicy(allow_networks=parse_networks("127.0.0.0/8")), max_connections=16)
     get = fetcher.get
 work, lock = iter(urls * 3), threading.Lock()

@@ -82,7 +82,7 @@ wheels() {
         echo "nothing carried in $CARRY/wheels: this environment's packages"
     fi
     # the machine's torch must be the one still imported
-    "$PYTHON" -c 'import torch, kafka, redis, structlog, crc32c, jsonschema; from dda.local_stack import tansu_binary; print("torch", torch.__version__, torch.__file__); print("tansu", tansu_binary())'
+    "$PYTHON" -c 'import torch, kafka, redis, structlog, crc32c, jsonschema; from dda.commands.local_stack import tansu_binary; print("torch", torch.__version__, torch.__file__); print("tansu", tansu_binary())'
 }
 
 build() {
@@ -90,7 +90,7 @@ build() {
     # the machine's libjpeg headers when it has them, else the carried ones
     if ! echo '#include <stdio.h>
 #include <jpeglib.h>' | cc -E - >/dev/null 2>&1; then prefix=(--prefix "$PREFIX/root"); fi
-    "$PYTHON" benchmarks/build_extensions.py "${prefix[@]}" && "$PYTHON" -c 'import engine._jpeg, engine._pdq; print("extensions import")'
+    "$PYTHON" benchmarks/build_extensions.py "${prefix[@]}" && "$PYTHON" -c 'import engine.imaging._jpeg, engine.imaging._pdq; print("extensions import")'
 }
 
 export -f machine servers wheels build

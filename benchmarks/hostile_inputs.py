@@ -75,7 +75,7 @@ def main() -> None:
     sys.path.insert(0, str(ROOT))
     from machine import describe
 
-    from engine.decode import peak_budget
+    from engine.imaging.decode import peak_budget
     from tests.decode_peaks import measure
     from tests.images import encode, photo
 
@@ -83,7 +83,7 @@ def main() -> None:
     good = encode(photo(640, 480, seed=4), "JPEG", quality=90)
     chosen = [(name, build) for i, (name, build) in enumerate(cases())
               if i == 0 or not args.only or any(word in name for word in args.only)]
-    print(f"pixel cap {CAP:,}; decode memory budget {peak_budget(CAP) >> 20} MB (engine.decode)")
+    print(f"pixel cap {CAP:,}; decode memory budget {peak_budget(CAP) >> 20} MB (engine.imaging.decode)")
     print("| case | file size | code | next input | peak RSS over idle, MB | x baseline | CPU s |")
     print("|---|---|---|---|---|---|---|")
     baseline = None

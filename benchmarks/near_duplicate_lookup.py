@@ -29,9 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import structlog
 from machine import describe
 
-from worker import pdq_index
-from worker.cache import CachedVerdict, Key, VerdictCache
-from worker.cache_store import MemoryStore
+from worker.cache.stores import MemoryStore
+from worker.cache.verdicts import CachedVerdict, Key, VerdictCache, pdq_index
 
 REGIONS = {"one 16-bit slot": 4, "one 32-bit word": 8}  # hex digits the flood shares
 

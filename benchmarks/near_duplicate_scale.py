@@ -15,7 +15,7 @@ cluster; the clustered worst case is the flood bound, measured in near_duplicate
 Unrelated queries: 1,000 generated scenes (tests/images.py), never indexed.
 
 Side by side, on the same hashes and queries:
-- the index (worker/pdq_index.py, what every consumer process holds): recall of planted
+- the index (worker/cache/pdq_index.py, what every consumer process holds): recall of planted
   pairs within distance 31, false matches, CPU per lookup (batches of 64, this process's CPU
   time), lookups a second from two threads (wall: the search releases the GIL), memory per
   hash (its arrays) and build time;
@@ -24,7 +24,7 @@ Side by side, on the same hashes and queries:
   256 members in insertion order; a read samples 32 of a set uniformly, as SRANDMEMBER does).
   Its CPU is not re-measured here (near_duplicate_lookup.py measured its lookups).
 
---catch-up N: a redis-server on PATH holds a shared log of N hashes (worker/index_log.py);
+--catch-up N: a redis-server on PATH holds a shared log of N hashes (worker/cache/index_log.py);
 an empty NearIndex replays it (wall and CPU seconds, Redis memory per hash).
 
     python benchmarks/near_duplicate_scale.py [--sizes 1e6 1e7] [--catch-up 1e7]
@@ -53,10 +53,10 @@ from machine import describe
 
 from tests.images import scene
 from tests.services import RedisServer
-from worker.cache_store import RedisStore
-from worker.hashing import pdq_from_pixels
-from worker.near_index import NearIndex
-from worker.pdq_index import MATCH_DISTANCE, PdqIndex
+from worker.cache.hashing import pdq_from_pixels
+from worker.cache.near_index import NearIndex
+from worker.cache.pdq_index import MATCH_DISTANCE, PdqIndex
+from worker.cache.stores import RedisStore
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 PAIRS = 1000

@@ -1,5 +1,5 @@
 """PDQ's CPU per image: the pdqhash package (Meta's C++ over whole float copies of the image, the
-baseline) vs engine._pdq (one pass, 64 kept columns per row), side by side on the same pixels in
+baseline) vs engine.imaging._pdq (one pass, 64 kept columns per row), side by side on the same pixels in
 one run: every decodable image of ../shared/data, plus synthetic sizes. Also checks the hashes
 are bit-identical.
 
@@ -19,8 +19,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from machine import cpu_ms, describe
 
-from engine.decode import decode_rgb
-from worker.hashing import pdq_from_pixels
+from engine.imaging.decode import decode_rgb
+from worker.cache.hashing import pdq_from_pixels
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -48,7 +48,7 @@ def main() -> None:
     rng = np.random.default_rng(0)
     sets["640x480 synthetic"] = [rng.integers(0, 256, (480, 640, 3), dtype=np.uint8) for _ in range(4)]
     print(f"machine: {json.dumps(describe())}")
-    print("| images | pdqhash ms (median) | engine._pdq ms (median) | speed-up | identical |")
+    print("| images | pdqhash ms (median) | engine.imaging._pdq ms (median) | speed-up | identical |")
     print("|---|---|---|---|---|")
     for name, images in sets.items():
         before = [cpu_ms(lambda i=i: pdqhash_hex(i), args.repeats) for i in images]  # type: ignore[misc]

@@ -58,8 +58,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from machine import describe  # noqa: E402
 from tables import pipeline_table  # noqa: E402
 
-from engine.checkpoint import import_checkpoint  # noqa: E402
-from engine.synthetic import VIT_L, tiny_architecture, write_official_checkpoint  # noqa: E402
+from engine.model.checkpoint import import_checkpoint  # noqa: E402
+from engine.model.synthetic import VIT_L, tiny_architecture, write_official_checkpoint  # noqa: E402
 from tests.images import SHARED_DATA, encode, scene  # noqa: E402
 from tests.services import Broker, RedisServer, Worker, descendants, free_port, unique, wait_for  # noqa: E402
 
@@ -83,7 +83,7 @@ def image_set(kind: str, count: int) -> tuple[list[bytes], str]:
     if kind == "synthetic":  # ~25 ms each: made on every core
         with ProcessPoolExecutor() as pool:
             return list(pool.map(synthetic_jpeg, range(count), chunksize=64)), "distinct 640x480 JPEGs"
-    from engine.decode import decode_crop, open_checked
+    from engine.imaging.decode import decode_crop, open_checked
 
     sources = []
     for path in sorted(SHARED_DATA.rglob("*")):
@@ -202,9 +202,9 @@ def process_classes(root_pid: int) -> dict[int, str]:
     """pid -> class (worker, consumer, engine, decode) of the worker's process tree."""
     classes = {root_pid: "worker"}
     for pid, cmd in descendants(root_pid).items():
-        if "engine.batcher" in cmd:
+        if "engine.serving.main" in cmd:
             classes[pid] = "engine"
-        elif "decode_child" in cmd:
+        elif "worker.decode.child" in cmd:
             classes[pid] = "decode"
         elif "worker.service" in cmd:
             classes[pid] = "consumer"
@@ -358,7 +358,7 @@ print(json.dumps({"ms": ((end.ru_utime + end.ru_stime) - (start.ru_utime + start
 FLOOR_DECODE = """
 import json, resource, sys
 from pathlib import Path
-from worker.prepare import prepare
+from worker.decode.prepare import prepare
 files = [Path(p).read_bytes() for p in json.loads(sys.stdin.read())]
 start = resource.getrusage(resource.RUSAGE_SELF)
 for data in files:

@@ -7,7 +7,7 @@ code before, its C extensions built), on the same files: single-scan JPEGs of 1-
 (what benchmarks/pipeline_rate.py floods with). Per image, best of --repeats, the thread's CPU:
 - crop alone: `decode_center_crop`, the region decode with the whole file checked (what
   `dda scan` runs), in this checkout;
-- before / after: `worker.prepare.prepare` of the baseline / of this checkout.
+- before / after: `worker.decode.prepare.prepare` of the baseline / of this checkout.
 PDQ distance: Hamming distance of each hash to pdqhash's hash of the full decode.
 
     python benchmarks/prepare_cost.py --baseline ../base [--repeats 5]
@@ -37,7 +37,7 @@ def progressive(data: bytes) -> bool:
 
 def sets() -> dict[str, list[bytes]]:
     sys.path.insert(0, str(ROOT))
-    from engine.decode import open_checked
+    from engine.imaging.decode import open_checked
     from tests.images import encode, scene
 
     out: dict[str, list[bytes]] = {"640x480 JPEG (made here)": [encode(scene(640, 480, seed=i), "JPEG", quality=90) for i in range(8)],
@@ -60,8 +60,8 @@ def sets() -> dict[str, list[bytes]]:
 
 def measure(repeats: int) -> None:
     """In the tree on sys.path: per set, per image, (crop alone ms, prepare ms, PDQ hash)."""
-    from engine.decode import decode_center_crop
-    from worker.prepare import prepare
+    from engine.imaging.decode import decode_center_crop
+    from worker.decode.prepare import prepare
 
     results = {}
     for name, images in sets().items():
@@ -90,8 +90,8 @@ def main() -> None:
     sys.path.insert(0, str(ROOT))
     import pdqhash
 
-    from engine.decode import decode_rgb
-    from worker.hashing import hamming
+    from engine.imaging.decode import decode_rgb
+    from worker.cache.hashing import hamming
 
     after = run_tree(ROOT, args.repeats)
     before = run_tree(args.baseline, args.repeats) if args.baseline else None

@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from machine import cpu_ms, describe
 
 from tests.provenance_files import HOSTILE, picture, save, sign
-from worker.prepare import prepare
+from worker.decode.prepare import prepare
 from worker.provenance.report import empty, read_provenance
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"

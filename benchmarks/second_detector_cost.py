@@ -32,15 +32,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from machine import describe
 
-from engine.arch import Architecture
-from engine.checkpoint import import_checkpoint
-from engine.commfor import import_commfor
-from engine.contract import Precision
-from engine.decode import decode_folder
-from engine.model_dir import LoadedModel, load_model_dir
-from engine.preprocess import center_crop
-from engine.runner import TorchRunner
-from engine.synthetic import (
+from engine.imaging.decode import decode_folder
+from engine.imaging.preprocess import center_crop
+from engine.model.arch import Architecture
+from engine.model.checkpoint import import_checkpoint
+from engine.model.commfor import import_commfor
+from engine.model.model_dir import LoadedModel, load_model_dir
+from engine.model.synthetic import (
     COMMFOR_VIT_S,
     VIT_L,
     tiny_architecture,
@@ -48,7 +46,9 @@ from engine.synthetic import (
     write_commfor_checkpoint,
     write_official_checkpoint,
 )
-from worker.prepare import prepare
+from engine.runners.contract import Precision
+from engine.runners.torch_runner import TorchRunner
+from worker.decode.prepare import prepare
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 

@@ -25,14 +25,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from machine import describe
 
-from engine.checkpoint import import_checkpoint
-from engine.manifest import read_manifest
-from engine.model_dir import load_model_dir
-from engine.runner import TorchRunner
-from engine.synthetic import tiny_architecture, write_official_checkpoint
+from engine.model.checkpoint import import_checkpoint
+from engine.model.manifest import read_manifest
+from engine.model.model_dir import load_model_dir
+from engine.model.synthetic import tiny_architecture, write_official_checkpoint
+from engine.runners.torch_runner import TorchRunner
 from tests.models import shifted_copy
 from worker.metrics import Metrics
-from worker.shadow import Shadow
+from worker.pipeline.shadow import Shadow
 
 BATCH = 64
 

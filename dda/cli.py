@@ -7,11 +7,14 @@ import sys
 from collections.abc import Sequence
 from typing import Any, cast
 
-from dda import local_stack
-from engine import cli as engine_cli
-from engine import compile_cli
-from training import cli as training_cli
-from worker import compare_cli, hash_lists, scan, service, trust_cli
+from dda.commands import compare as compare_cli
+from dda.commands import compile as compile_cli
+from dda.commands import import_hashes as hash_lists
+from dda.commands import local_stack, scan
+from dda.commands import models as engine_cli
+from dda.commands import training as training_cli
+from dda.commands import trust as trust_cli
+from worker import service
 
 
 class DefaultsFormatter(argparse.HelpFormatter):

@@ -1,18 +1,25 @@
 """Shared fixtures: a tiny checkpoint in the official layout and its model directory, and a tiny
-Community Forensics model directory (a second detector) (images: tests/images.py)."""
+Community Forensics model directory (a second detector), a fresh redis-server per test (images: tests/images.py)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from engine.checkpoint import import_checkpoint
-from engine.commfor import import_commfor
-from engine.model_dir import LoadedModel, load_model_dir
-from engine.synthetic import tiny_architecture, tiny_commfor_architecture, write_commfor_checkpoint, write_official_checkpoint
+from engine.model.checkpoint import import_checkpoint
+from engine.model.commfor import import_commfor
+from engine.model.model_dir import LoadedModel, load_model_dir
+from engine.model.synthetic import (
+    tiny_architecture,
+    tiny_commfor_architecture,
+    write_commfor_checkpoint,
+    write_official_checkpoint,
+)
 from tests.schemas import check_record
-from worker.completion import Completion
+from tests.services import RedisServer
+from worker.pipeline.completion import Completion
 
 
 @pytest.fixture(autouse=True)
@@ -26,6 +33,15 @@ def verdicts_follow_the_schema(monkeypatch: pytest.MonkeyPatch) -> None:
         return resolve(self, record)
 
     monkeypatch.setattr(Completion, "resolve", checked)
+
+
+@pytest.fixture()
+def redis_server() -> Iterator[RedisServer]:
+    """A fresh, empty redis-server per test."""
+    server = RedisServer()
+    server.start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture(scope="session")

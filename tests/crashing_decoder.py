@@ -12,11 +12,11 @@ from __future__ import annotations
 import os
 import time
 
-import worker.prepare
+import worker.decode.prepare
 import worker.provenance.report
-from worker import decode_child
+from worker.decode import child as decode_child
 
-_real = worker.prepare.prepare
+_real = worker.decode.prepare.prepare
 _real_provenance = worker.provenance.report.read_provenance
 _real_write = decode_child.write_frame
 _lie: list[bytes] = [b""]
@@ -24,7 +24,7 @@ LIES = (b"LIE-SLOT", b"LIE-SHAPE", b"VANISH")
 
 
 def prepare(data: bytes, crop_size: int, crops: int, max_pixels: int, hash_pdq: bool = True,
-            second: tuple[int, int] | None = None) -> worker.prepare.Prepared:
+            second: tuple[int, int] | None = None) -> worker.decode.prepare.Prepared:
     if data.startswith(b"CRASH"):
         os._exit(139)
     if data.startswith(b"SLOW"):
@@ -55,7 +55,7 @@ def read_provenance(data: bytes) -> dict[str, object]:
 
 
 if __name__ == "__main__":
-    worker.prepare.prepare = prepare
+    worker.decode.prepare.prepare = prepare
     worker.provenance.report.read_provenance = read_provenance
     decode_child.write_frame = write_frame  # type: ignore[assignment]
     decode_child.main()

@@ -14,8 +14,8 @@ import queue
 from dataclasses import dataclass
 from pathlib import Path
 
-from worker.decode_pool import DecodeJob, DecodeLimits, DecodePool
-from worker.prepare import Prepared
+from worker.decode.pool import DecodeJob, DecodeLimits, DecodePool
+from worker.decode.prepare import Prepared
 from worker.supervision import Supervisor
 
 ANSWER_TIMEOUT_S = 120.0

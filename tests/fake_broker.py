@@ -1,4 +1,4 @@
-"""A deterministic in-process broker behind the transport contract (`worker.transport`).
+"""A deterministic in-process broker behind the transport contract (`worker.consume.transport`).
 
 Not a mock of kafka-python: it implements the same interface the Kafka transport does,
 with the behaviours that broke delivery before: eager rebalances (everything revoked,
@@ -15,7 +15,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from worker.transport import (
+from worker.consume.transport import (
     Ack,
     CommitFailed,
     DoneAck,

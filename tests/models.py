@@ -7,8 +7,8 @@ from pathlib import Path
 
 from safetensors.torch import load_file
 
-from engine.manifest import read_manifest
-from engine.model_dir import WEIGHTS, write_model_dir
+from engine.model.manifest import read_manifest
+from engine.model.model_dir import WEIGHTS, write_model_dir
 
 
 def shifted_copy(source: Path, dest: Path, shift: float) -> Path:

@@ -23,7 +23,7 @@ from typing import Any
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import KafkaAdminClient, NewTopic
 
-from dda.local_stack import tansu_binary
+from dda.commands.local_stack import tansu_binary
 from tests.schemas import check_record
 
 

@@ -15,10 +15,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine.decode import decode_rgb
-from engine.detector import Detector
-from engine.model_dir import load_model_dir
-from engine.runner import TorchRunner
+from engine.imaging.decode import decode_rgb
+from engine.model.model_dir import load_model_dir
+from engine.runners.detector import Detector
+from engine.runners.torch_runner import TorchRunner
 
 
 def main() -> None:

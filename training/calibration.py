@@ -1,4 +1,4 @@
-"""`dda calibrate --second`: fit the combiner of two detectors (engine/combiner.py) on labelled images.
+"""`dda calibrate --second`: fit the combiner of two detectors (engine/model/combiner.py) on labelled images.
 
 Every image under `<subset>/0_real` and `<subset>/1_fake` is decoded once and scored by each
 model with its own preprocessing. A seeded, per-class share of the images is held back; the
@@ -21,12 +21,12 @@ from typing import Any
 
 import numpy as np
 
-from engine.combiner import SUSPICIOUS, Combiner
-from engine.decode import decode_folder
-from engine.detector import Detector
-from engine.labels import AI_GENERATED, REAL
-from engine.model_dir import LoadedModel
-from engine.runner import TorchRunner
+from engine.imaging.decode import decode_folder
+from engine.model.combiner import SUSPICIOUS, Combiner
+from engine.model.labels import AI_GENERATED, REAL
+from engine.model.model_dir import LoadedModel
+from engine.runners.detector import Detector
+from engine.runners.torch_runner import TorchRunner
 from training import metrics
 from training.evaluate import subsets
 

@@ -17,10 +17,11 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from engine.decode import decode_folder
-from engine.detector import Detector, sigmoid
-from engine.model_dir import LoadedModel, write_manifest
-from engine.runner import TorchRunner
+from engine.imaging.decode import decode_folder
+from engine.model.labels import sigmoid
+from engine.model.model_dir import LoadedModel, write_manifest
+from engine.runners.detector import Detector
+from engine.runners.torch_runner import TorchRunner
 from training import metrics
 from training.alignment import jpeg
 

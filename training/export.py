@@ -6,10 +6,10 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from engine.checkpoint import DEFAULT_THRESHOLD
-from engine.manifest import Manifest
-from engine.model_dir import write_model_dir
-from engine.preprocess import Preprocessing
+from engine.imaging.preprocess import Preprocessing
+from engine.model.checkpoint import DEFAULT_THRESHOLD
+from engine.model.manifest import Manifest
+from engine.model.model_dir import write_model_dir
 from training.model import TrainableDDA, load_initial
 from training.train import load_training_state
 

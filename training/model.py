@@ -14,11 +14,11 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from engine.arch import LORA_TARGETS, expected_shapes, infer_architecture
-from engine.checkpoint import merge_lora, safe_torch_load
-from engine.model_dir import load_model_dir
-from engine.preprocess import CROP_SIZE
-from engine.vit import DdaViT, build_network
+from engine.imaging.preprocess import CROP_SIZE
+from engine.model.arch import LORA_TARGETS, expected_shapes, infer_architecture
+from engine.model.checkpoint import merge_lora, safe_torch_load
+from engine.model.model_dir import load_model_dir
+from engine.model.vit import DdaViT, build_network
 
 
 class LoRALinear(nn.Module):
@@ -65,7 +65,7 @@ class TrainableDDA(nn.Module):
         return {k: v.detach().clone() for k, v in self.state_dict().items() if "lora_" in k or k.startswith("network.head.")}
 
     def merged_tensors(self) -> Iterator[tuple[str, Tensor]]:
-        """Weights in the engine's layout (`engine.arch.expected_shapes` order) with LoRA merged."""
+        """Weights in the engine's layout (`engine.model.arch.expected_shapes` order) with LoRA merged."""
         state = self.network.state_dict()
         modules = dict(self.network.named_modules())
         for name in expected_shapes(self.network.arch):

@@ -29,8 +29,8 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from engine.checkpoint import CheckpointError, safe_torch_load
-from engine.preprocess import CROP_SIZE, Preprocessing, normalize
+from engine.imaging.preprocess import CROP_SIZE, Preprocessing, normalize
+from engine.model.checkpoint import CheckpointError, safe_torch_load
 from training import augment
 from training.alignment import AlignmentConfig, align_pair
 from training.model import TrainableDDA, load_initial

@@ -13,12 +13,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, Literal
 
-from worker.fetch import IPNetwork, parse_networks
+from worker.fetch.client import IPNetwork, parse_networks
 from worker.provenance.policy import POLICIES
 
 if TYPE_CHECKING:  # types only: importing them would load torch into every process that reads a setting
-    from engine.backend import Backend
-    from engine.contract import Precision
+    from engine.runners.backend import Backend
+    from engine.runners.contract import Precision
 
 
 class ConfigError(ValueError):

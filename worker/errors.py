@@ -1,5 +1,5 @@
 """Every per-image error code a verdict can carry: fetching and serving here, decoding from
-`engine.errors` (re-exported, so the worker's contract reads in one place).
+`engine.imaging.errors` (re-exported, so the worker's contract reads in one place).
 
 Consumers of verdicts branch on `code`; the message is for people. Codes are part of the
 output contract: add new ones, never rename.
@@ -7,7 +7,7 @@ output contract: add new ones, never rename.
 
 from __future__ import annotations
 
-from engine.errors import (
+from engine.imaging.errors import (
     DECODE_FAILED,
     DECODE_LIMIT,
     IMAGE_TOO_COMPLEX,

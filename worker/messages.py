@@ -158,7 +158,7 @@ def verdict(
     assessment: str | None = None,
 ) -> dict[str, Any]:
     """A verdict record (schema/verdict.v4.schema.json). `models` and `assessment` only when an
-    ensemble scored the image (worker.ensemble). `label_reason` is set only when a
+    ensemble scored the image (worker.pipeline.ensemble). `label_reason` is set only when a
     provenance policy, not the model, decided the label; `near_duplicate_search` only when the
     image was not compared with cached AI hashes ("not_searched": the index was loading);
     `shadow` only on misses the shadow model scored; `hash_list_match` only for a near-duplicate of

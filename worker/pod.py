@@ -4,7 +4,7 @@ Why: one Python process spends milliseconds of CPU per request under its GIL (Ka
 fetch threads, cache lookups, feeding decode processes), which caps it far below what a
 GPU scores. Here each consumer is a whole worker (`worker.service` with its own Kafka group
 membership, pipeline, decode processes and delivery guarantees) that scores through the
-engine process (`engine.batcher`), the only process that loads the model. The consumers
+engine process (`engine.serving.main`), the only process that loads the model. The consumers
 share the pod's cores; the engine's work per request is a crop copy and two messages.
 
 Supervision: every child dies with this process (even SIGKILLed). An engine process that
@@ -39,7 +39,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
 from worker.config import WorkerConfig
-from worker.delivery import EXIT_ABANDONED, EXIT_CONFIG, EXIT_FATAL
+from worker.consume.terms import EXIT_ABANDONED, EXIT_CONFIG, EXIT_FATAL
 
 log = structlog.get_logger("dda.pod")
 POLL_S = 0.2
@@ -76,7 +76,7 @@ class Pod:
     def start_engine(self) -> str | None:
         """The engine process, up and listening; None, or why it could not start."""
         c = self.config
-        command = [sys.executable, "-m", "engine.batcher", str(self.model_dir), self.socket, str(os.getpid()),
+        command = [sys.executable, "-m", "engine.serving.main", str(self.model_dir), self.socket, str(os.getpid()),
                    "--backend", c.backend, "--device", c.device, "--precision", c.precision, "--max-batch", str(c.max_batch), "--log-level", c.log_level]
         if c.engine_dir:
             command += ["--engine-dir", c.engine_dir]

@@ -24,26 +24,26 @@ from typing import NoReturn
 
 import structlog
 
-from engine import batch_wire as wire
-from engine import lifetime
-from engine.batcher import warm_up
-from engine.contract import Runner
-from engine.logs import configure_logging
-from engine.manifest import Manifest, ModelDirError, read_manifest
-from engine.remote import RemoteRunner
+from engine.model.manifest import Manifest, ModelDirError, read_manifest
+from engine.process import lifetime
+from engine.process.logs import configure_logging
+from engine.runners.contract import Runner, warm_up
+from engine.serving import wire
+from engine.serving.client import RemoteRunner
 from worker import config as worker_config
-from worker.cache import VerdictCache, namespace_for
-from worker.cache_store import MemoryStore, RedisStore, Store
-from worker.decode_pool import DecodeLimits
-from worker.delivery import EXIT_ABANDONED, EXIT_CONFIG, EXIT_FATAL, Delivery, Limits
+from worker.cache.stores import MemoryStore, RedisStore, Store
+from worker.cache.verdicts import VerdictCache, namespace_for
+from worker.consume.delivery import Delivery
+from worker.consume.stdin_transport import StdinTransport
+from worker.consume.terms import EXIT_ABANDONED, EXIT_CONFIG, EXIT_FATAL, Limits
+from worker.consume.transport import Transport
+from worker.decode.pool import DecodeLimits
 from worker.endpoints import Endpoints
-from worker.ensemble import Ensemble, combiner_for, load_ensemble
-from worker.fetch import Fetcher, FetchPolicy
-from worker.local_io import StdinTransport
+from worker.fetch.client import Fetcher, FetchPolicy
 from worker.metrics import Metrics
-from worker.pipeline import Pipeline
-from worker.shadow import Shadow
-from worker.transport import Transport
+from worker.pipeline.ensemble import Ensemble, combiner_for, load_ensemble
+from worker.pipeline.pipeline import Pipeline
+from worker.pipeline.shadow import Shadow
 
 log = structlog.get_logger("dda.worker")
 STALL_AFTER_S = 60.0
@@ -53,7 +53,7 @@ POD_GRACE_S = 4.0  # a pod's parent outlasts its consumers' own hard exit
 
 def worker_command(args: argparse.Namespace) -> int:
     """Runs the worker; a process that served ends here without interpreter finalisation
-    (see `_end_process`). Every line on stderr is JSON (engine.logs)."""
+    (see `_end_process`). Every line on stderr is JSON (engine.process.logs)."""
     configure_logging()
     stop_while_starting()
     try:
@@ -110,7 +110,7 @@ def _end_process(status: int) -> NoReturn:
 
 def _serve_pod(config: worker_config.WorkerConfig, checks: dict[str, Callable[[], bool]], scrape: list[Callable[[], bytes]],
                endpoints: Endpoints | None) -> int:
-    from engine.hub import resolve_model
+    from engine.model.hub import resolve_model
     from worker.pod import Pod, serve_pod
 
     try:
@@ -158,9 +158,9 @@ def _model(config: worker_config.WorkerConfig, metrics: Metrics) -> tuple[Manife
             else:
                 shadow = Shadow(read_manifest(Path(config.shadow_model)), engine_shadow, config.shadow_fraction)
         return manifest, remote, shadow
-    from engine.backend import load_shadow, make_runner
-    from engine.hub import resolve_model
-    from engine.model_dir import load_model_dir
+    from engine.model.hub import resolve_model
+    from engine.model.model_dir import load_model_dir
+    from engine.runners.backend import load_shadow, make_runner
 
     model_dir = resolve_model(config.model, progress=_progress)
     loaded = load_model_dir(model_dir)
@@ -192,8 +192,8 @@ def _ensemble(config: worker_config.WorkerConfig, served: Manifest, metrics: Met
         runner = RemoteRunner(config.engine_socket, second.preprocessing, config.max_batch, on_reconnect=metrics.engine_reconnects.inc,
                               model=wire.SECOND)
     else:
-        from engine.backend import load_second
-        from engine.hub import resolve_model
+        from engine.model.hub import resolve_model
+        from engine.runners.backend import load_second
 
         second, runner = load_second(resolve_model(config.second_model, progress=_progress), device=config.device,
                                      precision=config.precision, max_batch=config.max_batch, log=lambda message: log.info(message))
@@ -227,7 +227,7 @@ def _serve(config: worker_config.WorkerConfig, metrics: Metrics, checks: dict[st
         allow_networks=config.fetch_allow_networks,
     ), max_connections=config.fetch_workers)
     if config.kafka_bootstrap:
-        from worker.kafka_io import BrokerUnavailable, KafkaTransport
+        from worker.consume.kafka_transport import BrokerUnavailable, KafkaTransport
 
         try:
             transport: Transport = KafkaTransport(config)

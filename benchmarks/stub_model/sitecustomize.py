@@ -1,5 +1,5 @@
 """Loaded by every Python process of a benchmarked worker (PYTHONPATH): with DDA_BENCH_STUB=1,
-`engine.backend.make_runner` returns a runner whose logits cost nothing, so a benchmark
+`engine.runners.backend.make_runner` returns a runner whose logits cost nothing, so a benchmark
 measures the pipeline (Kafka, fetch, cache, decode, hand-over to the engine), not a CPU ViT.
 The product has no such backend: it would publish made-up verdicts."""
 
@@ -32,7 +32,7 @@ def _stub_make_runner(loaded: Any, _model_dir: Any, *, max_batch: int = 16, log:
 
 class _PatchBackend(importlib.abc.MetaPathFinder):
     def find_spec(self, name: str, path: Any, target: Any = None) -> Any:
-        if name != "engine.backend":
+        if name != "engine.runners.backend":
             return None
         sys.meta_path.remove(self)
         spec = importlib.util.find_spec(name)

@@ -34,7 +34,7 @@ def test_installed_extras_exist_and_sources_are_copied() -> None:
         for package in PYPROJECT["tool"]["setuptools"]["packages"]["find"]["include"]:
             assert f"COPY {package.rstrip('*')} /src/{package.rstrip('*')}" in body
         assert "COPY pyproject.toml README.md /src/" in body
-        assert "libjpeg" in body  # headers for engine/_jpeg.c
+        assert "libjpeg" in body  # headers for engine/imaging/_jpeg.c
     assert any("tensorrt" in d for d in extras["gpu"]) and any("pycuda" in d for d in extras["gpu"])
 
 

@@ -15,8 +15,8 @@ from sklearn.calibration import calibration_curve
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score, roc_curve
 
-from engine.combiner import SUSPICIOUS, Combiner, CombinerError
-from engine.model_dir import load_model_dir
+from engine.model.combiner import SUSPICIOUS, Combiner, CombinerError
+from engine.model.model_dir import load_model_dir
 from tests.images import scene
 from training import metrics
 from training.calibration import band, calibrate_ensemble, fit_logistic, score_images, split

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from dda.cli import main
-from engine.synthetic import random_dinov2_state, tiny_architecture
+from engine.model.synthetic import random_dinov2_state, tiny_architecture
 from tests.images import scene
 
 

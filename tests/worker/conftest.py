@@ -1,4 +1,5 @@
-"""Fixtures shared by the real-server tests: one tansu broker (and noida-db where asked) per module, fresh topics and a fresh redis-server per test."""
+"""Fixtures shared by the real-server tests: one tansu broker (and noida-db where asked) per module, fresh topics per test
+(a fresh redis-server: tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.services import Broker, NoidaBroker, RedisServer, Worker, unique
+from tests.services import Broker, NoidaBroker, Worker, unique
 
 INPUT_PARTITIONS = 4
 
@@ -26,15 +27,6 @@ def noida() -> Iterator[NoidaBroker]:
     broker.start()
     yield broker
     broker.stop()
-
-
-@pytest.fixture()
-def redis_server() -> Iterator[RedisServer]:
-    """A fresh, empty redis-server per test."""
-    server = RedisServer()
-    server.start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture()

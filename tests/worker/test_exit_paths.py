@@ -23,8 +23,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.checkpoint import import_checkpoint
-from engine.synthetic import tiny_architecture, write_official_checkpoint
+from engine.model.checkpoint import import_checkpoint
+from engine.model.synthetic import tiny_architecture, write_official_checkpoint
 from tests.http_server import LocalServer, Route
 from tests.images import encode, scene
 from tests.services import Broker, Worker, free_port, unique, wait_for
@@ -174,7 +174,7 @@ def test_a_broker_restarted_empty_is_survived_with_nothing_lost(tiny_model_dir: 
         broker.kill()
     lines = json_lines(log.read_text())
     repeats = Counter((r.get("logger"), r["level"], r["event"]) for r in lines if r["level"] in ("warning", "error"))
-    # Held back past 5 a minute (engine.logs.RepeatLimiter); the test ran for under two minutes.
+    # Held back past 5 a minute (engine.process.logs.RepeatLimiter); the test ran for under two minutes.
     assert max(repeats.values()) <= 2 * 5 + 1, repeats.most_common(3)
 
 
@@ -183,7 +183,7 @@ def test_a_producer_with_stuck_records_is_discarded_promptly() -> None:
     anyway (its network thread too), so a renewal leaves nothing running behind."""
     from kafka import KafkaProducer
 
-    from worker.kafka_io import discard
+    from worker.consume.kafka_transport import discard
 
     broker = Broker()
     broker.start()

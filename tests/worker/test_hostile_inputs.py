@@ -24,7 +24,7 @@ from PIL import Image
 from tests.http_server import LocalServer, RawServer, Route, serve
 from tests.images import encode, photo
 from worker.errors import InputError
-from worker.fetch import Fetcher, FetchPolicy, is_public, parse_networks
+from worker.fetch.client import Fetcher, FetchPolicy, is_public, parse_networks
 
 server = pytest.fixture(serve)
 LOOPBACK = parse_networks("127.0.0.0/8")
@@ -200,7 +200,7 @@ def gif_with_many_frames(count: int = 3000) -> bytes:
 
 
 def png_bomb() -> bytes:
-    from tests.worker.test_decode import png_header_only
+    from tests.worker.decode.test_decode import png_header_only
 
     return png_header_only(100_000, 100_000)
 

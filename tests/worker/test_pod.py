@@ -18,17 +18,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine.combiner import Combiner
-from engine.decode import decode_rgb
-from engine.detector import Detector
-from engine.model_dir import load_model_dir
-from engine.runner import TorchRunner
+from engine.imaging.decode import decode_rgb
+from engine.model.combiner import Combiner
+from engine.model.model_dir import load_model_dir
+from engine.runners.detector import Detector
+from engine.runners.torch_runner import TorchRunner
 from tests.http_server import LocalServer, Route
 from tests.images import encode, scene
 from tests.models import shifted_copy
 from tests.services import Broker, Worker, descendants, unique, wait_for
 from tests.worker.conftest import INPUT_PARTITIONS
-from tests.worker.test_delivery_kafka import account, committed_all
+from tests.worker.consume.test_delivery_kafka import account, committed_all
 from worker.pod import decode_shares, remove_stale_workdirs
 
 pytestmark = pytest.mark.timeout(300)
@@ -65,7 +65,7 @@ def members(pod: Worker) -> dict[str, list[int]]:
     assert pod.proc is not None
     found: dict[str, list[int]] = {"engine": [], "consumer": [], "decode": []}
     for pid, command in descendants(pod.proc.pid).items():
-        kind = "engine" if "engine.batcher" in command else "decode" if "decode_child" in command else "consumer"
+        kind = "engine" if "engine.serving.main" in command else "decode" if "worker.decode.child" in command else "consumer"
         found[kind].append(pid)
     return found
 

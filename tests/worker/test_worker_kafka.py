@@ -17,16 +17,16 @@ from pathlib import Path
 
 import pytest
 
-from engine.decode import decode_rgb
-from engine.detector import Detector
-from engine.model_dir import load_model_dir
-from engine.runner import TorchRunner
+from engine.imaging.decode import decode_rgb
+from engine.model.model_dir import load_model_dir
+from engine.runners.detector import Detector
+from engine.runners.torch_runner import TorchRunner
 from tests.http_server import LocalServer, Route
 from tests.images import encode, scene
 from tests.provenance_files import IPTC, sign, with_xmp, xmp_packet
 from tests.services import Broker, RedisClusterServers, RedisServer, TopicReader, Worker, unique, wait_for
-from worker.hashing import hamming
-from worker.prepare import prepare
+from worker.cache.hashing import hamming
+from worker.decode.prepare import prepare
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -323,7 +323,7 @@ def test_promoting_the_shadow_loses_nothing_and_never_serves_the_old_models_cach
     import redis
 
     from tests.models import shifted_copy
-    from worker.cache import namespace_for
+    from worker.cache.verdicts import namespace_for
 
     b_dir = shifted_copy(tiny_model_dir, tmp_path / "b", 0.8)
     group = unique("group")

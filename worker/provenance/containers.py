@@ -17,7 +17,7 @@ import struct
 import zlib
 from dataclasses import dataclass, field
 
-from engine.png_chunks import MAX_CHUNKS, PNG_SIGNATURE, TEXT_CHUNKS, Unfinished, png_chunks
+from engine.imaging.png_chunks import MAX_CHUNKS, PNG_SIGNATURE, TEXT_CHUNKS, Unfinished, png_chunks
 
 MAX_WALK_STEPS = MAX_CHUNKS  # chunks, segments or boxes visited, in every container
 MAX_TEXT_ITEMS = 64  # text chunks / comments kept

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from engine.labels import AI_GENERATED
+from engine.model.labels import AI_GENERATED
 
 POLICIES = ("report", "declared_ai", "off")
 

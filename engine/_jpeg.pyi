@@ -1,6 +1,0 @@
-"""Types of the C extension engine/_jpeg.c."""
-
-class Error(ValueError): ...
-
-def decode(data: bytes, scale: int, top: int, left: int, height: int, width: int, max_scans: int, luma_per_block: int,
-           /) -> tuple[bytes, int, int, int, tuple[bytes, int, int] | None]: ...

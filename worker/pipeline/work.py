@@ -1,0 +1,57 @@
+"""One request on its way through the pipeline's stages, and what each stage learned about it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass, field
+from typing import Any
+
+from worker.cache.verdicts import Key
+from worker.decode.prepare import Prepared
+from worker.messages import Request
+from worker.pipeline.completion import Completion
+
+
+@dataclass
+class Work:
+    request: Request
+    completion: Completion
+    data: bytes | None = None
+    sha256: str = ""
+    prepared: Prepared | None = None
+    queued_at: float = 0.0
+    held: int = 0
+    release: Callable[[], None] = field(default=lambda: None)
+    match: dict[str, Any] | None = None  # a near-duplicate reported beside the model's own verdict
+    near_unsearched: bool = False  # the near-duplicate index was still loading: say so rather than "no match"
+    shadow: dict[str, Any] | None = None  # the shadow model's answer (sampled misses only)
+    list_match: dict[str, Any] | None = None  # a near-duplicate of a hash an imported list holds
+
+    @property
+    def done(self) -> bool:
+        """Resolved or cancelled (its partition was revoked): no stage should spend more on it."""
+        return self.completion.done
+
+    @property
+    def lane(self) -> Hashable:
+        """Its partition: fetch slots are shared fairly among lanes."""
+        return (self.request.source.topic, self.request.source.partition)
+
+    @property
+    def provenance(self) -> dict[str, Any] | None:
+        """This request's own bytes' provenance (never another file's)."""
+        return self.prepared.provenance if self.prepared is not None else None
+
+    @property
+    def key(self) -> Key:
+        assert self.prepared is not None
+        return Key(self.sha256, self.prepared.pdq, self.prepared.pdq_quality)
+
+    @property
+    def hashes(self) -> dict[str, Any]:
+        prepared = self.prepared
+        out: dict[str, Any] = {"sha256": self.sha256 or None, "pdq": prepared.pdq if prepared else None,
+                               "pdq_quality": prepared.pdq_quality if prepared else None}
+        if prepared is not None and prepared.pdq_error is not None:
+            out["pdq_error"] = prepared.pdq_error
+        return out
