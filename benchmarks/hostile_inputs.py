@@ -75,7 +75,7 @@ def main() -> None:
     sys.path.insert(0, str(ROOT))
     from machine import describe
 
-    from engine.imaging.decode import peak_budget
+    from engine.imaging.budget import peak_budget
     from tests.decode_peaks import measure
     from tests.images import encode, photo
 

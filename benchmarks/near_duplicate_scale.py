@@ -54,6 +54,7 @@ from machine import describe
 from tests.images import scene
 from tests.services import RedisServer
 from worker.cache.hashing import pdq_from_pixels
+from worker.cache.keys import Keys
 from worker.cache.near_index import NearIndex
 from worker.cache.pdq_index import MATCH_DISTANCE, PdqIndex
 from worker.cache.stores import RedisStore
@@ -204,11 +205,11 @@ def catch_up(n: int, rng: np.random.Generator) -> dict[str, float]:
     try:
         store = RedisStore(server.url, timeout_s=60)
         before = int(store.client.info("memory")["used_memory"])
-        writer = NearIndex(store, "dda:bench:", 7 * 86_400, capacity=n)
+        writer = NearIndex(store, Keys("bench"), 7 * 86_400, capacity=n)
         for start in range(0, n, 65_536):
             writer.log.append([bytes(row) for row in rng.integers(0, 256, (min(65_536, n - start), 32), dtype=np.uint8)])
         used = int(store.client.info("memory")["used_memory"]) - before
-        reader = NearIndex(RedisStore(server.url, timeout_s=60), "dda:bench:", 7 * 86_400, capacity=n)
+        reader = NearIndex(RedisStore(server.url, timeout_s=60), Keys("bench"), 7 * 86_400, capacity=n)
         started, cpu = time.perf_counter(), time.process_time()
         assert reader.search([bytes(32)]) is not None  # no follower thread: the first search replays the log
         return {"hashes": len(reader.index), "replay s": time.perf_counter() - started, "replay CPU s": time.process_time() - cpu,

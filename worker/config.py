@@ -11,14 +11,11 @@ import os
 import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
+from engine.runners.contract import BACKENDS, DEVICES, PRECISION_CHOICES, Backend, Precision
 from worker.fetch.client import IPNetwork, parse_networks
 from worker.provenance.policy import POLICIES
-
-if TYPE_CHECKING:  # types only: importing them would load torch into every process that reads a setting
-    from engine.runners.backend import Backend
-    from engine.runners.contract import Precision
 
 
 class ConfigError(ValueError):
@@ -172,11 +169,11 @@ class WorkerConfig:
                                        "a second detector's model directory (Community Forensics), scored on its own crop of every miss; needs DDA_ENSEMBLE")
     ensemble: str | None = setting("DDA_ENSEMBLE", "off", _off_or_path,
                                    "off: DDA alone; or a combiner file (dda calibrate --second): both models' logits make the verdict")
-    device: str = setting("DDA_DEVICE", "cpu", _choice("cpu", "cuda"), "inference device")
-    precision: Precision | Literal["auto"] = setting("DDA_PRECISION", "auto", _choice("auto", "fp32", "bf16", "fp16"),
+    device: str = setting("DDA_DEVICE", "cpu", _choice(*DEVICES), "inference device")
+    precision: Precision | Literal["auto"] = setting("DDA_PRECISION", "auto", _choice(*PRECISION_CHOICES),
                                                       "torch precision; auto: bf16 on cuda, fp32 (the reference's numerics) on cpu")
     engine_dir: str | None = setting("DDA_ENGINE_DIR", "", _optional, "TensorRT engines searched before MODEL/engines/ (a writable cache per GPU type)")
-    backend: Backend = setting("DDA_BACKEND", "auto", _choice("auto", "torch", "tensorrt"), "inference backend")
+    backend: Backend = setting("DDA_BACKEND", "auto", _choice(*BACKENDS), "inference backend")
     compile: bool = setting("DDA_COMPILE", "off", _switch,
                             "torch.compile the network for batch buckets 8, 16, ... DDA_MAX_BATCH, each compiled at start (CUDA graphs on cuda)")
     consumers: int = setting("DDA_CONSUMERS", "1", positive_int,

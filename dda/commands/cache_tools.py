@@ -11,8 +11,9 @@ from engine.model.hub import resolve_model
 from engine.model.manifest import Manifest
 from engine.model.model_dir import load_model_dir
 from engine.process.console import say
+from worker.cache.keys import namespace_for
 from worker.cache.stores import RedisStore
-from worker.cache.verdicts import VerdictCache, namespace_for
+from worker.cache.verdicts import VerdictCache
 
 
 def add_arguments(p: argparse.ArgumentParser, ttl_help: str) -> None:

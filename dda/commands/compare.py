@@ -20,6 +20,7 @@ from engine.model.hub import resolve_model
 from engine.model.model_dir import load_model_dir
 from engine.process.console import say
 from engine.runners.backend import make_runner
+from engine.runners.contract import PRECISION_CHOICES
 from engine.runners.detector import Detector
 from worker.config import positive_float, positive_int
 from worker.fetch.client import FetchPolicy, parse_networks
@@ -116,7 +117,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image file, folder, http(s) URL, or .jsonl of past requests")
     p.add_argument("--model", action="append", default=[], required=True, help="a model directory or hf:// checkpoint; twice: A (served) then B")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    p.add_argument("--precision", default="auto", choices=PRECISION_CHOICES)
     p.add_argument("--max-batch", dest="batch_size", metavar="N", type=positive_int, default=16)
     p.add_argument("--max-pixels", type=positive_int, default=DEFAULT_MAX_PIXELS)
     p.add_argument("--fetch-allow-networks", dest="allow_networks", metavar="CIDRS", default="")

@@ -21,6 +21,7 @@ from engine.model.manifest import ModelDirError
 from engine.model.model_dir import load_model_dir
 from engine.process.console import say
 from engine.runners.backend import make_runner
+from engine.runners.contract import PRECISION_CHOICES
 from engine.runners.detector import Detector
 from worker.config import pem_certificates, positive_float, positive_int
 from worker.decode.pool import DecodeJob, DecodeLimits, DecodePool
@@ -197,7 +198,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image file, folder (every file below it, in path order) or http(s) URL")
     p.add_argument("--model", default=None, help="model directory or hf:// checkpoint (default: the official DDA checkpoint)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where the model runs")
-    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+    p.add_argument("--precision", default="auto", choices=PRECISION_CHOICES,
                    help="torch backend precision; auto: bf16 on cuda, fp32 on cpu")
     p.add_argument("--backend", default="auto", choices=["auto", "torch", "tensorrt"],
                    help="auto: a TensorRT engine from MODEL/engines/ when one matches this GPU, else torch")

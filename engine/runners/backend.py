@@ -8,11 +8,9 @@ from typing import Literal
 
 from engine.model.manifest import Manifest
 from engine.model.model_dir import LoadedModel, load_model_dir
-from engine.runners.contract import Precision, Runner
+from engine.runners.contract import Backend, Precision, Runner
 from engine.runners.engine_file import engine_directories, find_engine
 from engine.runners.torch_runner import TorchRunner
-
-Backend = Literal["auto", "torch", "tensorrt"]
 
 
 def make_runner(

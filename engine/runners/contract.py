@@ -8,13 +8,18 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Literal, Protocol, runtime_checkable
+from typing import Literal, Protocol, get_args, runtime_checkable
 
 import numpy as np
 
 from engine.imaging.preprocess import Preprocessing
 
 Precision = Literal["fp32", "bf16", "fp16"]
+PRECISIONS: tuple[Precision, ...] = get_args(Precision)
+PRECISION_CHOICES = ("auto", *PRECISIONS)  # auto: bf16 on cuda, fp32 (the reference's numerics) on cpu
+DEVICES = ("cpu", "cuda")
+Backend = Literal["auto", "torch", "tensorrt"]  # auto: a TensorRT engine built for this GPU when there is one, else torch
+BACKENDS: tuple[Backend, ...] = get_args(Backend)
 
 
 Waiter = Callable[[], np.ndarray]

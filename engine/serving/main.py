@@ -25,16 +25,16 @@ def main(argv: list[str] | None = None) -> int:
     from engine.process import lifetime
     from engine.process.logs import configure_logging
     from engine.runners.backend import load_second, load_shadow, make_runner
-    from engine.runners.contract import warm_up
+    from engine.runners.contract import BACKENDS, DEVICES, PRECISION_CHOICES, warm_up
     from engine.serving.server import EngineServer
 
     parser = argparse.ArgumentParser(prog="python -m engine.serving.main", description=__doc__.splitlines()[0])
     parser.add_argument("model", type=Path)
     parser.add_argument("socket")
     parser.add_argument("parent_pid", type=int)
-    parser.add_argument("--backend", default="auto", choices=("auto", "torch", "tensorrt"))
-    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
+    parser.add_argument("--backend", default="auto", choices=BACKENDS)
+    parser.add_argument("--device", default="cpu", choices=DEVICES)
+    parser.add_argument("--precision", default="auto", choices=PRECISION_CHOICES)
     parser.add_argument("--max-batch", type=int, default=32)
     parser.add_argument("--engine-dir", type=Path)
     parser.add_argument("--compile", action="store_true", help="torch.compile per batch bucket, each compiled before ready")

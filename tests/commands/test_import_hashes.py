@@ -11,8 +11,9 @@ from pathlib import Path
 from dda.commands.import_hashes import parse
 from engine.model.manifest import read_manifest
 from tests.services import RedisServer
+from worker.cache.keys import namespace_for
 from worker.cache.stores import RedisStore
-from worker.cache.verdicts import Key, VerdictCache, namespace_for
+from worker.cache.verdicts import Key, VerdictCache
 from worker.metrics import Metrics
 
 

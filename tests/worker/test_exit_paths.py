@@ -183,7 +183,7 @@ def test_a_producer_with_stuck_records_is_discarded_promptly() -> None:
     anyway (its network thread too), so a renewal leaves nothing running behind."""
     from kafka import KafkaProducer
 
-    from worker.consume.kafka_transport import discard
+    from worker.consume.kafka_records import discard
 
     broker = Broker()
     broker.start()

@@ -323,7 +323,7 @@ def test_promoting_the_shadow_loses_nothing_and_never_serves_the_old_models_cach
     import redis
 
     from tests.models import shifted_copy
-    from worker.cache.verdicts import namespace_for
+    from worker.cache.keys import namespace_for
 
     b_dir = shifted_copy(tiny_model_dir, tmp_path / "b", 0.8)
     group = unique("group")

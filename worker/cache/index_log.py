@@ -1,7 +1,7 @@
 """The shared log of indexed PDQ hashes: every worker appends its indexed hashes, every worker
 replays it on start and follows it after (`worker.cache.near_index`).
 
-Keys `<prefix>pdqlog:<epoch>:<shard>`: an epoch is `span` seconds (the cache TTL / 64, at
+Keys `dda:<namespace>:pdqlog:<epoch>:<shard>` (`worker.cache.keys`): an epoch is `span` seconds (the cache TTL / 64, at
 least a minute), and 16 shards spread a busy epoch over a cluster's nodes. A key's value is
 32-byte hashes appended whole (APPEND is atomic), so a reader that reads up to a length it has
 seen reads whole records, and remembers that length as its offset. A key expires `ttl` after
@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from worker.cache.keys import Keys
 from worker.cache.stores import Store
 
 SHARDS = 16
@@ -30,16 +31,16 @@ class Records:
 
 
 class IndexLog:
-    def __init__(self, store: Store, prefix: str, ttl_s: int, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, store: Store, keys: Keys, ttl_s: int, clock: Callable[[], float] = time.time) -> None:
         self.store = store
-        self.prefix = f"{prefix}pdqlog:"
+        self.keys = keys
         self.ttl_s = ttl_s
         self.span = max(60, ttl_s // 64)
         self.clock = clock
         self._offsets: dict[tuple[int, int], int] = {}
 
     def _key(self, epoch: int, shard: int) -> str:
-        return f"{self.prefix}{epoch}:{shard}"
+        return self.keys.log(epoch, shard)
 
     def _expires_at(self, epoch: int) -> int:
         return (epoch + 1) * self.span + self.ttl_s

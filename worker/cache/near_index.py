@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 import structlog
 
 from worker.cache.index_log import IndexLog
+from worker.cache.keys import Keys
 from worker.cache.pdq_index import Match, PdqIndex
 from worker.cache.stores import Store
 
@@ -31,9 +32,9 @@ log = structlog.get_logger("dda.near_index")
 
 
 class NearIndex:
-    def __init__(self, store: Store, prefix: str, ttl_s: int, capacity: int, on_refused: Callable[[int], None] = lambda _n: None,
+    def __init__(self, store: Store, keys: Keys, ttl_s: int, capacity: int, on_refused: Callable[[int], None] = lambda _n: None,
                  on_error: Callable[[Exception], None] = lambda _e: None, clock: Callable[[], float] = time.time) -> None:
-        self.log = IndexLog(store, prefix, ttl_s, clock)
+        self.log = IndexLog(store, keys, ttl_s, clock)
         self.index = PdqIndex(capacity)
         self.on_refused = on_refused
         self.on_error = on_error

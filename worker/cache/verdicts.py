@@ -33,6 +33,7 @@ from typing import Any
 import structlog
 
 from engine.model.labels import AI_GENERATED
+from worker.cache.keys import Keys
 from worker.cache.near_index import NearIndex
 from worker.cache.stores import Store
 
@@ -78,20 +79,15 @@ class Key:
         return self.pdq is not None and (self.pdq_quality or 0) >= MIN_QUALITY
 
 
-def namespace_for(version: str, threshold: float) -> str:
-    """Keys per model version and threshold: cached labels must not outlive a recalibration."""
-    return f"{version}-t{threshold!r}"
-
-
 class VerdictCache:
     def __init__(self, store: Store, namespace: str, ttl_s: int, on_error: Callable[[Exception], None] = lambda e: None,
                  on_capped: Callable[[str, int], None] = lambda _where, _n: None, index_capacity: int = INDEX_CAPACITY) -> None:
         self.store = store
-        self.prefix = f"dda:{namespace}:"
+        self.keys = Keys(namespace)
         self.ttl_s = ttl_s
         self.on_error = on_error
         self.on_capped = on_capped  # ("read" | "write", how many) when a bound left hashes out
-        self.index = NearIndex(store, self.prefix, ttl_s, index_capacity, on_refused=lambda n: on_capped("write", n),
+        self.index = NearIndex(store, self.keys, ttl_s, index_capacity, on_refused=lambda n: on_capped("write", n),
                                on_error=on_error)
         self._down_until = 0.0
 
@@ -116,7 +112,7 @@ class VerdictCache:
     def lookup_exact_many(self, shas: Sequence[str]) -> list[Lookup]:
         """By SHA-256 of the bytes: needs no decoding, so it runs before any."""
         def lookup() -> list[Lookup]:
-            raw = self.store.get_many([f"{self.prefix}sha:{sha}" for sha in shas])
+            raw = self.store.get_many([self.keys.verdict(sha) for sha in shas])
             return [Lookup("exact", _decode(r)) if r is not None else Lookup("miss") for r in raw]
 
         return self._guarded([Lookup("miss")] * len(shas), lookup)
@@ -140,7 +136,7 @@ class VerdictCache:
             self.on_capped("read", sum(capped))
         best = {i: m for (i, _), m in zip(searching, matches) if m is not None}
         if best:
-            found = self.store.get_many([f"{self.prefix}{family}:{m.hash.hex()}" for m in best.values() for family in ("pdql", "pdqv")])
+            found = self.store.get_many([k for m in best.values() for k in (self.keys.listed(m.hash.hex()), self.keys.indexed(m.hash.hex()))])
             for n, (i, m) in enumerate(best.items()):
                 listed, blob = found[2 * n], found[2 * n + 1]
                 cached = _decode(blob) if blob is not None else None
@@ -152,11 +148,11 @@ class VerdictCache:
 
     def _index(self, items: Sequence[tuple[Key, CachedVerdict]]) -> None:
         """Write verdicts by SHA-256; publish the AI ones' PDQ hashes to every worker's index."""
-        blobs = [(f"{self.prefix}sha:{k.sha256}", _encode(v)) for k, v in items]
-        indexed = [(k, v) for k, v in items if v.label == AI_GENERATED and k.searchable]
-        blobs += [(f"{self.prefix}pdqv:{k.pdq}", _encode(replace(v, provenance=None))) for k, v in indexed]
+        blobs = [(self.keys.verdict(k.sha256), _encode(v)) for k, v in items]
+        indexed = [(k.pdq, v) for k, v in items if v.label == AI_GENERATED and k.searchable and k.pdq is not None]
+        blobs += [(self.keys.indexed(pdq), _encode(replace(v, provenance=None))) for pdq, v in indexed]
         self.store.set_many(blobs, self.ttl_s)
-        hashes = [bytes.fromhex(pdq) for k, _ in indexed if (pdq := k.pdq) is not None]
+        hashes = [bytes.fromhex(pdq) for pdq, _ in indexed]
         if hashes:
             self.index.publish(hashes)
 
@@ -175,42 +171,38 @@ class VerdictCache:
         added = 0
         for start in range(0, len(hashes), 10_000):
             chunk = hashes[start : start + 10_000]
-            keys = [f"{self.prefix}pdql:{h}" for h in chunk]
+            keys = [self.keys.listed(h) for h in chunk]
             new = [h for h, v in zip(chunk, self.store.get_many(keys)) if v is None or json.loads(v)["source"] != source]
             self.store.set_many([(k, json.dumps({"source": source}).encode()) for k in keys], self.ttl_s)  # refreshes the TTL of all
             if new:
-                self.store.append_many([(f"{self.prefix}list:{source}", b"".join(bytes.fromhex(h) for h in new))],
+                self.store.append_many([(self.keys.list(source), b"".join(bytes.fromhex(h) for h in new))],
                                        int(time.time()) + self.ttl_s)
                 self.index.publish([bytes.fromhex(h) for h in new])
             added += len(new)
         counts = self.list_counts()
-        self.store.set_many([(self._lists_key, json.dumps({**counts, source: counts.get(source, 0) + added}).encode())], self.ttl_s)
+        self.store.set_many([(self.keys.lists, json.dumps({**counts, source: counts.get(source, 0) + added}).encode())], self.ttl_s)
         return added
-
-    @property
-    def _lists_key(self) -> str:
-        return f"{self.prefix}lists"
 
     def list_counts(self) -> dict[str, int]:
         """Entries each imported list holds (the registry `import_list` and `remove_list` keep)."""
-        [blob] = self.store.get_many([self._lists_key])
+        [blob] = self.store.get_many([self.keys.lists])
         return {str(k): int(v) for k, v in json.loads(blob).items()} if blob is not None else {}
 
     def remove_list(self, source: str) -> int:
         """Delete the entries `source` imported (those another list imported since keep theirs); how many."""
-        key = f"{self.prefix}list:{source}"
+        key = self.keys.list(source)
         [length] = self.store.lengths([key])
         removed = 0
         for start in range(0, length, 32 * 10_000):
             [blob] = self.store.read_ranges([(key, start, min(length, start + 32 * 10_000))])
-            keys = list(dict.fromkeys(f"{self.prefix}pdql:{blob[i : i + 32].hex()}" for i in range(0, len(blob) - 31, 32)))
+            keys = list(dict.fromkeys(self.keys.listed(blob[i : i + 32].hex()) for i in range(0, len(blob) - 31, 32)))
             owned = [k for k, v in zip(keys, self.store.get_many(keys)) if v is not None and json.loads(v)["source"] == source]
             self.store.delete_many(owned)
             removed += len(owned)
         self.store.delete_many([key])
         counts = self.list_counts()
         counts.pop(source, None)
-        self.store.set_many([(self._lists_key, json.dumps(counts).encode())], self.ttl_s)
+        self.store.set_many([(self.keys.lists, json.dumps(counts).encode())], self.ttl_s)
         return removed
 
     def trust(self, shas: Sequence[str]) -> dict[str, str]:
@@ -219,7 +211,7 @@ class VerdictCache:
         Returns, per SHA-256, what happened: "trusted", "not_cached", "not_ai" or "no_hash"."""
         outcome: dict[str, str] = {}
         confirmed: list[tuple[Key, CachedVerdict]] = []
-        for sha, blob in zip(shas, self.store.get_many([f"{self.prefix}sha:{sha}" for sha in shas])):
+        for sha, blob in zip(shas, self.store.get_many([self.keys.verdict(sha) for sha in shas])):
             cached = _decode(blob) if blob is not None else None
             if cached is None:
                 outcome[sha] = "not_cached"

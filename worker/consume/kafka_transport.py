@@ -31,9 +31,10 @@ import structlog
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.consumer.subscription_state import AsyncConsumerRebalanceListener
 from kafka.errors import KafkaError, KafkaTimeoutError, MessageSizeTooLargeError
-from kafka.structs import MemberState, OffsetAndMetadata
+from kafka.structs import MemberState
 
 from worker.config import WorkerConfig
+from worker.consume.kafka_records import FutureAck, commit_offsets, decode_ahead, discard, partition_of
 from worker.consume.kafka_transactions import TransactionalProducer, leave_group
 from worker.consume.transport import (
     Ack,
@@ -53,8 +54,6 @@ log = structlog.get_logger("dda.kafka")
 PROBE_EVERY_S = 2.0
 LAG_TIMEOUT_MS = 1000  # per broker question when refreshing dda_consumer_lag
 COMMITTED_TIMEOUT_MS = 5000  # reading a newly assigned partition's last commit
-AHEAD_PREFIX = "dda-ahead:"  # commit metadata: comma-separated distances past the committed offset
-AHEAD_MAX_CHARS = 3000  # brokers refuse metadata over offset.metadata.max.bytes (4096 by default)
 PRODUCER_MAX_BLOCK_MS = 2000  # send() waits this long for metadata at most; delivery retries later
 RENEW_BOOTSTRAP_MS = 5000  # a replacement producer's connection, made on the delivery thread
 REJOIN_MARGIN_S = 3.0  # a rejoin's time beyond the revocation (JoinGroup waits for the other members)
@@ -64,75 +63,16 @@ class BrokerUnavailable(Exception):
     """No broker answered within the bootstrap timeout at start."""
 
 
-class _FutureAck(Ack):
-    def __init__(self, future: Any) -> None:
-        self._future = future
-
-    @property
-    def done(self) -> bool:
-        return bool(self._future.is_done)
-
-    @property
-    def error(self) -> BaseException | None:
-        return None if self._future.succeeded() else self._future.exception
-
-    @property
-    def too_large(self) -> bool:
-        return isinstance(self.error, MessageSizeTooLargeError)
-
-
-def discard(producer: KafkaProducer, timeout_s: float = 5.0) -> None:
-    """End a producer whose records are stuck. kafka-python's close() flushes first and raises
-    while any record is pending, leaving its network thread running; so its sender is told to
-    drop what it holds first (force_close: the pending futures fail, and the delivery has resent
-    those records through the new producer already)."""
-    sender = getattr(producer, "_sender", None)  # kafka-python 3: no public way to drop pending records
-    if sender is not None:
-        sender.force_close()
-    try:
-        producer.close(timeout=timeout_s)
-    except KafkaError as exc:
-        log.warning("a replaced producer did not close cleanly", error=f"{type(exc).__name__}: {exc}")
-
-
-def _tp(partition: TopicPartition) -> Partition:
-    return (partition.topic, partition.partition)
-
-
-def encode_ahead(position: Position) -> str:
-    """Commit metadata naming `position.ahead`; the nearest offsets first where they do not all fit
-    (an offset left out is only published again, never lost)."""
-    text = AHEAD_PREFIX
-    for offset in sorted(position.ahead):
-        item = f"{offset - position.offset},"
-        if len(text) + len(item) > AHEAD_MAX_CHARS:
-            break
-        text += item
-    return text.rstrip(",") if position.ahead else ""
-
-
-def decode_ahead(metadata: str | None, offset: int) -> frozenset[int]:
-    """The offsets a commit's metadata names; nothing for metadata of any other shape (another
-    tool's, or hostile)."""
-    if not metadata or not metadata.startswith(AHEAD_PREFIX) or len(metadata) > AHEAD_MAX_CHARS:
-        return frozenset()
-    try:
-        distances = [int(item) for item in metadata[len(AHEAD_PREFIX):].split(",")]
-    except ValueError:
-        return frozenset()
-    return frozenset(offset + d for d in distances if 0 <= d < 1 << 40)
-
-
 class _Rebalance(AsyncConsumerRebalanceListener):  # type: ignore[misc]  # kafka-python has no type information
     def __init__(self, transport: KafkaTransport, listener: Listener) -> None:
         self.transport = transport
         self.listener = listener
 
     async def on_partitions_revoked(self, revoked: Any) -> None:
-        self.transport.arrived -= {_tp(p) for p in revoked}
-        positions = self.listener.on_revoked({_tp(p) for p in revoked})
+        self.transport.arrived -= {partition_of(p) for p in revoked}
+        positions = self.listener.on_revoked({partition_of(p) for p in revoked})
         if positions:
-            offsets = _offsets(positions)
+            offsets = commit_offsets(positions)
             try:
                 await self.transport.consumer.commit_async(offsets)
             except KafkaError as exc:  # the next owner starts from the last commit: repeats, never gaps
@@ -143,16 +83,12 @@ class _Rebalance(AsyncConsumerRebalanceListener):  # type: ignore[misc]  # kafka
     async def on_partitions_assigned(self, assigned: Any) -> None:
         """Nothing of them is fetched until `KafkaTransport.poll` has announced them."""
         self.transport.consumer.pause(*assigned)
-        self.transport.arrived |= {_tp(p) for p in assigned}
+        self.transport.arrived |= {partition_of(p) for p in assigned}
         self.transport.joined.set()
 
     async def on_partitions_lost(self, lost: Any) -> None:
-        self.transport.arrived -= {_tp(p) for p in lost}
-        self.listener.on_lost({_tp(p) for p in lost})
-
-
-def _offsets(positions: dict[Partition, Position]) -> dict[TopicPartition, OffsetAndMetadata]:
-    return {TopicPartition(t, p): OffsetAndMetadata(o.offset, encode_ahead(o), -1) for (t, p), o in positions.items()}
+        self.transport.arrived -= {partition_of(p) for p in lost}
+        self.listener.on_lost({partition_of(p) for p in lost})
 
 
 class KafkaTransport(Transport):
@@ -247,7 +183,7 @@ class KafkaTransport(Transport):
 
     def publish(self, kind: Kind, key: bytes, value: bytes) -> Ack:
         try:
-            return _FutureAck(self.producer.send(self.topics[kind], key=key, value=value))
+            return FutureAck(self.producer.send(self.topics[kind], key=key, value=value))
         except MessageSizeTooLargeError as exc:
             return DoneAck(exc, too_large=True)
         except KafkaError as exc:  # KafkaTimeoutError: no metadata within max_block_ms (broker down)
@@ -261,7 +197,7 @@ class KafkaTransport(Transport):
 
     def transact(self, records: list[Outgoing], positions: dict[Partition, Position], timeout_s: float) -> None:
         assert self._transactions is not None, "transact() needs DDA_DELIVERY=exactly_once"
-        self._transactions.transact(records, _offsets(positions), timeout_s)
+        self._transactions.transact(records, commit_offsets(positions), timeout_s)
 
     def renew(self) -> bool:
         """A new producer (a new producer id); the old one is discarded beside the delivery's thread."""
@@ -282,7 +218,7 @@ class KafkaTransport(Transport):
 
     def commit(self, positions: dict[Partition, Position], timeout_s: float) -> None:
         try:
-            self.consumer.commit(_offsets(positions), timeout_ms=int(timeout_s * 1000))
+            self.consumer.commit(commit_offsets(positions), timeout_ms=int(timeout_s * 1000))
         except KafkaError as exc:
             raise CommitFailed(f"{type(exc).__name__}: {exc}") from exc
 
@@ -297,7 +233,7 @@ class KafkaTransport(Transport):
         self.consumer.resume(*self._assigned(partitions))
 
     def assignment(self) -> set[Partition]:
-        return {_tp(p) for p in self.consumer.assignment()}
+        return {partition_of(p) for p in self.consumer.assignment()}
 
     def lag(self) -> dict[Partition, int]:
         if self.consumer.group_metadata().state != MemberState.STABLE:
@@ -316,7 +252,7 @@ class KafkaTransport(Transport):
             if committed is None:  # nothing committed yet: the group starts from the earliest offset
                 beginning = beginning or self.consumer.beginning_offsets(mine, timeout_ms=LAG_TIMEOUT_MS)
                 committed = beginning[tp]
-            out[_tp(tp)] = max(0, end[tp] - committed)
+            out[partition_of(tp)] = max(0, end[tp] - committed)
         return out
 
     def flush(self, timeout_s: float) -> None:

@@ -10,7 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from engine.imaging.decode import as_input_error, decode_crop, decode_jpeg, decode_rgb
+from engine.imaging.decode import as_input_error, decode_crop, decode_rgb
+from engine.imaging.jpeg import decode_jpeg
 from worker.cache.hashing import jpeg_luma_per_block, pdq_from_luma, pdq_from_pixels
 
 

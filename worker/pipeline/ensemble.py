@@ -22,6 +22,7 @@ from engine.model.combiner import Combiner, CombinerError
 from engine.model.labels import sigmoid
 from engine.model.manifest import Manifest, ModelDirError
 from engine.runners.contract import Runner
+from worker.cache.keys import ensemble_namespace
 
 
 @dataclass(frozen=True)
@@ -43,7 +44,7 @@ class Ensemble:
     crop_spec: tuple[int, int]  # what a decode process cuts for the second model: (shorter side scaled to, crop)
 
     def namespace(self, served_namespace: str) -> str:
-        return f"{served_namespace}+{self.second.version}+c{self.fingerprint}"
+        return ensemble_namespace(served_namespace, self.second.version, self.fingerprint)
 
     def score(self, served_logits: np.ndarray, second_crops: np.ndarray) -> list[Scored]:
         """One answer per image: `served_logits` [n] from DDA, `second_crops` [n, S2, S2, 3] for the second model."""

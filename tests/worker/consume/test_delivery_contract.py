@@ -18,7 +18,7 @@ import pytest
 from tests.fake_broker import FakeBroker, FakeTransport, Unanswered
 from tests.services import wait_for
 from worker.consume.delivery import Delivery
-from worker.consume.kafka_transport import AHEAD_MAX_CHARS, decode_ahead, encode_ahead
+from worker.consume.kafka_records import AHEAD_MAX_CHARS, decode_ahead, encode_ahead
 from worker.consume.terms import EXIT_ABANDONED, EXIT_FATAL, EXIT_OK, Limits
 from worker.consume.transport import DoneAck, Position
 from worker.messages import Request, verdict

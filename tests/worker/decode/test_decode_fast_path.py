@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 import engine.imaging.decode as decode
+from engine.imaging import jpeg
 from engine.imaging.preprocess import center_crop
 from tests.hostile_files import cut_with_end_marker, jpeg_declaring, progressive_jpeg_with_scans, relabel_frame
 from tests.images import SHARED_DATA, encode, photo
@@ -40,7 +41,7 @@ def prepared(data: bytes) -> Prepared:
 def region_calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, ...]]:
     """Records each successful region decode (instrumentation, not a fake)."""
     calls: list[tuple[int, ...]] = []
-    real = decode._decode_jpeg  # noqa: SLF001 - instrumenting the module's own region path
+    real = jpeg.decode_jpeg_tapped  # instrumenting the JPEG decodes, region and whole
 
     def counting(data: bytes, scale: int = 1, region: tuple[int, int, int, int] | None = None,
                  luma_per_block: int = 0) -> tuple[np.ndarray, np.ndarray | None]:
@@ -49,7 +50,7 @@ def region_calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, ...]]:
             calls.append(region)
         return out
 
-    monkeypatch.setattr(decode, "_decode_jpeg", counting)
+    monkeypatch.setattr(jpeg, "decode_jpeg_tapped", counting)
     return calls
 
 
@@ -174,7 +175,7 @@ def test_codings_outside_8_bit_huffman_are_refused_alike_on_every_path(marker: i
 def test_too_many_scans_are_refused_before_they_cost_time() -> None:
     assert decode.decode_rgb(progressive_jpeg_with_scans(400, 300, 10)).shape == (300, 400, 3)
     with pytest.raises(InputError) as info:
-        decode.decode_rgb(progressive_jpeg_with_scans(400, 300, decode.MAX_JPEG_SCANS + 5))
+        decode.decode_rgb(progressive_jpeg_with_scans(400, 300, jpeg.MAX_JPEG_SCANS + 5))
     assert info.value.code == "image_too_complex"
 
 
@@ -185,7 +186,7 @@ def test_the_tapped_luminance_is_libjpegs_own_scaled_luminance(size: tuple[int, 
     within one level of libjpeg's own 1/4-scale IDCT (which is not an exact mean)."""
     data = encode(photo(*size, seed=size[0]).convert(mode), "JPEG", quality=90, subsampling=subsampling)
     for per, tolerance in ((1, 0), (2, 1)):
-        crop, luma = decode._decode_jpeg(data, region=(100, 100, 336, 336), luma_per_block=per)  # noqa: SLF001
+        crop, luma = jpeg.decode_jpeg_tapped(data, region=(100, 100, 336, 336), luma_per_block=per)
         with Image.open(io.BytesIO(data)) as image:
             image.draft("L", (image.width * per // 8, image.height * per // 8))
             expected = np.asarray(image.convert("L"))
@@ -198,21 +199,21 @@ def test_prepare_decodes_each_file_once(monkeypatch: pytest.MonkeyPatch) -> None
     """PNG, progressive and small JPEGs: one whole decode serves crop and hash. A larger
     single-scan JPEG: one region decode that checks the whole file and taps its luminance."""
     decodes: list[str] = []
-    real_rgb, real_jpeg = decode.decode_rgb, decode._decode_jpeg  # noqa: SLF001
+    real_rgb, real_jpeg = decode.decode_rgb, jpeg.decode_jpeg_tapped
 
     def rgb(data: bytes, max_pixels: int = decode.DEFAULT_MAX_PIXELS) -> np.ndarray:
         out = real_rgb(data, max_pixels)
         decodes.append("rgb")
         return out
 
-    def jpeg(data: bytes, scale: int = 1, region: tuple[int, int, int, int] | None = None,
-             luma_per_block: int = 0) -> tuple[np.ndarray, np.ndarray | None]:
+    def whole_or_region(data: bytes, scale: int = 1, region: tuple[int, int, int, int] | None = None,
+                        luma_per_block: int = 0) -> tuple[np.ndarray, np.ndarray | None]:
         out = real_jpeg(data, scale, region, luma_per_block)  # a refused region (progressive) decodes nothing
         decodes.append(("region" + (f" + luma {luma_per_block}/8" if luma_per_block else "")) if region else f"whole 1/{scale}")
         return out
 
     monkeypatch.setattr(decode, "decode_rgb", rgb)
-    monkeypatch.setattr(decode, "_decode_jpeg", jpeg)
+    monkeypatch.setattr(jpeg, "decode_jpeg_tapped", whole_or_region)
     base, small = photo(1600, 1200, seed=3), photo(800, 600, seed=4)
     for data, expected in [(encode(base, "PNG"), ["rgb"]),
                            (encode(base, "JPEG", quality=90, progressive=True), ["whole 1/1"]),
