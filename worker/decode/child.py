@@ -7,9 +7,7 @@ backstop behind the header checks in `engine.imaging.decode`: CPU_S seconds of C
 before each job; SIGXCPU ends the process) and MEMORY_MB of address space beyond what the
 process had when ready (RLIMIT_AS; an allocation past it fails, the job's answer says
 `decode_limit` and asks the pool to replace this process, whose libraries may be left in
-any state). The wire format is length-prefixed JSON plus
-raw bytes in both directions, never pickle: a process that parses hostile images must not
-be able to make its parent run code by what it sends back. The pixels of an answer go through
+any state). The wire format is `worker.decode.frames`. The pixels of an answer go through
 a shared-memory slot instead (a memfd of SLOT_BYTES the parent made for this process alone): the
 header says their shape, the parent checks it against what it asked for and copies them out
 before the next job. Through the pipe, a 640x480 image's crop (338 KB) took five trips through
@@ -23,26 +21,15 @@ costs the image its provenance (`provenance.error`), never its verdict.
 
 from __future__ import annotations
 
-import json
 import mmap
 import os
 import signal
-import struct
 import sys
 import time
-from typing import IO, Any
+from typing import IO
 
 from engine.process import lifetime
-
-FRAME = struct.Struct("<II")  # header length, payload length
-
-
-def write_frame(stream: IO[bytes], header: dict[str, Any], payload: bytes | memoryview = b"") -> None:
-    blob = json.dumps(header).encode()
-    stream.write(FRAME.pack(len(blob), len(payload)))
-    stream.write(blob)
-    stream.write(payload)
-    stream.flush()
+from worker.decode.frames import read_frame, write_frame
 
 
 def _read_exact(stream: IO[bytes], size: int) -> bytes | None:
@@ -54,18 +41,6 @@ def _read_exact(stream: IO[bytes], size: int) -> bytes | None:
         chunks.append(chunk)
         left -= len(chunk)
     return b"".join(chunks)
-
-
-def read_frame(stream: IO[bytes]) -> tuple[dict[str, Any], bytes] | None:
-    head = _read_exact(stream, FRAME.size)
-    if head is None:
-        return None
-    header_size, payload_size = FRAME.unpack(head)
-    header = _read_exact(stream, header_size)
-    payload = _read_exact(stream, payload_size) if payload_size else b""
-    if header is None or payload is None:
-        return None
-    return json.loads(header), payload
 
 
 def limit_memory(memory_mb: int) -> None:
@@ -104,7 +79,7 @@ def serve(jobs: IO[bytes], answers: IO[bytes], cpu_s: int, memory_mb: int, trust
     limit_memory(memory_mb)
     write_frame(answers, {"ready": True})
     while True:
-        frame = read_frame(jobs)
+        frame = read_frame(lambda n: _read_exact(jobs, n))
         if frame is None:  # the parent closed the pipe: shut down
             return
         header, data = frame

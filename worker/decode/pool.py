@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import fcntl
 import functools
-import json
 import mmap
 import os
 import queue
@@ -31,7 +30,7 @@ from typing import Any
 import numpy as np
 import structlog
 
-from worker.decode.child import FRAME, write_frame
+from worker.decode.frames import read_frame, write_frame
 from worker.decode.prepare import Prepared
 from worker.errors import DECODE_CRASHED, DECODE_LIMIT, DECODE_TIMEOUT
 from worker.provenance import report
@@ -121,11 +120,9 @@ class _Child:
         return b"".join(chunks)
 
     def receive(self, deadline: float) -> tuple[dict[str, Any], bytes]:
-        header_size, payload_size = FRAME.unpack(self._read(FRAME.size, deadline))
-        if header_size > 1 << 20:
-            raise _ChildDied  # not our protocol: treat the process as broken
-        header = json.loads(self._read(header_size, deadline))
-        return header, self._read(payload_size, deadline) if payload_size else b""
+        frame = read_frame(lambda n: self._read(n, deadline))
+        assert frame is not None  # `_read` raises at the end of the stream
+        return frame
 
     def send(self, job: DecodeJob) -> None:
         try:

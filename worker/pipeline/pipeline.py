@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import functools
 import queue
-import threading
 import time
 from collections.abc import Callable, Hashable, Iterable
 from typing import Any
@@ -43,7 +42,7 @@ from worker.pipeline.fair_queue import FairQueue
 from worker.pipeline.scoring import Scorer
 from worker.pipeline.shadow import Shadow
 from worker.pipeline.window import gather
-from worker.pipeline.work import Work
+from worker.pipeline.work import OpenRequests, Work
 from worker.provenance import report
 from worker.supervision import Supervisor
 
@@ -100,8 +99,7 @@ class Pipeline:
         self._exact_q: queue.Queue[Work] = queue.Queue()
         self._near_q: queue.Queue[Work] = queue.Queue()
         self._batch_q: queue.Queue[Work] = queue.Queue()
-        self._open: set[Completion] = set()
-        self._open_lock = threading.Lock()
+        self._open = OpenRequests(metrics.in_flight.set)
 
     # --- life cycle -------------------------------------------------------------------------
 
@@ -123,8 +121,7 @@ class Pipeline:
 
     @property
     def in_flight(self) -> int:
-        with self._open_lock:
-            return len(self._open)
+        return len(self._open)
 
     @property
     def held_bytes(self) -> int:
@@ -139,19 +136,14 @@ class Pipeline:
         self._fetch_q.close()
         self.supervisor.stop(timeout_s)
         self.decoder.close()
-        with self._open_lock:
-            left = list(self._open)
-        for completion in left:
-            completion.cancel()
+        self._open.cancel_all()
 
     # --- intake -----------------------------------------------------------------------------
 
     def submit(self, request: Request) -> Completion:
         completion = Completion(request.id, on_duplicate=lambda _id: self.metrics.duplicate_resolutions.inc())
         work = Work(request, completion)
-        with self._open_lock:
-            self._open.add(completion)
-            self.metrics.in_flight.set(len(self._open))
+        self._open.add(completion)
         completion.add_done_callback(functools.partial(self._ended_work, work))
         self._fetch_q.put(work.lane, work)
         return completion
@@ -159,9 +151,7 @@ class Pipeline:
     def _ended_work(self, work: Work, completion: Completion) -> None:
         work.release()
         work.data = None
-        with self._open_lock:
-            self._open.discard(completion)
-            self.metrics.in_flight.set(len(self._open))
+        self._open.discard(completion)
         if completion.cancelled:
             self.metrics.cancelled.inc()
 

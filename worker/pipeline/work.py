@@ -1,7 +1,9 @@
-"""One request on its way through the pipeline's stages, and what each stage learned about it."""
+"""One request on its way through the pipeline's stages, what each stage learned about it, and the
+requests still open (submitted, neither resolved nor cancelled)."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any
@@ -55,3 +57,32 @@ class Work:
         if prepared is not None and prepared.pdq_error is not None:
             out["pdq_error"] = prepared.pdq_error
         return out
+
+
+class OpenRequests:
+    """Completions not yet ended: counted (`on_count`, delivery's in-flight figure) and cancelled at close."""
+
+    def __init__(self, on_count: Callable[[int], object]) -> None:
+        self._open: set[Completion] = set()
+        self._lock = threading.Lock()
+        self._on_count = on_count
+
+    def add(self, completion: Completion) -> None:
+        with self._lock:
+            self._open.add(completion)
+            self._on_count(len(self._open))
+
+    def discard(self, completion: Completion) -> None:
+        with self._lock:
+            self._open.discard(completion)
+            self._on_count(len(self._open))
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._open)
+
+    def cancel_all(self) -> None:
+        with self._lock:
+            left = list(self._open)
+        for completion in left:
+            completion.cancel()
