@@ -232,6 +232,30 @@ def _settings() -> list[tuple[str, Setting]]:
     return [(f.name, f.metadata["setting"]) for f in fields(WorkerConfig)]
 
 
+def environment(config: WorkerConfig, **overrides: Any) -> dict[str, str]:
+    """Every setting as the DDA_* text `load` parses back to the same value: how a pod hands its whole
+    configuration (flags included) to its consumer processes, with `overrides` for what is theirs."""
+    values = {**{f.name: getattr(config, f.name) for f in fields(config)}, **overrides}
+    return {s.env: _text(s, values[name]) for name, s in _settings()}
+
+
+def _text(s: Setting, value: Any) -> str:
+    if value is None:  # unset: whichever spelling this setting parses as unset
+        return next(text for text in (s.default, "", "off") if _unset(s, text))
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, tuple):
+        return ",".join(str(v) for v in value)
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+def _unset(s: Setting, text: str) -> bool:
+    try:
+        return s.parse(text) is None
+    except (ValueError, argparse.ArgumentTypeError):
+        return False
+
+
 # --help shows the settings in these groups, in this order (a test checks that each is in exactly one).
 GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("Kafka", ("kafka_bootstrap", "input_topic", "output_topic", "dlq_topic", "group_id", "kafka_security_protocol",

@@ -38,7 +38,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
-from worker.config import WorkerConfig
+from engine.serving.main import EngineSettings
+from worker.config import WorkerConfig, environment
 from worker.consume.terms import EXIT_ABANDONED, EXIT_CONFIG, EXIT_FATAL
 
 log = structlog.get_logger("dda.pod")
@@ -76,16 +77,11 @@ class Pod:
     def start_engine(self) -> str | None:
         """The engine process, up and listening; None, or why it could not start."""
         c = self.config
-        command = [sys.executable, "-m", "engine.serving.main", str(self.model_dir), self.socket, str(os.getpid()),
-                   "--backend", c.backend, "--device", c.device, "--precision", c.precision, "--max-batch", str(c.max_batch), "--log-level", c.log_level]
-        if c.engine_dir:
-            command += ["--engine-dir", c.engine_dir]
-        if c.compile:
-            command.append("--compile")
-        if c.shadow_model:
-            command += ["--shadow-model", c.shadow_model]
-        if c.ensemble and c.second_model:
-            command += ["--second-model", c.second_model]
+        settings = EngineSettings(self.model_dir, self.socket, os.getpid(), backend=c.backend, device=c.device, precision=c.precision,
+                                  max_batch=c.max_batch, engine_dir=Path(c.engine_dir) if c.engine_dir else None, compile=c.compile,
+                                  shadow_model=Path(c.shadow_model) if c.shadow_model else None,
+                                  second_model=Path(c.second_model) if c.ensemble and c.second_model else None, log_level=c.log_level)
+        command = settings.command()
         self.engine = subprocess.Popen(command, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
         assert self.engine.stdout is not None
         line = self.engine.stdout.readline()  # the model loads first: minutes for ViT-L from a slow volume
@@ -98,11 +94,10 @@ class Pod:
         shares = decode_shares(self.config.decode_workers, self.config.consumers)
         for n, share in enumerate(shares):
             port = _free_loopback_port()
-            env = {**os.environ, "DDA_CONSUMERS": "1", "DDA_ENGINE_SOCKET": self.socket, "DDA_MODEL": str(self.model_dir),
-                   "DDA_METRICS_HOST": "127.0.0.1", "DDA_METRICS_PORT": str(port), "DDA_DECODE_WORKERS": str(share),
-                   "DDA_INSTANCE_ID": f"{self.config.member_slot()}-c{n}"}  # each consumer its own slot, the same after a restart
-            if self.config.second_model:  # the directory the engine process loaded, not a hub name to resolve again
-                env["DDA_SECOND_MODEL"] = self.config.second_model
+            # the whole configuration, flags included, in the form each consumer parses; what is its own overridden
+            env = {**os.environ, **environment(self.config, consumers=1, engine_socket=self.socket, model=str(self.model_dir),
+                                               metrics_host="127.0.0.1", metrics_port=port, decode_workers=share,
+                                               instance_id=f"{self.config.member_slot()}-c{n}")}  # its own slot, the same after a restart
             self.consumers.append(subprocess.Popen([sys.executable, "-m", "worker.service"], env=env, stdin=subprocess.DEVNULL))
             self.ports.append(port)
         log.info("consumer processes started", consumers=len(self.consumers), decode_workers_each=shares,

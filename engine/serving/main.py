@@ -15,7 +15,58 @@ import json
 import os
 import signal
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
+
+from engine.runners.contract import BACKENDS, DEVICES, PRECISION_CHOICES, Backend, Precision
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    """What an engine process is started with, owned here: a pod builds one from its configuration
+    and starts `command()`; `parse` reads it back from that command line."""
+
+    model: Path
+    socket: str
+    parent_pid: int
+    backend: Backend = "auto"
+    device: str = "cpu"
+    precision: Precision | Literal["auto"] = "auto"
+    max_batch: int = 32
+    engine_dir: Path | None = None
+    compile: bool = False
+    shadow_model: Path | None = None  # a candidate scored on request beside the served model (torch)
+    second_model: Path | None = None  # an ensemble's second detector, scored on its own crops (torch)
+    log_level: str = "info"
+
+    def command(self) -> list[str]:
+        argv = [sys.executable, "-m", "engine.serving.main", str(self.model), self.socket, str(self.parent_pid),
+                "--backend", self.backend, "--device", self.device, "--precision", self.precision,
+                "--max-batch", str(self.max_batch), "--log-level", self.log_level]
+        for flag, value in (("--engine-dir", self.engine_dir), ("--shadow-model", self.shadow_model), ("--second-model", self.second_model)):
+            if value is not None:
+                argv += [flag, str(value)]
+        return argv + (["--compile"] if self.compile else [])
+
+    @classmethod
+    def parse(cls, argv: list[str] | None = None) -> EngineSettings:
+        parser = argparse.ArgumentParser(prog="python -m engine.serving.main", description=__doc__.splitlines()[0])
+        parser.add_argument("model", type=Path)
+        parser.add_argument("socket")
+        parser.add_argument("parent_pid", type=int)
+        parser.add_argument("--backend", default="auto", choices=BACKENDS)
+        parser.add_argument("--device", default="cpu", choices=DEVICES)
+        parser.add_argument("--precision", default="auto", choices=PRECISION_CHOICES)
+        parser.add_argument("--max-batch", type=int, default=32)
+        parser.add_argument("--engine-dir", type=Path)
+        parser.add_argument("--compile", action="store_true", help="torch.compile per batch bucket, each compiled before ready")
+        parser.add_argument("--shadow-model", type=Path, help="a candidate scored on request beside the served model (torch)")
+        parser.add_argument("--second-model", type=Path, help="an ensemble's second detector, scored on its own crops (torch)")
+        parser.add_argument("--log-level", default="info", choices=LOG_LEVELS)
+        return cls(**vars(parser.parse_args(argv)))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,23 +76,10 @@ def main(argv: list[str] | None = None) -> int:
     from engine.process import lifetime
     from engine.process.logs import configure_logging
     from engine.runners.backend import load_second, load_shadow, make_runner
-    from engine.runners.contract import BACKENDS, DEVICES, PRECISION_CHOICES, warm_up
+    from engine.runners.contract import warm_up
     from engine.serving.server import EngineServer
 
-    parser = argparse.ArgumentParser(prog="python -m engine.serving.main", description=__doc__.splitlines()[0])
-    parser.add_argument("model", type=Path)
-    parser.add_argument("socket")
-    parser.add_argument("parent_pid", type=int)
-    parser.add_argument("--backend", default="auto", choices=BACKENDS)
-    parser.add_argument("--device", default="cpu", choices=DEVICES)
-    parser.add_argument("--precision", default="auto", choices=PRECISION_CHOICES)
-    parser.add_argument("--max-batch", type=int, default=32)
-    parser.add_argument("--engine-dir", type=Path)
-    parser.add_argument("--compile", action="store_true", help="torch.compile per batch bucket, each compiled before ready")
-    parser.add_argument("--shadow-model", type=Path, help="a second model scored on request beside the served one (torch)")
-    parser.add_argument("--second-model", type=Path, help="an ensemble's second detector, scored on its own crops (torch)")
-    parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
-    args = parser.parse_args(argv)
+    args = EngineSettings.parse(argv)
     lifetime.die_with_parent(args.parent_pid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the pod decides
     configure_logging(args.log_level, process="engine", pid=os.getpid())

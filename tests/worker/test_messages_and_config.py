@@ -2,11 +2,13 @@ from __future__ import annotations
 
 import json
 import socket
+from pathlib import Path
 
 import pytest
 
+from engine.serving.main import EngineSettings
 from tests.schemas import SCHEMAS, check, check_record, check_verdict
-from worker.config import ConfigError, load
+from worker.config import ConfigError, environment, load
 from worker.messages import Malformed, Source, dead_letter, encode_record, parse_request, verdict
 
 SRC = Source("in", 3, 42)
@@ -125,3 +127,28 @@ def test_config_defaults_env_flags_and_errors() -> None:
                  "DDA_KAFKA_SASL_USERNAME": "u", "DDA_KAFKA_SASL_PASSWORD": "p"})
     assert sasl.kafka_client_options() == {"security_protocol": "SASL_SSL", "sasl_mechanism": "SCRAM-SHA-512",
                                            "sasl_plain_username": "u", "sasl_plain_password": "p"}
+
+
+def test_a_configuration_handed_on_as_environment_parses_back_to_itself(tmp_path: Path) -> None:
+    """What a pod gives its consumer processes: every setting, flags included, as the text `load`
+    parses; values that are unset, switched, listed, fractional or defaulted all come back equal."""
+    pem = tmp_path / "anchors.pem"
+    pem.write_text("-----BEGIN CERTIFICATE-----\nAA==\n-----END CERTIFICATE-----\n")
+    flags = {"kafka_bootstrap": "broker:9092", "max_batch": "64", "redis_cluster": "on", "shadow_fraction": "0.125",
+             "fetch_allow_networks": "10.0.0.0/8,fd00::/8", "ensemble": "/m/c.json", "second_model": "/m/commfor",
+             "instance_id": "pod-7", "c2pa_trust_anchors": str(pem), "drain_timeout_s": "12.5", "precision": "bf16"}
+    config = load({"DDA_MAX_WAIT_MS": "0", "DDA_LOG_LEVEL": "debug"}, flags)
+    assert load(environment(config)) == config
+    assert load(environment(load({}))) == load({})
+    consumer = load(environment(config, consumers=1, engine_socket="/tmp/e.sock", metrics_port=0, ensemble=None, second_model=None))
+    assert (consumer.kafka_bootstrap, consumer.max_batch, consumer.engine_socket, consumer.ensemble) == ("broker:9092", 64, "/tmp/e.sock", None)
+
+
+def test_the_engine_processs_settings_survive_its_command_line(tmp_path: Path) -> None:
+    settings = EngineSettings(tmp_path / "model", str(tmp_path / "e.sock"), 4321, backend="torch", device="cuda", precision="bf16",
+                              max_batch=128, engine_dir=tmp_path / "engines", compile=True, second_model=tmp_path / "commfor",
+                              log_level="warning")
+    command = settings.command()
+    assert command[1:3] == ["-m", "engine.serving.main"] and EngineSettings.parse(command[3:]) == settings
+    plain = EngineSettings(tmp_path / "model", "s", 1)
+    assert EngineSettings.parse(plain.command()[3:]) == plain
