@@ -346,7 +346,7 @@ PyMODINIT_FUNC PyInit__jpeg(void) {
     PyObject *m = PyModule_Create(&module);
     if (m == NULL)
         return NULL;
-    JpegError = PyErr_NewException("worker._jpeg.Error", PyExc_ValueError, NULL);
+    JpegError = PyErr_NewException("engine.imaging._jpeg.Error", PyExc_ValueError, NULL);
     if (JpegError == NULL || PyModule_AddObjectRef(m, "Error", JpegError) < 0) {
         Py_DECREF(m);
         return NULL;
