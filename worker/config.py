@@ -16,104 +16,23 @@ from typing import Any, Literal
 from engine.runners.contract import BACKENDS, DEVICES, PRECISION_CHOICES, Backend, Precision
 from worker.fetch.client import IPNetwork, parse_networks
 from worker.provenance.policy import POLICIES
+from worker.setting_values import (
+    choice,
+    fraction,
+    non_negative_int,
+    off_or_path,
+    optional,
+    pem_certificates,
+    port,
+    positive_float,
+    positive_int,
+    slot,
+    switch,
+)
 
 
 class ConfigError(ValueError):
     """A setting is missing, malformed or out of range."""
-
-
-# Parsers raise ArgumentTypeError so argparse shows their reason; `load` reports it too.
-def _whole(text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-
-
-def positive_int(text: str) -> int:
-    value = _whole(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    value = _whole(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
-    return value
-
-
-def port(text: str) -> int:
-    value = _whole(text)
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"not a TCP port (0-65535): {value}")
-    return value
-
-
-def _choice(*allowed: str) -> Callable[[str], str]:
-    def parse(text: str) -> str:
-        if text not in allowed:
-            raise argparse.ArgumentTypeError(f"must be one of {', '.join(allowed)}")
-        return text
-
-    parse.allowed = allowed  # type: ignore[attr-defined]  # shown as the flag's choices in --help
-    return parse
-
-
-def _switch(text: str) -> bool:
-    if text not in ("on", "off"):
-        raise argparse.ArgumentTypeError("must be on or off")
-    return text == "on"
-
-
-_switch.allowed = ("on", "off")  # type: ignore[attr-defined]
-
-
-def _fraction(text: str) -> float:
-    value = positive_float(text)
-    if value > 1:
-        raise argparse.ArgumentTypeError(f"must be at most 1, got {text!r}")
-    return value
-
-
-def _optional(text: str) -> str | None:
-    return text or None
-
-
-def _off_or_path(text: str) -> str | None:
-    return None if text in ("", "off") else text
-
-
-def _slot(text: str) -> str | None:
-    """A member slot: Kafka's legal name characters (as for topics), short enough for the ids built from it."""
-    if len(text) > 240 or text.strip("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-"):
-        raise argparse.ArgumentTypeError("use at most 240 of the characters a-z A-Z 0-9 . _ -")
-    return text or None
-
-
-def pem_certificates(text: str) -> str | None:
-    """A readable file holding at least one PEM certificate, or unset."""
-    if not text:
-        return None
-    try:
-        with open(text, encoding="utf-8", errors="replace") as pem:
-            content = pem.read(1 << 22)
-    except OSError as exc:
-        raise argparse.ArgumentTypeError(f"cannot read {text}: {exc.strerror or exc}") from None
-    if "-----BEGIN CERTIFICATE-----" not in content:
-        raise argparse.ArgumentTypeError(f"no PEM certificate in {text}")
-    return text
 
 
 @dataclass(frozen=True)
@@ -130,74 +49,74 @@ def setting(env: str, default: str, parse: Callable[[str], Any], help: str) -> A
 
 @dataclass(frozen=True)
 class WorkerConfig:
-    kafka_bootstrap: str | None = setting("DDA_KAFKA_BOOTSTRAP", "", _optional, "Kafka bootstrap servers; unset: read stdin, write stdout")
+    kafka_bootstrap: str | None = setting("DDA_KAFKA_BOOTSTRAP", "", optional, "Kafka bootstrap servers; unset: read stdin, write stdout")
     input_topic: str = setting("DDA_INPUT_TOPIC", "dda.requests", str, "topic of image requests")
     output_topic: str = setting("DDA_OUTPUT_TOPIC", "dda.verdicts", str, "topic verdicts are published to, keyed by request id")
     dlq_topic: str = setting("DDA_DLQ_TOPIC", "dda.dead-letter", str, "topic for malformed messages")
     group_id: str = setting("DDA_GROUP_ID", "dda-worker", str, "consumer group id")
-    kafka_security_protocol: str = setting("DDA_KAFKA_SECURITY_PROTOCOL", "PLAINTEXT", _choice("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"), "Kafka security protocol")
-    kafka_sasl_mechanism: str | None = setting("DDA_KAFKA_SASL_MECHANISM", "", _optional, "PLAIN, SCRAM-SHA-256, SCRAM-SHA-512 or OAUTHBEARER")
-    kafka_sasl_username: str | None = setting("DDA_KAFKA_SASL_USERNAME", "", _optional, "SASL user")
-    kafka_sasl_password: str | None = setting("DDA_KAFKA_SASL_PASSWORD", "", _optional, "SASL password")
-    kafka_ssl_cafile: str | None = setting("DDA_KAFKA_SSL_CAFILE", "", _optional, "CA bundle for the brokers' certificates")
-    kafka_ssl_certfile: str | None = setting("DDA_KAFKA_SSL_CERTFILE", "", _optional, "client certificate (mutual TLS)")
-    kafka_ssl_keyfile: str | None = setting("DDA_KAFKA_SSL_KEYFILE", "", _optional, "client key (mutual TLS)")
+    kafka_security_protocol: str = setting("DDA_KAFKA_SECURITY_PROTOCOL", "PLAINTEXT", choice("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"), "Kafka security protocol")
+    kafka_sasl_mechanism: str | None = setting("DDA_KAFKA_SASL_MECHANISM", "", optional, "PLAIN, SCRAM-SHA-256, SCRAM-SHA-512 or OAUTHBEARER")
+    kafka_sasl_username: str | None = setting("DDA_KAFKA_SASL_USERNAME", "", optional, "SASL user")
+    kafka_sasl_password: str | None = setting("DDA_KAFKA_SASL_PASSWORD", "", optional, "SASL password")
+    kafka_ssl_cafile: str | None = setting("DDA_KAFKA_SSL_CAFILE", "", optional, "CA bundle for the brokers' certificates")
+    kafka_ssl_certfile: str | None = setting("DDA_KAFKA_SSL_CERTFILE", "", optional, "client certificate (mutual TLS)")
+    kafka_ssl_keyfile: str | None = setting("DDA_KAFKA_SSL_KEYFILE", "", optional, "client key (mutual TLS)")
     kafka_connect_timeout_s: float = setting("DDA_KAFKA_CONNECT_TIMEOUT_S", "30", positive_float,
                                              "how long the worker waits at start for a broker to answer before it exits 1")
     session_timeout_ms: int = setting("DDA_KAFKA_SESSION_TIMEOUT_MS", "10000", positive_int, "consumer group session timeout")
-    delivery: str = setting("DDA_DELIVERY", "at_least_once", _choice("at_least_once", "exactly_once"),
+    delivery: str = setting("DDA_DELIVERY", "at_least_once", choice("at_least_once", "exactly_once"),
                             "at_least_once: a verdict may be published again after a crash or rebalance; exactly_once: verdicts, dead letters "
                             "and input offsets commit together in Kafka transactions (subscribers read with isolation_level=read_committed)")
-    instance_id: str | None = setting("DDA_INSTANCE_ID", "", _slot,
+    instance_id: str | None = setting("DDA_INSTANCE_ID", "", slot,
                                       "exactly_once: this worker's stable slot, named in its transactional.id (a pod's consumers add -c0, "
                                       "-c1, ...): unique per worker, the same after a restart; unset: the host name")
-    static_membership: bool = setting("DDA_STATIC_MEMBERSHIP", "off", _switch,
+    static_membership: bool = setting("DDA_STATIC_MEMBERSHIP", "off", switch,
                                       "exactly_once: join as a static member named by the slot (group.instance.id): a restarted slot takes "
                                       "its partitions back without a rebalance; an orderly stop leaves the group")
     transaction_interval_ms: int = setting("DDA_TRANSACTION_INTERVAL_MS", "100", positive_int,
                                            "exactly_once: how often a transaction publishes and commits what has finished")
-    redis_url: str | None = setting("DDA_REDIS_URL", "", _optional, "Redis URL for the verdict cache; unset: in-process cache")
-    redis_cluster: bool = setting("DDA_REDIS_CLUSTER", "off", _switch, "on: DDA_REDIS_URL names a node of a Redis Cluster (the client finds the rest)")
+    redis_url: str | None = setting("DDA_REDIS_URL", "", optional, "Redis URL for the verdict cache; unset: in-process cache")
+    redis_cluster: bool = setting("DDA_REDIS_CLUSTER", "off", switch, "on: DDA_REDIS_URL names a node of a Redis Cluster (the client finds the rest)")
     cache_ttl_s: int = setting("DDA_CACHE_TTL_S", "604800", positive_int, "verdict cache TTL, seconds")
     near_index_max_hashes: int = setting("DDA_NEAR_INDEX_MAX_HASHES", "20000000", positive_int,
                                          "PDQ hashes each consumer process indexes in memory (~63 bytes each, twice that during a rebuild); more are not indexed (counted)")
-    model: str | None = setting("DDA_MODEL", "", _optional, "model directory or hf:// checkpoint; unset: the official DDA checkpoint")
-    shadow_model: str | None = setting("DDA_SHADOW_MODEL", "", _optional,
+    model: str | None = setting("DDA_MODEL", "", optional, "model directory or hf:// checkpoint; unset: the official DDA checkpoint")
+    shadow_model: str | None = setting("DDA_SHADOW_MODEL", "", optional,
                                        "a candidate model directory scored beside the served one on sampled misses (verdict field shadow); never changes a label")
-    shadow_fraction: float = setting("DDA_SHADOW_FRACTION", "1.0", _fraction, "share of misses the shadow model scores (by SHA-256), 0 < f <= 1")
-    second_model: str | None = setting("DDA_SECOND_MODEL", "", _optional,
+    shadow_fraction: float = setting("DDA_SHADOW_FRACTION", "1.0", fraction, "share of misses the shadow model scores (by SHA-256), 0 < f <= 1")
+    second_model: str | None = setting("DDA_SECOND_MODEL", "", optional,
                                        "a second detector's model directory (Community Forensics), scored on its own crop of every miss; needs DDA_ENSEMBLE")
-    ensemble: str | None = setting("DDA_ENSEMBLE", "off", _off_or_path,
+    ensemble: str | None = setting("DDA_ENSEMBLE", "off", off_or_path,
                                    "off: DDA alone; or a combiner file (dda calibrate --second): both models' logits make the verdict")
-    device: str = setting("DDA_DEVICE", "cpu", _choice(*DEVICES), "inference device")
-    precision: Precision | Literal["auto"] = setting("DDA_PRECISION", "auto", _choice(*PRECISION_CHOICES),
+    device: str = setting("DDA_DEVICE", "cpu", choice(*DEVICES), "inference device")
+    precision: Precision | Literal["auto"] = setting("DDA_PRECISION", "auto", choice(*PRECISION_CHOICES),
                                                       "torch precision; auto: bf16 on cuda, fp32 (the reference's numerics) on cpu")
-    engine_dir: str | None = setting("DDA_ENGINE_DIR", "", _optional, "TensorRT engines searched before MODEL/engines/ (a writable cache per GPU type)")
-    backend: Backend = setting("DDA_BACKEND", "auto", _choice(*BACKENDS), "inference backend")
-    compile: bool = setting("DDA_COMPILE", "off", _switch,
+    engine_dir: str | None = setting("DDA_ENGINE_DIR", "", optional, "TensorRT engines searched before MODEL/engines/ (a writable cache per GPU type)")
+    backend: Backend = setting("DDA_BACKEND", "auto", choice(*BACKENDS), "inference backend")
+    compile: bool = setting("DDA_COMPILE", "off", switch,
                             "torch.compile the network for batch buckets 8, 16, ... DDA_MAX_BATCH, each compiled at start (CUDA graphs on cuda)")
     consumers: int = setting("DDA_CONSUMERS", "1", positive_int,
                              "consumer processes sharing one engine process (Kafka only); 1: one process does everything")
-    engine_socket: str | None = setting("DDA_ENGINE_SOCKET", "", _optional,
+    engine_socket: str | None = setting("DDA_ENGINE_SOCKET", "", optional,
                                         "score through the engine process at this Unix socket instead of loading the model (set by the pod for its consumers)")
     max_batch: int = setting("DDA_MAX_BATCH", "32", positive_int, "micro-batch size limit")
-    max_wait_ms: int = setting("DDA_MAX_WAIT_MS", "20", _non_negative_int, "how long a partial batch waits for more images")
+    max_wait_ms: int = setting("DDA_MAX_WAIT_MS", "20", non_negative_int, "how long a partial batch waits for more images")
     max_in_flight: int = setting("DDA_MAX_IN_FLIGHT", "256", positive_int, "requests in the pipeline before partitions are paused")
     fetch_workers: int = setting("DDA_FETCH_WORKERS", "32", positive_int, "concurrent fetches")
     decode_workers: int = setting("DDA_DECODE_WORKERS", str(max(1, (os.cpu_count() or 2) - 1)), positive_int, "decode/hash processes (a pod's total, split among its consumers)")
     fetch_allow_networks: tuple[IPNetwork, ...] = setting("DDA_FETCH_ALLOW_NETWORKS", "", parse_networks, "CIDRs exempt from the private-address block")
     fetch_timeout_s: float = setting("DDA_FETCH_TIMEOUT_S", "30", positive_float, "whole-request deadline per URL")
     fetch_max_bytes: int = setting("DDA_FETCH_MAX_BYTES", str(50 * 1024 * 1024), positive_int, "largest image body fetched (or local file read, in stdin mode)")
-    fetch_retries: int = setting("DDA_FETCH_RETRIES", "2", _non_negative_int, "retries for connect errors, 429 and 5xx")
+    fetch_retries: int = setting("DDA_FETCH_RETRIES", "2", non_negative_int, "retries for connect errors, 429 and 5xx")
     max_pixels: int = setting("DDA_MAX_PIXELS", "64000000", positive_int, "largest image decoded, in pixels")
     max_message_bytes: int = setting("DDA_MAX_MESSAGE_BYTES", "65536", positive_int, "larger input messages go to the dead-letter topic")
     metrics_host: str = setting("DDA_METRICS_HOST", "0.0.0.0", str, "address the endpoints listen on")
     metrics_port: int = setting("DDA_METRICS_PORT", "9400", port, "port of /metrics, /healthz, /readyz (0: off)")
     max_in_flight_bytes: int = setting("DDA_MAX_IN_FLIGHT_BYTES", str(1024 * 1024 * 1024), positive_int, "fetched image bytes held before fetching waits")
     decode_timeout_s: float = setting("DDA_DECODE_TIMEOUT_S", "30", positive_float, "one image's decode + hash; over it the decode process is killed")
-    near_duplicates: str = setting("DDA_NEAR_DUPLICATES", "report", _choice("report", "trusted"),
+    near_duplicates: str = setting("DDA_NEAR_DUPLICATES", "report", choice("report", "trusted"),
                                    "report: a PDQ match is reported and the image still scored; trusted: operator-confirmed matches answer unscored")
-    provenance_policy: str = setting("DDA_PROVENANCE_POLICY", "report", _choice(*POLICIES),
+    provenance_policy: str = setting("DDA_PROVENANCE_POLICY", "report", choice(*POLICIES),
                                      "report: provenance beside the model's label; declared_ai: a valid C2PA manifest or XMP declaring AI sets label ai_generated; off: metadata not read")
     c2pa_trust_anchors: str | None = setting("DDA_C2PA_TRUST_ANCHORS", "", pem_certificates,
                                              "PEM file of root certificates whose C2PA signers count as trusted; unset: intact signatures report valid")
@@ -211,7 +130,7 @@ class WorkerConfig:
                                      "(/readyz false from 3/4 of it; exit 1 at 2.5 times it)")
     lag_every_s: float = setting("DDA_LAG_EVERY_S", "10", positive_float, "how often dda_consumer_lag is refreshed from the broker's offsets")
     drain_timeout_s: float = setting("DDA_DRAIN_TIMEOUT_S", "25", positive_float, "on SIGTERM, how long in-flight work may finish")
-    log_level: str = setting("DDA_LOG_LEVEL", "info", _choice("debug", "info", "warning", "error"), "log level")
+    log_level: str = setting("DDA_LOG_LEVEL", "info", choice("debug", "info", "warning", "error"), "log level")
 
     def member_slot(self) -> str:
         """The stable name of this worker (exactly_once): the host name unless DDA_INSTANCE_ID says."""
@@ -286,7 +205,7 @@ def _metavar(name: str, s: Setting) -> str:
     for suffix, metavar in _UNIT_METAVARS:
         if name.endswith(suffix):
             return metavar
-    return "N" if s.parse in (positive_int, _non_negative_int) else "VALUE"
+    return "N" if s.parse in (positive_int, non_negative_int) else "VALUE"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -22,8 +22,8 @@ from engine.process.console import say
 from engine.runners.backend import make_runner
 from engine.runners.contract import PRECISION_CHOICES
 from engine.runners.detector import Detector
-from worker.config import positive_float, positive_int
 from worker.fetch.client import FetchPolicy, parse_networks
+from worker.setting_values import positive_float, positive_int
 
 MAX_REQUEST_LINE = 65_536
 

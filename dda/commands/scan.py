@@ -23,13 +23,13 @@ from engine.process.console import say
 from engine.runners.backend import make_runner
 from engine.runners.contract import PRECISION_CHOICES
 from engine.runners.detector import Detector
-from worker.config import pem_certificates, positive_float, positive_int
 from worker.decode.pool import DecodeJob, DecodeLimits, DecodePool
 from worker.decode.prepare import Prepared
 from worker.errors import INFERENCE_FAILED, INTERNAL_ERROR, InputError
 from worker.fetch.client import Fetcher, FetchPolicy, parse_networks
 from worker.fetch.local_files import read_path
 from worker.provenance import policy
+from worker.setting_values import pem_certificates, positive_float, positive_int
 from worker.supervision import Supervisor
 
 PROGRESS_EVERY_S = 2.0
