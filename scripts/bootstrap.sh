@@ -48,7 +48,7 @@ PY
 # install for more extras (the tests') also serves a run that needs fewer (scripts/dda).
 bootstrap() {
     local extras="$1" hash stamp="$VENV/.installed" have="" wanted
-    hash=$(cat "$ROOT/pyproject.toml" "$ROOT"/engine/*.c | sha256sum | cut -c1-16)
+    hash=$(find "$ROOT/engine" "$ROOT/worker" -name "*.c" | sort | xargs cat "$ROOT/pyproject.toml" | sha256sum | cut -c1-16)  # the C extensions are built at install
     if [ ! -x "$VENV/bin/python" ]; then
         python3 -m venv "$VENV"
     fi
