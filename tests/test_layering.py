@@ -48,11 +48,12 @@ FLOORS = {  # package -> the project packages (or root modules) its modules may 
     "engine.serving": ENGINE_RUN,
     "worker.provenance": ENGINE_BELOW_RUNNERS,
     "worker.fetch": {"engine.process", "worker.errors"},
-    "worker.cache": ENGINE_BELOW_RUNNERS,
+    "worker.cache": ENGINE_BELOW_RUNNERS | {"worker.records"},
     "worker.decode": {"engine.process", "engine.imaging", "worker.cache", "worker.provenance", "worker.errors", "worker.supervision"},
     "worker.pipeline": ENGINE_RUN | {"worker.fetch", "worker.decode", "worker.cache", "worker.provenance", "worker.errors", "worker.messages",
-                                     "worker.metrics", "worker.supervision"},
-    "worker.consume": ENGINE_RUN | {"worker.pipeline", "worker.config", "worker.messages", "worker.metrics", "worker.errors"},
+                                     "worker.metrics", "worker.supervision", "worker.records"},
+    "worker.consume": ENGINE_RUN | {"worker.pipeline", "worker.config", "worker.messages", "worker.metrics", "worker.errors",
+                                    "worker.records"},
 }
 
 

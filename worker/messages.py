@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
+from worker.records import DeadLetter, Failure, Hashes, ListMatch, ModelAnswer, NearMatch, Record, ShadowAnswer, Verdict
+
 SCHEMA_VERSION = 4  # 2 added `provenance` and `label_reason` to verdicts, 3 `shadow`, 4 `models` and `assessment`; a version only ever adds fields
 MAX_DEPTH = 64  # nesting levels accepted in a request (the verdict adds two around metadata)
 MAX_DETAIL = 1000  # characters of a parse error kept in a dead letter
@@ -145,25 +147,25 @@ def verdict(
     logit: float | None = None,
     score: float | None = None,
     label: str | None = None,
-    hashes: dict[str, Any] | None = None,
+    hashes: Hashes | None = None,
     cache: str = "miss",
-    error: dict[str, str] | None = None,
-    cache_match: dict[str, Any] | None = None,
+    error: Failure | None = None,
+    cache_match: NearMatch | None = None,
     provenance: dict[str, Any] | None = None,
     label_reason: str | None = None,
     near_duplicate_search: str | None = None,
-    shadow: dict[str, Any] | None = None,
-    hash_list_match: dict[str, Any] | None = None,
-    models: list[dict[str, Any]] | None = None,
+    shadow: ShadowAnswer | None = None,
+    hash_list_match: ListMatch | None = None,
+    models: list[ModelAnswer] | None = None,
     assessment: str | None = None,
-) -> dict[str, Any]:
+) -> Verdict:
     """A verdict record (schema/verdict.v4.schema.json). `models` and `assessment` only when an
     ensemble scored the image (worker.pipeline.ensemble). `label_reason` is set only when a
     provenance policy, not the model, decided the label; `near_duplicate_search` only when the
     image was not compared with cached AI hashes ("not_searched": the index was loading);
     `shadow` only on misses the shadow model scored; `hash_list_match` only for a near-duplicate of
     a hash an imported list holds."""
-    out = {
+    out: Verdict = {
         "schema_version": SCHEMA_VERSION,
         "id": request.id,
         "url": request.url,
@@ -195,7 +197,7 @@ def verdict(
     return out
 
 
-def encode_record(record: dict[str, Any], limit: int, compact: bool = False) -> bytes:
+def encode_record(record: Record, limit: int, compact: bool = False) -> bytes:
     """UTF-8 JSON of a record, at most `limit` bytes.
 
     A record over the limit, or one the broker refused for its size (`compact`), is sent in
@@ -212,20 +214,18 @@ def encode_record(record: dict[str, Any], limit: int, compact: bool = False) -> 
     return blob
 
 
-def compact_record(record: dict[str, Any]) -> dict[str, Any]:
+def compact_record(record: Record) -> Record:
     """A verdict without `metadata` and with the URL cut, or a dead letter with 3 KiB of its raw bytes."""
     if "raw_base64" in record:
         return {**record, "raw_base64": record["raw_base64"][:COMPACT_RAW_BASE64], "raw_truncated": True}
-    url = record.get("url")
-    return {**record, "metadata": None, "truncated": True,
-            "url": url[:URL_KEPT_WHEN_COMPACT] if isinstance(url, str) else url}
+    return {**record, "metadata": None, "truncated": True, "url": record["url"][:URL_KEPT_WHEN_COMPACT]}
 
 
-def _dumps(record: dict[str, Any]) -> bytes:
+def _dumps(record: Record) -> bytes:
     return json.dumps(record, allow_nan=False, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
-def dead_letter(value: bytes | None, source: Source, error: Malformed, limit: int) -> dict[str, Any]:
+def dead_letter(value: bytes | None, source: Source, error: Malformed, limit: int) -> DeadLetter:
     """The dead-letter record: the raw bytes as base64, cut so the record stays under `limit` bytes.
 
     `raw_size` and `raw_sha256` describe the whole message either way, so an operator can

@@ -36,6 +36,7 @@ from engine.model.labels import AI_GENERATED
 from worker.cache.keys import Keys
 from worker.cache.near_index import NearIndex
 from worker.cache.stores import Store
+from worker.records import ModelAnswer
 
 MIN_QUALITY = 50
 RETRY_AFTER_S = 2.0
@@ -54,7 +55,7 @@ class CachedVerdict:
     pdq_quality: int | None
     trusted: bool = False  # confirmed by an operator; only such entries may answer near-duplicates unscored
     provenance: dict[str, Any] | None = None  # of these exact bytes: exact hits carry it, near-duplicate entries never do
-    models: list[dict[str, Any]] | None = None  # with an ensemble: each model's answer (worker.pipeline.ensemble)
+    models: list[ModelAnswer] | None = None  # with an ensemble: each model's answer (worker.pipeline.ensemble)
     assessment: str | None = None  # with an ensemble: real, suspicious or ai_generated
 
 

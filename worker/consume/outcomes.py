@@ -26,7 +26,7 @@ def retry_delay(base_s: float, attempts: int) -> float:
 def published(entry: Entry, metrics: Metrics) -> None:
     entry.acked = True
     record = entry.completion.record
-    if entry.kind == "verdict" and record is not None:
+    if record is not None and "status" in record:  # a verdict (a dead letter is counted where it is made)
         metrics.verdicts.labels(record["status"], record["label"] or "none").inc()
         if record.get("assessment"):
             metrics.assessments.labels(record["assessment"]).inc()
@@ -42,9 +42,10 @@ def refused(entry: Entry, refusal: Refusal, metrics: Metrics) -> bool:
         entry.compact = True
         return True
     if entry.kind == "dead_letter" and (refusal.too_large or entry.attempts >= DEAD_LETTER_ATTEMPTS):
-        record = entry.completion.record or {}
-        log.error("dead letter given up after its retries; the message is skipped", source=f"{entry.tp}/{entry.offset}",
-                  reason=record.get("reason"), raw_size=record.get("raw_size"), raw_sha256=record.get("raw_sha256"),
+        letter = entry.completion.record
+        described = ({"reason": letter["reason"], "raw_size": letter["raw_size"], "raw_sha256": letter["raw_sha256"]}
+                     if letter is not None and "reason" in letter else {})
+        log.error("dead letter given up after its retries; the message is skipped", source=f"{entry.tp}/{entry.offset}", **described,
                   error=f"{type(refusal.error).__name__}: {refusal.error}")
         metrics.dead_letters_dropped.inc()
         entry.acked = True

@@ -15,9 +15,9 @@ from engine.model.labels import AI_GENERATED
 from worker.cache.verdicts import CachedVerdict
 from worker.messages import verdict
 from worker.metrics import Metrics
-from worker.pipeline.completion import Record
 from worker.pipeline.work import Work
 from worker.provenance import policy
+from worker.records import Hashes, NearMatch, Verdict
 
 log = structlog.get_logger("dda.pipeline")
 
@@ -34,7 +34,7 @@ class Answers:
         self._finish(work, verdict(work.request, model=self.model_info, threshold=self.threshold, status="error",
                                    hashes=work.hashes if work.sha256 else None, error={"code": code, "message": message}))
 
-    def scored(self, work: Work, v: CachedVerdict, hashes: dict[str, Any], kind: str, match: dict[str, Any] | None,
+    def scored(self, work: Work, v: CachedVerdict, hashes: Hashes, kind: str, match: NearMatch | None,
                provenance: dict[str, Any] | None) -> None:
         """The model's verdict (fresh or cached) with the request's provenance, under the provenance policy."""
         if self.provenance_policy == "off":  # not read, so not reported either (a cached entry may hold some)
@@ -49,7 +49,7 @@ class Answers:
             provenance=provenance, near_duplicate_search="not_searched" if work.near_unsearched else None, shadow=work.shadow,
             hash_list_match=listed, models=v.models, assessment=v.assessment))
 
-    def _finish(self, work: Work, record: Record) -> None:
+    def _finish(self, work: Work, record: Verdict) -> None:
         request = work.request
         request.timings_ms["total"] = (time.monotonic() - request.received) * 1000
         record["timings_ms"]["total"] = round(request.timings_ms["total"], 3)

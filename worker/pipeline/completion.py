@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from typing import Any
 
 import structlog
 
+from worker.records import Record
+
 log = structlog.get_logger("dda.completion")
-Record = dict[str, Any]
+
 
 
 class Completion:

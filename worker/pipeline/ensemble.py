@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -23,6 +22,7 @@ from engine.model.labels import sigmoid
 from engine.model.manifest import Manifest, ModelDirError
 from engine.runners.contract import Runner
 from worker.cache.keys import ensemble_namespace
+from worker.records import ModelAnswer
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,7 @@ class Scored:
     score: float  # the fused, calibrated P(AI-generated)
     label: str  # two-way, for every schema version
     assessment: str  # three-way
-    models: list[dict[str, Any]]
+    models: list[ModelAnswer]
 
 
 @dataclass(frozen=True)
@@ -53,9 +53,16 @@ class Ensemble:
         for first, second in zip(served_logits.tolist(), second_logits.tolist()):
             fused = self.combiner.logit([first, second])
             score = sigmoid(fused)
-            models = [{**m.describe(), "logit": v, "score": sigmoid(v)} for m, v in ((self.served, first), (self.second, second))]
+            models = [_answer(m, v) for m, v in ((self.served, first), (self.second, second))]
             out.append(Scored(fused, score, self.combiner.two_way_label(score), self.combiner.label(score), models))
         return out
+
+
+def _answer(model: Manifest, logit: float) -> ModelAnswer:
+    answer = ModelAnswer(name=model.name, version=model.version, logit=logit, score=sigmoid(logit))
+    if model.warning:
+        answer["warning"] = model.warning
+    return answer
 
 
 def combiner_for(combiner_path: Path, served: Manifest, second: Manifest) -> Combiner:

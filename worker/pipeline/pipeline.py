@@ -44,6 +44,7 @@ from worker.pipeline.shadow import Shadow
 from worker.pipeline.window import gather
 from worker.pipeline.work import OpenRequests, Work
 from worker.provenance import report
+from worker.records import Hashes, NearMatch
 from worker.supervision import Supervisor
 
 log = structlog.get_logger("dda.pipeline")
@@ -243,7 +244,7 @@ class Pipeline:
         self.metrics.cache_hits.labels("exact").inc()
         hit = found.verdict
         work.release()
-        hashes = {"sha256": work.sha256, "pdq": hit.pdq, "pdq_quality": hit.pdq_quality}
+        hashes: Hashes = {"sha256": work.sha256, "pdq": hit.pdq, "pdq_quality": hit.pdq_quality}
         self.answers.scored(work, hit, hashes, "exact", None, hit.provenance)
 
     def _decoded(self, work: Work, prepared: Prepared) -> None:
@@ -272,7 +273,7 @@ class Pipeline:
             work.list_match = {"source": found.source, "pdq_distance": found.distance}
             self.metrics.hash_list_matches.labels(found.source).inc()
         if found.verdict is not None:
-            match = {"sha256": found.verdict.sha256, "pdq_distance": found.distance, "trusted": found.verdict.trusted}
+            match: NearMatch = {"sha256": found.verdict.sha256, "pdq_distance": found.distance, "trusted": found.verdict.trusted}
             if found.verdict.trusted and self.trust_near_duplicates:
                 self.answers.scored(work, found.verdict, work.hashes, "near_duplicate", match, work.provenance)
                 return

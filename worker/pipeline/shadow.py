@@ -17,7 +17,6 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import structlog
@@ -27,6 +26,7 @@ from engine.model.manifest import Manifest
 from engine.runners.contract import Runner
 from engine.runners.detector import label_for
 from worker.metrics import Metrics
+from worker.records import ShadowAnswer
 
 log = structlog.get_logger("dda.shadow")
 
@@ -40,7 +40,7 @@ class Shadow:
     def sampled(self, sha256: str | None) -> bool:
         return sha256 is not None and int(sha256[:8], 16) < self.fraction * 2**32
 
-    def score(self, crops: Sequence[np.ndarray], served: Sequence[tuple[float, str]], metrics: Metrics) -> list[dict[str, Any] | None]:
+    def score(self, crops: Sequence[np.ndarray], served: Sequence[tuple[float, str]], metrics: Metrics) -> list[ShadowAnswer | None]:
         """The shadow's answer for each image (its crops; the served logit and label beside), or
         None for every one when the shadow failed."""
         if not crops:
@@ -53,7 +53,7 @@ class Shadow:
             log.warning("shadow model failed; verdicts go without its answer", error=f"{type(exc).__name__}: {exc}")
             return [None] * len(crops)
         metrics.shadow_seconds.observe(time.monotonic() - started)
-        out: list[dict[str, Any] | None] = []
+        out: list[ShadowAnswer | None] = []
         start = 0
         for image, (served_logit, served_label) in zip(crops, served):
             logit = float(logits[start : start + len(image)].mean())

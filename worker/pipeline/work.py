@@ -12,6 +12,7 @@ from worker.cache.verdicts import Key
 from worker.decode.prepare import Prepared
 from worker.messages import Request
 from worker.pipeline.completion import Completion
+from worker.records import Hashes, ListMatch, NearMatch, ShadowAnswer
 
 
 @dataclass
@@ -24,10 +25,10 @@ class Work:
     queued_at: float = 0.0
     held: int = 0
     release: Callable[[], None] = field(default=lambda: None)
-    match: dict[str, Any] | None = None  # a near-duplicate reported beside the model's own verdict
+    match: NearMatch | None = None  # a near-duplicate reported beside the model's own verdict
     near_unsearched: bool = False  # the near-duplicate index was still loading: say so rather than "no match"
-    shadow: dict[str, Any] | None = None  # the shadow model's answer (sampled misses only)
-    list_match: dict[str, Any] | None = None  # a near-duplicate of a hash an imported list holds
+    shadow: ShadowAnswer | None = None  # the shadow model's answer (sampled misses only)
+    list_match: ListMatch | None = None  # a near-duplicate of a hash an imported list holds
 
     @property
     def done(self) -> bool:
@@ -50,9 +51,9 @@ class Work:
         return Key(self.sha256, self.prepared.pdq, self.prepared.pdq_quality)
 
     @property
-    def hashes(self) -> dict[str, Any]:
+    def hashes(self) -> Hashes:
         prepared = self.prepared
-        out: dict[str, Any] = {"sha256": self.sha256 or None, "pdq": prepared.pdq if prepared else None,
+        out: Hashes = {"sha256": self.sha256 or None, "pdq": prepared.pdq if prepared else None,
                                "pdq_quality": prepared.pdq_quality if prepared else None}
         if prepared is not None and prepared.pdq_error is not None:
             out["pdq_error"] = prepared.pdq_error
