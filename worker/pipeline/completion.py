@@ -20,7 +20,6 @@ from worker.records import Record
 log = structlog.get_logger("dda.completion")
 
 
-
 class Completion:
     __slots__ = ("request_id", "_lock", "_record", "_cancelled", "_callbacks", "_on_duplicate")
 
