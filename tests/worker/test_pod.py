@@ -70,6 +70,12 @@ def members(pod: Worker) -> dict[str, list[int]]:
     return found
 
 
+def replaced(pod: Worker, old: int) -> bool:
+    """A new engine process runs: one look at the pod (the old one may vanish between two looks)."""
+    engines = members(pod)["engine"]
+    return bool(engines) and engines[0] != old
+
+
 def maps_torch(pid: int) -> bool:
     return "libtorch" in Path(f"/proc/{pid}/maps").read_text()
 
@@ -131,7 +137,7 @@ def test_a_pod_answers_every_request_once_and_outlives_its_engine_process(
     old = members(pod)["engine"][0]
     revoked = pod.metric("dda_rebalances_total", 'kind="revoked"')
     os.kill(old, signal.SIGKILL)
-    wait_for(lambda: members(pod)["engine"] and members(pod)["engine"][0] != old, 60, "a new engine process")
+    wait_for(lambda: replaced(pod, old), 60, "a new engine process")
     assert len({v["id"] for v in reader.values()} & set(placed)) < len(placed)  # the kill landed with work left
     reader.read_until(lambda r: {json.loads(x.value)["id"] for x in r} >= set(placed), 120)
     wait_for(lambda: committed_all(broker, group, topics["input"], placed), 30, "every offset committed")
@@ -188,7 +194,7 @@ def test_a_pods_engine_process_scores_both_models_of_an_ensemble(
     reader.read_until(lambda r: len(r) >= 36 + 10, 90)
     old = members(pod)["engine"][0]
     os.kill(old, signal.SIGKILL)
-    wait_for(lambda: members(pod)["engine"] and members(pod)["engine"][0] != old, 60, "a new engine process")
+    wait_for(lambda: replaced(pod, old), 60, "a new engine process")
     assert len({v["id"] for v in reader.values()} & set(slow)) < len(slow)  # the kill landed with work left
     reader.read_until(lambda r: {json.loads(x.value)["id"] for x in r} >= set(slow), 120)
     wait_for(lambda: committed_all(broker, group, topics["input"], slow), 30, "every offset committed")
