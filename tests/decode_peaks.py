@@ -14,8 +14,9 @@ import queue
 from dataclasses import dataclass
 from pathlib import Path
 
-from worker.decode.pool import DecodeJob, DecodeLimits, DecodePool
+from worker.decode.pool import DecodePool
 from worker.decode.prepare import Prepared
+from worker.decode.process import DecodeJob, DecodeLimits
 from worker.supervision import Supervisor
 
 ANSWER_TIMEOUT_S = 120.0

@@ -112,7 +112,8 @@ def test_a_decode_process_never_loads_torch() -> None:
 
     from tests.images import encode, scene
     from tests.provenance_files import sign
-    from worker.decode.pool import DecodeJob, DecodeLimits, DecodePool
+    from worker.decode.pool import DecodePool
+    from worker.decode.process import DecodeJob, DecodeLimits
     from worker.supervision import Supervisor
 
     supervisor = Supervisor()

@@ -34,7 +34,7 @@ from worker.consume.delivery import Delivery
 from worker.consume.stdin_transport import StdinTransport
 from worker.consume.terms import EXIT_ABANDONED, EXIT_CONFIG, EXIT_FATAL, Limits
 from worker.consume.transport import Transport
-from worker.decode.pool import DecodeLimits
+from worker.decode.process import DecodeLimits
 from worker.endpoints import Endpoints
 from worker.fetch.client import Fetcher, FetchPolicy
 from worker.metrics import Metrics

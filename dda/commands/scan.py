@@ -23,8 +23,9 @@ from engine.process.console import say
 from engine.runners.backend import make_runner
 from engine.runners.contract import PRECISION_CHOICES
 from engine.runners.detector import Detector
-from worker.decode.pool import DecodeJob, DecodeLimits, DecodePool
+from worker.decode.pool import DecodePool
 from worker.decode.prepare import Prepared
+from worker.decode.process import DecodeJob, DecodeLimits
 from worker.errors import INFERENCE_FAILED, INTERNAL_ERROR, InputError
 from worker.fetch.client import Fetcher, FetchPolicy, parse_networks
 from worker.fetch.local_files import read_path

@@ -44,21 +44,19 @@ from collections.abc import Callable
 
 import structlog
 
+from worker.consume.commits import COMMIT_TIMEOUT_S, Committer
 from worker.consume.lag import LagReport
 from worker.consume.ledger import Entry, Ledger
 from worker.consume.publisher import GIVE_UP_AT, Publisher
 from worker.consume.terms import EXIT_ABANDONED, EXIT_FATAL, EXIT_OK, Limits, Processor
 from worker.consume.transactions import Transactions
-from worker.consume.transport import CommitFailed, Message, Partition, Position, Transport, named_offsets
+from worker.consume.transport import Message, Partition, Position, Transport, named_offsets
 from worker.messages import Malformed, Source, dead_letter, parse_request
 from worker.metrics import Metrics
 from worker.pipeline.completion import Completion
 
 log = structlog.get_logger("dda.delivery")
 POLL_S = 0.1
-COMMIT_EVERY_S = 1.0
-COMMIT_TIMEOUT_S = 2.0
-TRANSACTION_TIMEOUT_S = 10.0  # a transaction's end not confirmed in this long: the producer is given up (exit 1)
 REVOKE_TRANSACTION_MIN_S = 1.0
 STEP_S = 0.005
 UNREADY_AT = 0.75  # of publish_stall_s: /readyz false
@@ -76,10 +74,10 @@ class Delivery:
         self._paused = False
         self._draining = False
         self._closing = False
-        self._next_commit = 0.0
         self.lag = LagReport(transport, metrics, limits.lag_every_s)
         self.transactions = (Transactions(transport, self.ledger, metrics, limits.transaction_interval_s, limits.retry_base_s,
                                           GIVE_UP_AT * limits.publish_stall_s) if transport.transactional else None)
+        self.committer = Committer(transport, self.ledger, metrics, self.transactions)
         self._lock = threading.Lock()  # loop, publisher and listener (transport thread) take turns
         self._wake = threading.Event()  # a record resolved: the publisher sends it now, not at the loop's next turn
 
@@ -104,7 +102,7 @@ class Delivery:
             with self._lock:
                 self.publisher.pump()
                 self.publisher.watch(time.monotonic())
-                self._commit()
+                self.committer.commit()
                 self._backpressure()
             self.lag.refresh()
         try:
@@ -170,30 +168,6 @@ class Delivery:
         return failing < UNREADY_AT * self.limits.publish_stall_s
 
     # --- committing and backpressure ----------------------------------------------------------
-
-    def _commit(self, force: bool = False, timeout_s: float | None = None) -> bool:
-        """Commit every partition's acknowledged prefix that moved (exactly_once: publish and commit
-        what finished, in a transaction); True when nothing is left to commit."""
-        if self.transactions is not None:
-            return self.transactions.commit(None, TRANSACTION_TIMEOUT_S if timeout_s is None else timeout_s, force)
-        timeout_s = COMMIT_TIMEOUT_S if timeout_s is None else timeout_s
-        now = time.monotonic()
-        if not force and now < self._next_commit:
-            return False
-        self._next_commit = now + COMMIT_EVERY_S
-        positions = self.ledger.committable()
-        if not positions:
-            return True
-        try:
-            self.transport.commit(positions, timeout_s)
-        except CommitFailed as exc:
-            self.metrics.commit_failures.inc()
-            log.warning("commit failed; the next commit carries it", error=str(exc))
-            self._next_commit = now + COMMIT_TIMEOUT_S
-            return False
-        self.ledger.mark_committed(positions)
-        log.debug("committed", positions=named_offsets(positions))
-        return True
 
     def _backpressure(self) -> None:
         unfinished = self.ledger.unfinished()
@@ -296,7 +270,7 @@ class Delivery:
             self.transport.poll(min(POLL_S, max(0.0, drain_until - time.monotonic())))  # keeps the membership
             with self._lock:
                 self.publisher.pump()
-                self._commit()
+                self.committer.commit()
         abandoned = self.ledger.unfinished()
         fatal = fatal or self.processor.failure  # a stage that died during the drain is still a failure
         end = time.monotonic() + self.limits.post_drain_s
@@ -304,7 +278,7 @@ class Delivery:
         self.transport.flush(max(0.0, min(2.0, end - time.monotonic())))
         with self._lock:
             self.publisher.pump()
-            committed = self._commit(force=True, timeout_s=max(0.1, min(COMMIT_TIMEOUT_S, end - time.monotonic())))
+            committed = self.committer.commit(force=True, timeout_s=max(0.1, min(COMMIT_TIMEOUT_S, end - time.monotonic())))
         left = self.ledger.unfinished()
         self._closing = True  # the close revokes the partitions: no more waiting, just forget them
         try:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import functools
 import queue
 import time
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Hashable, Iterable
 from typing import Any
 
 import structlog
@@ -28,8 +28,9 @@ from engine.model.manifest import Manifest
 from engine.runners.contract import EngineLost, Runner
 from worker.cache.hashing import sha256_hex
 from worker.cache.verdicts import Lookup, VerdictCache
-from worker.decode.pool import DecodeJob, DecodeLimits, DecodePool
+from worker.decode.pool import DecodePool
 from worker.decode.prepare import Prepared
+from worker.decode.process import DecodeJob, DecodeLimits
 from worker.errors import INFERENCE_FAILED, INTERNAL_ERROR, URL_INVALID, InputError
 from worker.fetch.client import Fetcher
 from worker.fetch.local_files import read_path
@@ -39,6 +40,7 @@ from worker.pipeline.answers import Answers
 from worker.pipeline.completion import Completion
 from worker.pipeline.ensemble import Ensemble
 from worker.pipeline.fair_queue import FairQueue
+from worker.pipeline.lookups import LookupStage
 from worker.pipeline.scoring import Scorer
 from worker.pipeline.shadow import Shadow
 from worker.pipeline.window import gather
@@ -109,10 +111,12 @@ class Pipeline:
         self.decoder.start()
         for n in range(self.fetch_workers):
             self.supervisor.spawn(f"fetch-{n}", self._fetch_loop)
-        self.supervisor.spawn("exact-lookup", lambda: self._lookup_stage(
-            self._exact_q, "exact_lookup", lambda batch: self.cache.lookup_exact_many([w.sha256 for w in batch]), self._on_exact))
-        self.supervisor.spawn("near-lookup", lambda: self._lookup_stage(
-            self._near_q, "near_lookup", lambda batch: self.cache.lookup_near_many([w.key for w in batch]), self._on_near))
+        exact = LookupStage(functools.partial(self._take, self._exact_q, "exact_lookup", LOOKUP_BATCH, 0.0),
+                            lambda batch: self.cache.lookup_exact_many([w.sha256 for w in batch]), self._on_exact, self.answers.error)
+        near = LookupStage(functools.partial(self._take, self._near_q, "near_lookup", LOOKUP_BATCH, 0.0),
+                           lambda batch: self.cache.lookup_near_many([w.key for w in batch]), self._on_near, self.answers.error)
+        self.supervisor.spawn("exact-lookup", functools.partial(exact.run, self.supervisor.stopping))
+        self.supervisor.spawn("near-lookup", functools.partial(near.run, self.supervisor.stopping))
         self.supervisor.spawn("engine", self._engine_loop)
 
     @property
@@ -207,29 +211,6 @@ class Pipeline:
         items = gather(q, limit, window_s, STAGE_POLL_S)
         self.metrics.queue_depth.labels(name).set(q.qsize())
         return [w for w in items if not w.done]
-
-    def _lookup_stage(self, q: queue.Queue[Work], name: str, lookup: Callable[[list[Work]], list[Lookup]],
-                      handle: Callable[[Work, Lookup, float], None]) -> None:
-        """Drain `q` in batches of up to LOOKUP_BATCH, one store round trip per batch."""
-        while not self.supervisor.stopping.is_set():
-            batch = self._take(q, name, LOOKUP_BATCH, 0.0)
-            if not batch:
-                continue
-            started = time.monotonic()
-            try:
-                results = lookup(batch)
-            except Exception as exc:  # a bug here must not stop the stage: fail the batch
-                log.exception("cache lookup failed")
-                for work in batch:
-                    self.answers.error(work, INTERNAL_ERROR, f"cache lookup failed: {type(exc).__name__}: {exc}")
-                continue
-            spent = (time.monotonic() - started) * 1000
-            for work, found in zip(batch, results):
-                try:
-                    handle(work, found, spent)
-                except Exception as exc:  # one request's failure is its own error verdict
-                    log.exception("request failed unexpectedly", request_id=work.request.id)
-                    self.answers.error(work, INTERNAL_ERROR, f"{type(exc).__name__}: {exc}")
 
     def _on_exact(self, work: Work, found: Lookup, spent_ms: float) -> None:
         work.request.timings_ms["cache"] = spent_ms

@@ -23,8 +23,9 @@ from engine.runners.torch_runner import TorchRunner
 from tests.images import encode, scene
 from tests.schemas import verdict_lines
 from tests.services import wait_for
-from worker.decode.pool import DecodeJob, DecodeLimits, DecodePool
+from worker.decode.pool import DecodePool
 from worker.decode.prepare import Prepared
+from worker.decode.process import DecodeJob, DecodeLimits
 from worker.supervision import Supervisor
 
 

@@ -21,7 +21,7 @@ from tests.images import encode, scene
 from tests.services import wait_for
 from worker.cache.stores import MemoryStore
 from worker.cache.verdicts import VerdictCache
-from worker.decode.pool import DecodeLimits
+from worker.decode.process import DecodeLimits
 from worker.fetch.client import Fetcher, FetchPolicy
 from worker.messages import Request, Source
 from worker.metrics import Metrics

@@ -32,7 +32,7 @@ from tests.schemas import check
 from tests.services import wait_for
 from tests.worker.pipeline.test_pipeline import make_pipeline, submit
 from worker.cache.verdicts import CachedVerdict
-from worker.decode.pool import DecodeLimits
+from worker.decode.process import DecodeLimits
 from worker.messages import encode_record
 from worker.pipeline.pipeline import Pipeline
 from worker.provenance.generators import SIGNATURES
