@@ -41,6 +41,7 @@ from worker.metrics import Metrics
 from worker.models import second_model, served_model
 from worker.pipeline.ensemble import combiner_for
 from worker.pipeline.pipeline import Pipeline
+from worker.pipeline.settings import Settings
 
 log = structlog.get_logger("dda.worker")
 STALL_AFTER_S = 60.0
@@ -165,14 +166,13 @@ def _serve(config: worker_config.WorkerConfig, metrics: Metrics, checks: dict[st
             return EXIT_FATAL
     else:
         transport = StdinTransport(sys.stdin.buffer, sys.stdout)
-    pipeline = Pipeline(
-        manifest=manifest, runner=runner, cache=cache, fetcher=fetcher, metrics=metrics,
+    pipeline = Pipeline(manifest=manifest, runner=runner, cache=cache, fetcher=fetcher, metrics=metrics, shadow=shadow, ensemble=ensemble,
+                        settings=Settings(
         max_batch=config.max_batch, max_wait_ms=config.max_wait_ms, fetch_workers=config.fetch_workers,
         decode_workers=config.decode_workers, max_pixels=config.max_pixels, max_in_flight_bytes=config.max_in_flight_bytes,
         decode_limits=DecodeLimits(config.decode_timeout_s, config.decode_cpu_s, config.decode_memory_mb), allow_paths=transport.allows_paths,
         trust_near_duplicates=config.near_duplicates == "trusted", provenance_policy=config.provenance_policy,
-        c2pa_trust_anchors=config.c2pa_trust_anchors, shadow=shadow, ensemble=ensemble,
-    )
+        c2pa_trust_anchors=config.c2pa_trust_anchors))
     delivery = Delivery(transport, pipeline, metrics, Limits(
         max_in_flight=config.max_in_flight, max_message_bytes=config.max_message_bytes,
         revoke_timeout_s=config.revoke_timeout_s, drain_timeout_s=config.drain_timeout_s, lag_every_s=config.lag_every_s,

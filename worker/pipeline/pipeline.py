@@ -30,7 +30,7 @@ from worker.cache.hashing import sha256_hex
 from worker.cache.verdicts import Lookup, VerdictCache
 from worker.decode.pool import DecodePool
 from worker.decode.prepare import Prepared
-from worker.decode.process import DecodeJob, DecodeLimits
+from worker.decode.process import DecodeJob
 from worker.errors import INFERENCE_FAILED, INTERNAL_ERROR, URL_INVALID, InputError
 from worker.fetch.client import Fetcher
 from worker.fetch.local_files import read_path
@@ -42,6 +42,7 @@ from worker.pipeline.ensemble import Ensemble
 from worker.pipeline.fair_queue import FairQueue
 from worker.pipeline.lookups import LookupStage
 from worker.pipeline.scoring import Scorer
+from worker.pipeline.settings import Settings
 from worker.pipeline.shadow import Shadow
 from worker.pipeline.window import gather
 from worker.pipeline.work import OpenRequests, Work
@@ -63,42 +64,27 @@ class Pipeline:
         cache: VerdictCache,
         fetcher: Fetcher,
         metrics: Metrics,
-        max_batch: int,
-        max_wait_ms: int,
-        fetch_workers: int,
-        decode_workers: int,
-        max_pixels: int,
-        max_in_flight_bytes: int = 1 << 30,
-        decode_limits: DecodeLimits | None = None,
-        crops: int = 1,
-        allow_paths: bool = False,
-        trust_near_duplicates: bool = False,
-        provenance_policy: str = "report",
-        c2pa_trust_anchors: str | None = None,
+        settings: Settings,
         shadow: Shadow | None = None,
         ensemble: Ensemble | None = None,
     ) -> None:
         self.manifest = manifest
         self.ensemble = ensemble
-        self.scorer = Scorer(manifest, runner, crops, metrics, ensemble, shadow)
+        self.scorer = Scorer(manifest, runner, settings.crops, metrics, ensemble, shadow)
         self.cache = cache
         self.fetcher = fetcher
         self.metrics = metrics
-        self.max_batch = max_batch
-        self.max_wait_s = max_wait_ms / 1000
-        self.max_pixels = max_pixels
-        self.crops = crops
-        self.allow_paths = allow_paths
-        self.trust_near_duplicates = trust_near_duplicates
-        self.provenance_policy = provenance_policy
+        self.max_batch, self.max_wait_s, self.max_pixels = settings.max_batch, settings.max_wait_ms / 1000, settings.max_pixels
+        self.crops, self.allow_paths, self.provenance_policy = settings.crops, settings.allow_paths, settings.provenance_policy
+        self.trust_near_duplicates = settings.trust_near_duplicates
         self.answers = Answers(metrics, manifest.describe(), ensemble.combiner.ai_above if ensemble else manifest.threshold,
-                               provenance_policy, trust_near_duplicates)
-        self.fetch_workers = fetch_workers
+                               settings.provenance_policy, settings.trust_near_duplicates)
+        self.fetch_workers = settings.fetch_workers
         self.supervisor = Supervisor()
-        self._fetch_q: FairQueue[Work] = FairQueue(fetch_workers, max_in_flight_bytes)
-        self.decoder = DecodePool(decode_workers, self.supervisor, decode_limits or DecodeLimits(),
+        self._fetch_q: FairQueue[Work] = FairQueue(settings.fetch_workers, settings.max_in_flight_bytes)
+        self.decoder = DecodePool(settings.decode_workers, self.supervisor, settings.decode_limits,
                                   on_restart=lambda reason: metrics.decode_restarts.labels(reason).inc(),
-                                  c2pa_trust_anchors=c2pa_trust_anchors)
+                                  c2pa_trust_anchors=settings.c2pa_trust_anchors)
         self._exact_q: queue.Queue[Work] = queue.Queue()
         self._near_q: queue.Queue[Work] = queue.Queue()
         self._batch_q: queue.Queue[Work] = queue.Queue()

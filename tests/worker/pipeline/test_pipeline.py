@@ -27,15 +27,17 @@ from worker.messages import Request, Source
 from worker.metrics import Metrics
 from worker.pipeline.completion import Completion
 from worker.pipeline.pipeline import Pipeline
+from worker.pipeline.settings import Settings
 
 
 def make_pipeline(model_dir: Path, runner: Any = None, **options: Any) -> tuple[Pipeline, Fetcher]:
     loaded = load_model_dir(model_dir)
     fetcher = Fetcher(FetchPolicy())
-    settings = {"max_batch": 8, "max_wait_ms": 5, "fetch_workers": 4, "decode_workers": 1, "max_pixels": 10_000_000,
-                "allow_paths": True, **options}
+    models = {name: options.pop(name) for name in ("shadow", "ensemble") if name in options}
+    settings = Settings(**{"max_batch": 8, "max_wait_ms": 5, "fetch_workers": 4, "decode_workers": 1, "max_pixels": 10_000_000,
+                           "allow_paths": True, **options})
     pipeline = Pipeline(manifest=loaded.manifest, runner=runner or TorchRunner(loaded.network, loaded.manifest.preprocessing),
-                        cache=VerdictCache(MemoryStore(), "t", 60), fetcher=fetcher, metrics=Metrics(), **settings)
+                        cache=VerdictCache(MemoryStore(), "t", 60), fetcher=fetcher, metrics=Metrics(), settings=settings, **models)
     return pipeline, fetcher
 
 
