@@ -1,4 +1,4 @@
-"""The `dda` command: one entry point, sub-commands registered by each package."""
+"""The `dda` command: one entry point, each sub-command registered by its module (`dda/commands/`, and the worker's `worker.service`)."""
 
 from __future__ import annotations
 
@@ -7,13 +7,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any, cast
 
-from dda.commands import compare as compare_cli
-from dda.commands import compile as compile_cli
-from dda.commands import import_hashes as hash_lists
-from dda.commands import local_stack, scan
-from dda.commands import models as engine_cli
-from dda.commands import training as training_cli
-from dda.commands import trust as trust_cli
+from dda.commands import compare, import_hashes, local_stack, models, scan, training, trust
+from dda.commands import compile as compile_commands
 from worker import service
 
 
@@ -41,15 +36,15 @@ def build_parser() -> argparse.ArgumentParser:
     # Sub-commands register against plain ArgumentParser; the class only changes help formatting.
     commands = cast("argparse._SubParsersAction[argparse.ArgumentParser]",  # noqa: SLF001 - argparse has no public name for it
                     parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=HelpfulParser))
-    engine_cli.register(commands)
-    compile_cli.register(commands)
+    models.register(commands)
+    compile_commands.register(commands)
     scan.register(commands)
-    compare_cli.register(commands)
+    compare.register(commands)
     service.register(commands)
-    trust_cli.register(commands)
-    hash_lists.register(commands)
+    trust.register(commands)
+    import_hashes.register(commands)
     local_stack.register(commands)
-    training_cli.register(commands)
+    training.register(commands)
     return parser
 
 

@@ -27,7 +27,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from dda.commands import cache_tools as cache_cli
+from dda.commands import cache_tools
 from engine.process.console import say
 from worker.cache.verdicts import MIN_QUALITY
 
@@ -105,7 +105,7 @@ def parse(text: str) -> Parsed:
 
 
 def import_command(args: argparse.Namespace) -> int:
-    redis_url = cache_cli.redis_url(args)
+    redis_url = cache_tools.redis_url(args)
     if not redis_url:
         say("error: importing hashes needs the workers' Redis: --redis-url or DDA_REDIS_URL")
         return 2
@@ -113,7 +113,7 @@ def import_command(args: argparse.Namespace) -> int:
         say("error: --source must be 1-64 of A-Z a-z 0-9 . _ : -")
         return 2
     try:
-        manifest = cache_cli.workers_manifest(args)
+        manifest = cache_tools.workers_manifest(args)
         if args.remove:
             parsed = None
         elif args.file is None:
@@ -128,7 +128,7 @@ def import_command(args: argparse.Namespace) -> int:
             say(f"error: {args.file}: {line}")
         say(f"error: {len(parsed.errors)} bad lines; nothing imported")
         return 2
-    cache = cache_cli.workers_cache(args, redis_url, manifest)
+    cache = cache_tools.workers_cache(args, redis_url, manifest)
     try:
         if parsed is None:
             print(json.dumps({"source": args.source, "removed": cache.remove_list(args.source)}))
@@ -147,5 +147,5 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p.add_argument("file", metavar="FILE", nargs="?", help="the list: hex[,quality] lines, or CSV with a header ('-': stdin)")
     p.add_argument("--source", required=True, help="the list's name, reported with each match (1-64 of A-Z a-z 0-9 . _ : -)")
     p.add_argument("--remove", action="store_true", help="delete the entries this source imported instead")
-    cache_cli.add_arguments(p, "how long entries live: the workers' DDA_CACHE_TTL_S (re-import to refresh)")
+    cache_tools.add_arguments(p, "how long entries live: the workers' DDA_CACHE_TTL_S (re-import to refresh)")
     p.set_defaults(handler=import_command)

@@ -14,7 +14,7 @@ import json
 import re
 import sys
 
-from dda.commands import cache_tools as cache_cli
+from dda.commands import cache_tools
 from engine.process.console import say
 
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -34,17 +34,17 @@ def read_hashes(source: str) -> list[str]:
 
 
 def trust_command(args: argparse.Namespace) -> int:
-    redis_url = cache_cli.redis_url(args)
+    redis_url = cache_tools.redis_url(args)
     if not redis_url:
         say("error: trusting verdicts needs the workers' Redis: --redis-url or DDA_REDIS_URL")
         return 2
     try:
         hashes = read_hashes(args.hashes)
-        manifest = cache_cli.workers_manifest(args)
+        manifest = cache_tools.workers_manifest(args)
     except (OSError, ValueError) as exc:  # a ModelDirError is a ValueError
         say(f"error: {exc}")
         return 2
-    cache = cache_cli.workers_cache(args, redis_url, manifest)
+    cache = cache_tools.workers_cache(args, redis_url, manifest)
     try:
         outcome = cache.trust(hashes)
     except Exception as exc:  # noqa: BLE001 - a store failure is reported, not a traceback
@@ -58,5 +58,5 @@ def trust_command(args: argparse.Namespace) -> int:
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = commands.add_parser("trust-verdicts", help="confirm cached ai_generated verdicts so that near-duplicates may use them")
     p.add_argument("hashes", metavar="FILE", help="SHA-256s of confirmed AI images, one per line ('-': stdin)")
-    cache_cli.add_arguments(p, "how long confirmed entries live (default: %(default)s)")
+    cache_tools.add_arguments(p, "how long confirmed entries live (default: %(default)s)")
     p.set_defaults(handler=trust_command)
