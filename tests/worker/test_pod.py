@@ -14,6 +14,7 @@ import tempfile
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -26,7 +27,7 @@ from engine.runners.torch_runner import TorchRunner
 from tests.http_server import LocalServer, Route
 from tests.images import encode, scene
 from tests.models import shifted_copy
-from tests.services import Broker, Worker, descendants, unique, wait_for
+from tests.services import Broker, TopicReader, Worker, descendants, unique, wait_for
 from tests.worker.conftest import INPUT_PARTITIONS
 from tests.worker.consume.test_delivery_kafka import account, committed_all
 from worker.pod import decode_shares, remove_stale_workdirs
@@ -86,6 +87,26 @@ def send(broker: Broker, topic: str, ids: list[str], url: str, distinct: int = S
     return dict(zip(ids, broker.produce(topic, values, keys=[i.encode() for i in ids])))
 
 
+def kill_the_engine_mid_flight(pod: Worker, broker: Broker, topics: dict[str, str], group: str, reader: TopicReader, scenario: str,
+                               count: int, url: str, kill_after: int) -> list[dict[str, Any]]:
+    """Send `count` slow requests, SIGKILL the engine process once `kill_after` of them are answered, and
+    account for every one: each answered once, none lost, every offset committed. Their verdicts."""
+    answered = len(reader.values())
+    placed = send(broker, topics["input"], [f"k{n}" for n in range(count)], url)
+    reader.read_until(lambda r: len(r) >= answered + kill_after, 90)
+    old = members(pod)["engine"][0]
+    os.kill(old, signal.SIGKILL)
+    wait_for(lambda: replaced(pod, old), 60, "a new engine process")
+    assert len({v["id"] for v in reader.values()} & set(placed)) < len(placed)  # the kill landed with work left
+    reader.read_until(lambda r: {json.loads(x.value)["id"] for x in r} >= set(placed), 120)
+    wait_for(lambda: committed_all(broker, group, topics["input"], placed), 30, "every offset committed")
+    verdicts = [v for v in reader.values() if v["id"] in placed]
+    row = account(scenario, placed, verdicts, broker.committed(group, topics["input"], INPUT_PARTITIONS),
+                  [pod.proc.poll()])  # type: ignore[union-attr]
+    assert row == {"sent": count, "answered": count, "lost": 0, "duplicates": 0}
+    return verdicts
+
+
 def test_a_pod_answers_every_request_once_and_outlives_its_engine_process(
     tiny_model_dir: Path, broker: Broker, topics: dict[str, str], server: LocalServer, images: list[bytes], workers: list[Worker],
     tmp_path: Path,
@@ -132,19 +153,8 @@ def test_a_pod_answers_every_request_once_and_outlives_its_engine_process(
     # The engine process SIGKILLed with work in flight: the pod starts a new one, the consumers
     # resend the batches it held, and every request gets one ok verdict: no error verdict, no
     # rebalance, nothing lost.
-    placed = send(broker, topics["input"], [f"k{n}" for n in range(160)], server.base + "/slow/{n}")
-    reader.read_until(lambda r: len(r) >= 220, 90)
-    old = members(pod)["engine"][0]
     revoked = pod.metric("dda_rebalances_total", 'kind="revoked"')
-    os.kill(old, signal.SIGKILL)
-    wait_for(lambda: replaced(pod, old), 60, "a new engine process")
-    assert len({v["id"] for v in reader.values()} & set(placed)) < len(placed)  # the kill landed with work left
-    reader.read_until(lambda r: {json.loads(x.value)["id"] for x in r} >= set(placed), 120)
-    wait_for(lambda: committed_all(broker, group, topics["input"], placed), 30, "every offset committed")
-    verdicts = [v for v in reader.values() if v["id"] in placed]
-    row = account("pod-engine-killed", placed, verdicts, broker.committed(group, topics["input"], INPUT_PARTITIONS),
-                  [pod.proc.poll()])  # type: ignore[union-attr]
-    assert row == {"sent": 160, "answered": 160, "lost": 0, "duplicates": 0}
+    verdicts = kill_the_engine_mid_flight(pod, broker, topics, group, reader, "pod-engine-killed", 160, server.base + "/slow/{n}", 20)
     assert Counter(v["status"] for v in verdicts) == Counter(ok=160)  # no inference_failed from the kill
     assert pod.metric("dda_engine_reconnects_total") >= 1 and pod.metric("dda_rebalances_total", 'kind="revoked"') == revoked
     assert "the engine process exited; restarting it" in (tmp_path / "pod.log").read_text()
@@ -190,18 +200,8 @@ def test_a_pods_engine_process_scores_both_models_of_an_ensemble(
 
     # The engine process SIGKILLed with both models' batches in flight: both connections of each
     # consumer find the new one, and every request still gets one verdict from both models.
-    slow = send(broker, topics["input"], [f"k{n}" for n in range(80)], server.base + "/slow/{n}")
-    reader.read_until(lambda r: len(r) >= 36 + 10, 90)
-    old = members(pod)["engine"][0]
-    os.kill(old, signal.SIGKILL)
-    wait_for(lambda: replaced(pod, old), 60, "a new engine process")
-    assert len({v["id"] for v in reader.values()} & set(slow)) < len(slow)  # the kill landed with work left
-    reader.read_until(lambda r: {json.loads(x.value)["id"] for x in r} >= set(slow), 120)
-    wait_for(lambda: committed_all(broker, group, topics["input"], slow), 30, "every offset committed")
-    verdicts = [v for v in reader.values() if v["id"] in slow]
-    row = account("pod-ensemble-engine-killed", slow, verdicts, broker.committed(group, topics["input"], INPUT_PARTITIONS),
-                  [pod.proc.poll()])  # type: ignore[union-attr]
-    assert row == {"sent": 80, "answered": 80, "lost": 0, "duplicates": 0}
+    verdicts = kill_the_engine_mid_flight(pod, broker, topics, group, reader, "pod-ensemble-engine-killed", 80,
+                                          server.base + "/slow/{n}", 10)
     assert all(v["status"] == "ok" and len(v["models"]) == 2 and v["assessment"] for v in verdicts)
     assert pod.metric("dda_engine_reconnects_total") >= 1
     assert pod.terminate(40) == 0
