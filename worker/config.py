@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
+from engine.process.logs import LEVELS
 from engine.runners.contract import BACKENDS, DEVICES, PRECISION_CHOICES, Backend, Precision
 from worker.fetch.client import IPNetwork, parse_networks
 from worker.provenance.policy import POLICIES
@@ -130,7 +131,7 @@ class WorkerConfig:
                                      "(/readyz false from 3/4 of it; exit 1 at 2.5 times it)")
     lag_every_s: float = setting("DDA_LAG_EVERY_S", "10", positive_float, "how often dda_consumer_lag is refreshed from the broker's offsets")
     drain_timeout_s: float = setting("DDA_DRAIN_TIMEOUT_S", "25", positive_float, "on SIGTERM, how long in-flight work may finish")
-    log_level: str = setting("DDA_LOG_LEVEL", "info", choice("debug", "info", "warning", "error"), "log level")
+    log_level: str = setting("DDA_LOG_LEVEL", "info", choice(*LEVELS), "log level")
 
     def member_slot(self) -> str:
         """The stable name of this worker (exactly_once): the host name unless DDA_INSTANCE_ID says."""

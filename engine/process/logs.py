@@ -17,6 +17,7 @@ import time
 
 import structlog
 
+LEVELS = ("debug", "info", "warning", "error")  # what every process of the worker accepts as its log level
 REPEATS_PER_WINDOW = 5
 WINDOW_S = 60.0
 

@@ -19,9 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from engine.process.logs import LEVELS
 from engine.runners.contract import BACKENDS, DEVICES, PRECISION_CHOICES, Backend, Precision
-
-LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 @dataclass(frozen=True)
@@ -65,7 +64,7 @@ class EngineSettings:
         parser.add_argument("--compile", action="store_true", help="torch.compile per batch bucket, each compiled before ready")
         parser.add_argument("--shadow-model", type=Path, help="a candidate scored on request beside the served model (torch)")
         parser.add_argument("--second-model", type=Path, help="an ensemble's second detector, scored on its own crops (torch)")
-        parser.add_argument("--log-level", default="info", choices=LOG_LEVELS)
+        parser.add_argument("--log-level", default="info", choices=LEVELS)
         return cls(**vars(parser.parse_args(argv)))
 
 
