@@ -61,6 +61,7 @@ REVOKE_TRANSACTION_MIN_S = 1.0
 STEP_S = 0.005
 UNREADY_AT = 0.75  # of publish_stall_s: /readyz false
 
+
 class Delivery:
     def __init__(self, transport: Transport, processor: Processor, metrics: Metrics, limits: Limits) -> None:
         self.transport = transport
