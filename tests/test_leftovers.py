@@ -21,8 +21,9 @@ from tests.leftovers import become_subreaper, leftovers
 assert become_subreaper()
 subprocess.run(["sh", "-c", "exec sleep 120 </dev/null >/dev/null 2>&1 & echo $! > " + sys.argv[1]], check=True)
 orphan, deadline = int(open(sys.argv[1]).read()), time.monotonic() + 10
-while b"sleep" not in open(f"/proc/{orphan}/cmdline", "rb").read() and time.monotonic() < deadline:
-    time.sleep(0.01)  # until the background shell has exec'd sleep (its command line is empty meanwhile)
+while not open(f"/proc/{orphan}/cmdline", "rb").read().startswith(b"sleep\\0") and time.monotonic() < deadline:
+    time.sleep(0.01)  # until the forked shell has exec'd sleep: before, its command line is the shell's
+    # (which names sleep too), and for a moment inside exec it is empty
 print(json.dumps(leftovers(os.getpid())))
 """
 
