@@ -300,6 +300,13 @@ def metric_value(scrape: str, name: str, labels: str = "") -> float:
                if line.startswith(name) and line[len(name)] in " {" and labels in line)
 
 
+def stopped(pid: int) -> bool:
+    """Every thread of `pid` is stopped (state T). kill(SIGSTOP) returns before each thread has
+    taken the signal; until then a busy machine may let a thread answer one more request."""
+    tasks = Path(f"/proc/{pid}/task")
+    return all((task / "stat").read_text().rsplit(")", 1)[1].split()[0] == "T" for task in tasks.iterdir())
+
+
 def descendants(root: int) -> dict[int, str]:
     """Every living process below `root` (children, grandchildren, ...): pid -> command line."""
     parents: dict[int, int] = {}

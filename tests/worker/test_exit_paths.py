@@ -27,7 +27,7 @@ from engine.model.checkpoint import import_checkpoint
 from engine.model.synthetic import tiny_architecture, write_official_checkpoint
 from tests.http_server import LocalServer, Route
 from tests.images import encode, scene
-from tests.services import Broker, Worker, free_port, unique, wait_for
+from tests.services import Broker, Worker, free_port, stopped, unique, wait_for
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -193,6 +193,8 @@ def test_a_producer_with_stuck_records_is_discarded_promptly() -> None:
         producer.send("stuck", b"first").get(timeout=10)  # connected, metadata known
         assert broker.proc is not None
         broker.proc.send_signal(signal.SIGSTOP)  # the broker stops answering: records stay pending
+        pid = broker.proc.pid
+        wait_for(lambda: stopped(pid), 10, "every broker thread to stop")
         try:
             pending = [producer.send("stuck", f"r{i}".encode()) for i in range(20)]
             with pytest.raises(Exception, match="Timeout"):
