@@ -303,8 +303,10 @@ def metric_value(scrape: str, name: str, labels: str = "") -> float:
 def stopped(pid: int) -> bool:
     """Every thread of `pid` is stopped (state T). kill(SIGSTOP) returns before each thread has
     taken the signal; until then a busy machine may let a thread answer one more request."""
-    tasks = Path(f"/proc/{pid}/task")
-    return all((task / "stat").read_text().rsplit(")", 1)[1].split()[0] == "T" for task in tasks.iterdir())
+    try:
+        return all((task / "stat").read_text().rsplit(")", 1)[1].split()[0] == "T" for task in Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return False  # a thread ended while being read: look again
 
 
 def descendants(root: int) -> dict[int, str]:
