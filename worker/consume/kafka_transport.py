@@ -34,6 +34,7 @@ from kafka.errors import KafkaError, KafkaTimeoutError, MessageSizeTooLargeError
 from kafka.structs import MemberState
 
 from worker.config import WorkerConfig
+from worker.consume.kafka_join import finish_rejoin
 from worker.consume.kafka_records import FutureAck, commit_offsets, decode_ahead, discard, partition_of
 from worker.consume.kafka_transactions import TransactionalProducer, leave_group
 from worker.consume.transport import (
@@ -140,20 +141,9 @@ class KafkaTransport(Transport):
         self.consumer.subscribe([self.config.input_topic], listener=self._rebalance)
         self._probe.start()
 
-    def _finish_rejoin(self) -> None:
-        """kafka-python 3.0.12 drops a join it completed when the poll's time ran out meanwhile (the
-        revocation listener spends half of DDA_REVOKE_TIMEOUT_S of it), and its next poll sends
-        another JoinGroup: Kafka starts one more rebalance round; noida-db never answered the other
-        member's join and the group stayed stuck (about a third of the join/leave and rolling-restart
-        runs with exactly-once workers, measured). A pending rejoin is therefore driven to its end
-        here, with time for the revocation."""
-        coordinator = self.consumer._coordinator  # noqa: SLF001 - kafka-python 3 has no public way to ask
-        if coordinator.need_rejoin():
-            coordinator.ensure_active_group(timeout_ms=int((self.config.revoke_timeout_s + REJOIN_MARGIN_S) * 1000))
-
     def poll(self, timeout_s: float) -> list[Message]:
         try:
-            self._finish_rejoin()
+            finish_rejoin(self.consumer, self.config.revoke_timeout_s + REJOIN_MARGIN_S)
             batches = self.consumer.poll(timeout_ms=int(timeout_s * 1000))
         except KafkaError as exc:  # e.g. a commit or rebalance error surfaced by poll: the group recovers
             log.warning("poll failed", error=f"{type(exc).__name__}: {exc}")
