@@ -9,9 +9,8 @@ checkouts or CI jobs on the same machine are never in it, whatever their command
 from __future__ import annotations
 
 import ctypes
-from pathlib import Path
 
-from tests.services import descendants
+from tests.services import descendants, state
 
 PR_SET_CHILD_SUBREAPER = 36
 
@@ -23,14 +22,6 @@ def become_subreaper() -> bool:
         return libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
     except (OSError, AttributeError):
         return False
-
-
-def state(pid: int) -> str:
-    """The process's state letter ("Z" for a zombie, also for one already gone)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return "Z"  # gone meanwhile
 
 
 def leftovers(root: int) -> list[str]:

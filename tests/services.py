@@ -300,13 +300,27 @@ def metric_value(scrape: str, name: str, labels: str = "") -> float:
                if line.startswith(name) and line[len(name)] in " {" and labels in line)
 
 
+def stat_fields(pid: int) -> list[str]:
+    """/proc/PID/stat after the command name (which may hold spaces and parentheses): state,
+    parent, ... (proc(5) numbering from field 3). A thread's id works as PID too."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
+def state(pid: int) -> str:
+    """The process's state letter ("Z" for a zombie, also for one already gone)."""
+    try:
+        return stat_fields(pid)[0]
+    except (OSError, IndexError):
+        return "Z"  # gone meanwhile
+
+
 def stopped(pid: int) -> bool:
     """Every thread of `pid` is stopped (state T). kill(SIGSTOP) returns before each thread has
     taken the signal; until then a busy machine may let a thread answer one more request."""
     try:
-        return all((task / "stat").read_text().rsplit(")", 1)[1].split()[0] == "T" for task in Path(f"/proc/{pid}/task").iterdir())
+        return all(state(int(task.name)) == "T" for task in Path(f"/proc/{pid}/task").iterdir())
     except OSError:
-        return False  # a thread ended while being read: look again
+        return False  # the process ended meanwhile
 
 
 def descendants(root: int) -> dict[int, str]:
@@ -316,7 +330,7 @@ def descendants(root: int) -> dict[int, str]:
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
-                parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                parents[int(entry.name)] = int(stat_fields(int(entry.name))[1])
                 commands[int(entry.name)] = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
             except (OSError, IndexError, ValueError):
                 continue

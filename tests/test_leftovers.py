@@ -10,8 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.leftovers import state
-from tests.services import Broker, RedisServer, wait_for
+from tests.services import Broker, RedisServer, state, wait_for
 
 # A stand-in test session: it becomes a subreaper as conftest does, orphans one process of its own
 # (a shell that backgrounds a sleeper and exits), and reports what the check finds.

@@ -27,7 +27,7 @@ from engine.model.checkpoint import import_checkpoint
 from engine.model.synthetic import tiny_architecture, write_official_checkpoint
 from tests.http_server import LocalServer, Route
 from tests.images import encode, scene
-from tests.services import Broker, Worker, free_port, stopped, unique, wait_for
+from tests.services import Broker, Worker, free_port, stat_fields, stopped, unique, wait_for
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -45,7 +45,7 @@ def json_lines(text: str) -> list[dict]:
 
 
 def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    fields = stat_fields(pid)
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
@@ -85,12 +85,12 @@ def test_a_cpu_batch_running_at_the_drain_deadline_exits_3_without_aborting(slow
             proc.kill()
             proc.wait()
     records = json_lines(err)
-    stopped = [r for r in records if r["event"] == "worker stopped"]
+    stops = [r for r in records if r["event"] == "worker stopped"]
     assert proc.returncode == 3, err[-2000:]
-    assert stopped and stopped[-1]["exit_status"] == 3 and stopped[-1]["abandoned"] >= 1
+    assert stops and stops[-1]["exit_status"] == 3 and stops[-1]["abandoned"] >= 1
     assert "terminate called" not in err
     answered = 1 + len(out.splitlines())
-    assert answered + stopped[-1]["abandoned"] == len(paths)  # every request answered or counted as abandoned
+    assert answered + stops[-1]["abandoned"] == len(paths)  # every request answered or counted as abandoned
 
 
 def test_no_broker_at_start_is_one_clear_json_line_and_exit_1(tiny_model_dir: Path) -> None:

@@ -27,7 +27,7 @@ from engine.runners.torch_runner import TorchRunner
 from tests.http_server import LocalServer, Route
 from tests.images import encode, scene
 from tests.models import shifted_copy
-from tests.services import Broker, TopicReader, Worker, descendants, unique, wait_for
+from tests.services import Broker, TopicReader, Worker, descendants, state, unique, wait_for
 from tests.worker.conftest import INPUT_PARTITIONS
 from tests.worker.consume.test_delivery_kafka import account, committed_all
 from worker.pod import decode_shares, remove_stale_workdirs
@@ -246,20 +246,13 @@ def test_a_sigkilled_pod_takes_every_process_with_it(
     wait_for(lambda: len([pid for pids in members(pod).values() for pid in pids]) == 5, 60, "the pod's 5 processes")
     family = [pid for pids in members(pod).values() for pid in pids]
     pod.kill()
-    wait_for(lambda: not any(Path(f"/proc/{pid}").exists() and "Z" not in _state(pid) for pid in family), 15,
+    wait_for(lambda: not any(Path(f"/proc/{pid}").exists() and "Z" not in state(pid) for pid in family), 15,
              "the engine, consumer and decode processes to die with the pod")
     assert pod.proc is not None
     left = list(Path(tempfile.gettempdir()).glob(f"dda-pod-{pod.proc.pid}-*"))
     assert len(left) == 1  # SIGKILL ran no clean-up; the next pod's start removes it
     remove_stale_workdirs()
     assert not left[0].exists()
-
-
-def _state(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return "Z"
 
 
 def test_a_pod_refuses_what_it_cannot_run(tmp_path: Path, tiny_model_dir: Path) -> None:
